@@ -1,0 +1,1 @@
+"""gdflow's Prefect flows and its command line; nothing imports this package."""

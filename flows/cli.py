@@ -1,0 +1,231 @@
+"""The `gdflow` command: `run` trains once through the Prefect flow; `runs` and `metrics` read."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn, Optional
+
+from pydantic import ValidationError
+
+from tasks.config import TrainConfig
+
+PROG = "gdflow"
+
+
+class CliError(Exception):
+    """A problem to report as one line on stderr with a non-zero exit."""
+
+
+def _flag(field: str) -> str:
+    """The command-line flag of a config field, e.g. log_every -> --log-every."""
+    return "--" + field.replace("_", "-")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; unset options keep the model's defaults."""
+    for name, info in TrainConfig.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "toy data" if name == "data" and default is None else default
+        help_text = f"{info.description} (default: {shown})"
+        if info.annotation is bool:
+            parser.add_argument(
+                _flag(name), dest=name, action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS, help=help_text,
+            )
+        elif name in ("features", "predict"):
+            parser.add_argument(
+                _flag(name), dest=name, nargs="+", default=argparse.SUPPRESS,
+                metavar=name.upper()[:-1] if name == "features" else "X", help=help_text,
+            )
+        else:
+            parser.add_argument(
+                _flag(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                help=help_text,
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every gdflow command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Train models by gradient descent with Prefect; keep every epoch."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="train once with the given options (the seed by default)")
+    _add_config_options(run)
+    runs = commands.add_parser("runs", help="list recorded runs, newest first")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default: 20)")
+    runs.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
+    metrics = commands.add_parser("metrics", help="print one run's per-epoch metrics")
+    metrics.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest'")
+    metrics.add_argument("--format", choices=["table", "csv"], default="table")
+    metrics.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
+    return parser
+
+
+def config_from_args(values: dict[str, Any]) -> TrainConfig:
+    """Build the config from parsed options; a ValidationError becomes a one-line CliError."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the offending option, its value and what is expected."""
+    error = exc.errors()[0]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["loc"]:
+        field = str(error["loc"][0])
+        return (
+            f"invalid {_flag(field)} {error.get('input')!r}: {message}; "
+            f"see '{PROG} run --help'"
+        )
+    return f"invalid options: {message}"
+
+
+def _quiet_expected_errors() -> None:
+    """Show user-fixable errors (GdflowError) in the console without a traceback."""
+    from tasks.errors import GdflowError
+
+    class _DropTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and isinstance(record.exc_info[1], GdflowError):
+                record.exc_info = None
+                record.exc_text = None
+            return True
+
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            if "Console" in type(handler).__name__ or isinstance(handler, logging.StreamHandler):
+                handler.addFilter(_DropTraceback())
+
+
+def cmd_run(values: dict[str, Any]) -> int:
+    """Run the training flow once; print the outcome; exit 0 only when it completed."""
+    config = config_from_args(values)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from storage import default_database_url, mask_url
+    from tasks.errors import GdflowError
+    from tasks.recording import open_database
+
+    url = config.database_url or default_database_url()
+    try:
+        open_database(url).dispose()
+    except GdflowError as exc:
+        raise CliError(str(exc)) from None
+
+    from flows.train import train_flow
+
+    _quiet_expected_errors()
+    state = train_flow(config=config, return_state=True)
+    if not state.is_completed():
+        outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            text = str(outcome) or type(outcome).__name__
+            if not isinstance(outcome, GdflowError):
+                text = f"{type(outcome).__name__}: {text}"
+        else:
+            text = state.message or state.name
+        raise CliError(text.splitlines()[0] if text else "the run failed")
+    summary = state.result()
+    run_id = summary["run_id"]
+    print(
+        f"run {run_id} {summary['status']}: {summary['epochs_done']} epochs "
+        f"({summary['stop_reason']}), final loss {summary['final_loss']:.6g}"
+    )
+    print(f"metrics in {mask_url(url)}: {PROG} metrics {run_id}")
+    return 0
+
+
+def _open_existing(database_url: Optional[str]) -> Any:
+    """An engine on the metrics database for reading."""
+    from storage import default_database_url
+    from tasks.errors import GdflowError
+    from tasks.recording import open_database
+
+    try:
+        return open_database(database_url or default_database_url())
+    except GdflowError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_runs(limit: int, database_url: Optional[str]) -> int:
+    """Print the latest runs as an aligned table."""
+    from sqlalchemy.orm import Session
+
+    from flows.report import runs_table
+    from storage import list_runs
+
+    if limit < 1:
+        raise CliError(f"invalid --limit {limit}: must be at least 1")
+    engine = _open_existing(database_url)
+    with Session(engine) as session:
+        runs = list_runs(session, limit=limit)
+        if not runs:
+            print("no runs recorded yet; start one with: gdflow run")
+            return 0
+        print(runs_table(runs))
+    engine.dispose()
+    return 0
+
+
+def cmd_metrics(run_ref: str, fmt: str, database_url: Optional[str]) -> int:
+    """Print one run's per-epoch metrics as a table or CSV."""
+    from sqlalchemy.orm import Session
+
+    from flows.report import metrics_csv, metrics_table
+    from storage import get_metrics, get_run, latest_run_id
+
+    engine = _open_existing(database_url)
+    with Session(engine) as session:
+        if run_ref == "latest":
+            run_id = latest_run_id(session)
+            if run_id is None:
+                raise CliError("no runs recorded yet; start one with: gdflow run")
+        else:
+            try:
+                run_id = int(run_ref)
+            except ValueError:
+                raise CliError(f"invalid RUN_ID {run_ref!r}: give a number or 'latest'") from None
+        run = get_run(session, run_id=run_id)
+        if run is None:
+            raise CliError(f"no run {run_id} in this database; list runs with: gdflow runs")
+        metrics = get_metrics(session, run_id=run_id)
+        names = list(run.parameter_names or [])
+        if fmt == "csv":
+            sys.stdout.write(metrics_csv(metrics, names))
+        else:
+            print(f"run {run.id} ({run.status}, {run.stop_reason or 'no stop reason yet'})")
+            print(metrics_table(metrics, names))
+    engine.dispose()
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `gdflow` console script."""
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        if command == "run":
+            return cmd_run(args)
+        if command == "runs":
+            return cmd_runs(args["limit"], args["database_url"])
+        return cmd_metrics(args["run_id"], args["format"], args["database_url"])
+    except CliError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", code=130)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """Print `gdflow: error: MESSAGE` on stderr and exit with `code`."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

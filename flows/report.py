@@ -1,0 +1,86 @@
+"""Plain-text presentation for the terminal: aligned tables and CSV of runs and metrics."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Optional
+
+
+def format_number(value: Optional[float]) -> str:
+    """A float in at most 7 significant digits; blanks for missing values."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.7g}"
+
+
+def format_time(value: Optional[datetime]) -> str:
+    """A timestamp to the second in local time, e.g. 2026-11-25 13:05:09."""
+    if value is None:
+        return ""
+    if value.tzinfo is not None:
+        value = value.astimezone()
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool]) -> str:
+    """An aligned text table: numeric columns right-aligned, others left-aligned."""
+    cells = [[str(c) for c in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(width) if is_num else cell.ljust(width)
+            for cell, width, is_num in zip(row, widths, numeric)
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
+
+
+def runs_table(runs: Sequence[Any]) -> str:
+    """The `gdflow runs` table: id, flow run, status, started, epochs, final loss, stop reason."""
+    headers = ["id", "flow run", "status", "started", "epochs", "final loss", "stop reason"]
+    rows = [
+        [
+            run.id,
+            run.flow_run_name or "",
+            run.status,
+            format_time(run.started_at),
+            run.epochs_done,
+            format_number(run.final_loss),
+            run.stop_reason or "",
+        ]
+        for run in runs
+    ]
+    return table(headers, rows, [True, False, False, False, True, True, False])
+
+
+def metrics_rows(metrics: Sequence[Any], names: Sequence[str]) -> list[list[Optional[float]]]:
+    """One list per epoch: epoch, loss, then each parameter in `names` order."""
+    return [[m.epoch, m.loss, *(m.params.get(name) for name in names)] for m in metrics]
+
+
+def metrics_table(metrics: Sequence[Any], names: Sequence[str]) -> str:
+    """The per-epoch metrics as an aligned table."""
+    rows = [
+        [row[0], *(format_number(v) for v in row[1:])] for row in metrics_rows(metrics, names)
+    ]
+    headers = ["epoch", "loss", *names]
+    return table(headers, rows, [True] * len(headers))
+
+
+def metrics_csv(metrics: Sequence[Any], names: Sequence[str]) -> str:
+    """The per-epoch metrics as CSV with full float precision (round-trips exactly)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", "loss", *names])
+    for row in metrics_rows(metrics, names):
+        writer.writerow(["" if v is None else repr(v) for v in row])
+    return out.getvalue()

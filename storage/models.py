@@ -1,0 +1,53 @@
+"""SQLAlchemy 2.0 typed models: one row per training run, one row per run and epoch."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of gdflow's schema (a class, so flows pickle with cloudpickle)."""
+
+
+class Run(Base):
+    """One training run: its configuration, lifecycle and summary."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    flow_run_id: Mapped[Optional[str]] = mapped_column(String(64), index=True)
+    flow_run_name: Mapped[Optional[str]] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    data_source: Mapped[str] = mapped_column(String(500))
+    device: Mapped[Optional[str]] = mapped_column(String(40))
+    parameter_names: Mapped[list[str]] = mapped_column(JSON)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    final_loss: Mapped[Optional[float]] = mapped_column(Float)
+    final_params: Mapped[Optional[dict[str, float]]] = mapped_column(JSON)
+    stop_reason: Mapped[Optional[str]] = mapped_column(String(40))
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    evaluation: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_runs_started_at", "started_at"),)
+
+
+class EpochMetric(Base):
+    """Metrics of one epoch: loss before the update, parameters after it (as the seed prints)."""
+
+    __tablename__ = "epoch_metrics"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    loss: Mapped[Optional[float]] = mapped_column(Float)
+    params: Mapped[dict[str, float]] = mapped_column(JSON)
+    grad_norm: Mapped[Optional[float]] = mapped_column(Float)
+    lr: Mapped[Optional[float]] = mapped_column(Float)

@@ -1,0 +1,155 @@
+"""Data functions over runs and epoch metrics; each takes a session, the caller owns the commit."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, Optional
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from storage.models import EpochMetric, Run
+
+
+class RunStatus(StrEnum):
+    """Lifecycle of a run: `running` until it ends in one of the other states."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    CRASHED = "crashed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One epoch's record as plain values: loss before the update, parameters after it."""
+
+    epoch: int
+    loss: float
+    params: dict[str, float]
+    grad_norm: Optional[float] = None
+    lr: Optional[float] = None
+
+
+def _finite_or_none(value: Optional[float]) -> Optional[float]:
+    """SQL has no NaN or infinity: store them as NULL."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def create_run(
+    session: Session,
+    *,
+    config: dict[str, Any],
+    data_source: str,
+    parameter_names: Sequence[str],
+    device: Optional[str] = None,
+    flow_run_id: Optional[str] = None,
+    flow_run_name: Optional[str] = None,
+    started_at: Optional[datetime] = None,
+) -> int:
+    """Insert a run in status `running` and return its id."""
+    run = Run(
+        flow_run_id=flow_run_id,
+        flow_run_name=flow_run_name,
+        status=RunStatus.RUNNING.value,
+        started_at=started_at or datetime.now(timezone.utc),
+        data_source=data_source,
+        device=device,
+        parameter_names=list(parameter_names),
+        config=config,
+        epochs_done=0,
+    )
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def update_run(session: Session, *, run_id: int, **fields: Any) -> None:
+    """Set the given columns of one run (e.g. its device or parameter names once known)."""
+    session.execute(update(Run).where(Run.id == run_id).values(**fields))
+
+
+def append_metrics(session: Session, *, run_id: int, rows: Iterable[MetricRow]) -> int:
+    """Insert epoch rows in one executemany and return how many were written."""
+    values = [
+        {
+            "run_id": run_id,
+            "epoch": row.epoch,
+            "loss": _finite_or_none(row.loss),
+            "params": {k: _finite_or_none(v) for k, v in row.params.items()},
+            "grad_norm": _finite_or_none(row.grad_norm),
+            "lr": row.lr,
+        }
+        for row in rows
+    ]
+    if values:
+        session.execute(insert(EpochMetric), values)
+        session.execute(
+            update(Run).where(Run.id == run_id).values(epochs_done=values[-1]["epoch"])
+        )
+    return len(values)
+
+
+def finish_run(
+    session: Session,
+    *,
+    run_id: int,
+    status: RunStatus,
+    epochs_done: Optional[int] = None,
+    final_loss: Optional[float] = None,
+    final_params: Optional[dict[str, float]] = None,
+    stop_reason: Optional[str] = None,
+    error: Optional[str] = None,
+    evaluation: Optional[dict[str, Any]] = None,
+    finished_at: Optional[datetime] = None,
+) -> None:
+    """Record how a run ended; fields left as None keep their stored value."""
+    values: dict[str, Any] = {
+        "status": status.value,
+        "finished_at": finished_at or datetime.now(timezone.utc),
+    }
+    optional = {
+        "epochs_done": epochs_done,
+        "final_loss": _finite_or_none(final_loss),
+        "final_params": final_params,
+        "stop_reason": stop_reason,
+        "error": error,
+        "evaluation": evaluation,
+    }
+    values.update({k: v for k, v in optional.items() if v is not None})
+    session.execute(update(Run).where(Run.id == run_id).values(**values))
+
+
+def get_run(session: Session, *, run_id: int) -> Optional[Run]:
+    """Return one run, or None."""
+    return session.get(Run, run_id)
+
+
+def latest_run_id(session: Session) -> Optional[int]:
+    """Return the id of the most recently started run, or None when there is none."""
+    return session.scalars(select(Run.id).order_by(Run.started_at.desc(), Run.id.desc())).first()
+
+
+def list_runs(session: Session, *, limit: int = 20) -> list[Run]:
+    """Return the latest runs, newest first."""
+    stmt = select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)
+    return list(session.scalars(stmt))
+
+
+def get_metrics(session: Session, *, run_id: int) -> list[EpochMetric]:
+    """Return every epoch row of a run in epoch order."""
+    stmt = select(EpochMetric).where(EpochMetric.run_id == run_id).order_by(EpochMetric.epoch)
+    return list(session.scalars(stmt))
+
+
+def parameter_names(run: Run) -> list[str]:
+    """Return the run's model parameter names in their declared order."""
+    return list(run.parameter_names or [])

@@ -1,0 +1,210 @@
+"""Load training data: the seed's toy data, or numeric columns of a CSV or Parquet file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tasks.errors import GdflowError
+
+#: The seed tutorial's toy data: y is twice x.
+TOY_X = (1.0, 2.0, 3.0, 4.0, 5.0)
+TOY_Y = (2.0, 4.0, 6.0, 8.0, 10.0)
+
+_READERS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A design matrix `x` (rows x features), a target `y` and their names."""
+
+    x: np.ndarray
+    y: np.ndarray
+    feature_names: tuple[str, ...]
+    target_name: str
+    source: str
+
+    @property
+    def n_rows(self) -> int:
+        """Number of examples."""
+        return int(self.x.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Number of feature columns."""
+        return int(self.x.shape[1])
+
+
+def make_dataset(
+    x: Sequence[Sequence[float]] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    *,
+    feature_names: Sequence[str],
+    target_name: str,
+    source: str,
+    dtype: str = "float32",
+) -> Dataset:
+    """Check shapes and values and build a Dataset; raise GdflowError on bad input."""
+    x_arr = np.asarray(x, dtype=dtype)
+    y_arr = np.asarray(y, dtype=dtype)
+    if x_arr.ndim == 1:
+        x_arr = x_arr.reshape(-1, 1)
+    if x_arr.ndim != 2 or y_arr.ndim != 1:
+        raise GdflowError(
+            f"{source}: features must be a table and the target a single column "
+            f"(got shapes {x_arr.shape} and {y_arr.shape})"
+        )
+    if x_arr.shape[0] != y_arr.shape[0]:
+        raise GdflowError(
+            f"{source}: features have {x_arr.shape[0]} rows but the target has "
+            f"{y_arr.shape[0]}; give one target value per row"
+        )
+    if x_arr.shape[0] == 0:
+        raise GdflowError(f"{source} has no data rows; add rows or point --data at another file")
+    if x_arr.shape[1] != len(feature_names):
+        raise GdflowError(
+            f"{source}: {x_arr.shape[1]} feature columns but {len(feature_names)} names"
+        )
+    columns = [*feature_names, target_name]
+    values = [*(x_arr[:, j] for j in range(x_arr.shape[1])), y_arr]
+    for name, column in zip(columns, values):
+        bad = ~np.isfinite(column)
+        if bad.any():
+            first = int(np.argmax(bad)) + 1
+            raise GdflowError(
+                f"column {name!r} in {source} has {int(bad.sum())} missing, NaN or infinite "
+                f"value(s) (first in data row {first}) or values too large for {dtype}; "
+                "clean or drop those rows"
+            )
+    return Dataset(
+        x=np.ascontiguousarray(x_arr),
+        y=np.ascontiguousarray(y_arr),
+        feature_names=tuple(feature_names),
+        target_name=target_name,
+        source=source,
+    )
+
+
+def load_toy(dtype: str = "float32") -> Dataset:
+    """Return the seed tutorial's five points, y = 2x."""
+    return make_dataset(
+        [[v] for v in TOY_X], TOY_Y, feature_names=["x"], target_name="y", source="toy:y=2x",
+        dtype=dtype,
+    )
+
+
+def read_table(path: str) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame; raise GdflowError with the fix on failure."""
+    file = Path(path).expanduser()
+    kind = _READERS.get(file.suffix.lower())
+    if not file.exists():
+        raise GdflowError(f"data file {path!r} not found; check the path given to --data")
+    if file.is_dir():
+        raise GdflowError(f"--data {path!r} is a directory; pass a CSV or Parquet file")
+    if kind is None:
+        raise GdflowError(
+            f"cannot read {path!r}: unsupported file type {file.suffix or '(none)'!r}; "
+            "use a .csv or .parquet file"
+        )
+    if file.stat().st_size == 0:
+        raise GdflowError(f"data file {path!r} is empty; add a header row and data rows")
+    try:
+        if kind == "CSV":
+            return pd.read_csv(file)
+        return pd.read_parquet(file)
+    except PermissionError:
+        raise GdflowError(
+            f"cannot read data file {path!r}: permission denied; make it readable"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise GdflowError(f"data file {path!r} is empty; add a header row and data rows") from None
+    except UnicodeDecodeError:
+        raise GdflowError(f"data file {path!r} is not UTF-8 text; re-save it as UTF-8 CSV") from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed file
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GdflowError(
+            f"cannot parse {path!r} as {kind} ({detail}); check the file is valid {kind}"
+        ) from None
+
+
+def select_columns(
+    frame: pd.DataFrame,
+    *,
+    features: Optional[Sequence[str]],
+    target: Optional[str],
+    source: str,
+    dtype: str = "float32",
+) -> Dataset:
+    """Pick feature and target columns, check they are numeric and finite, build a Dataset."""
+    columns = [str(c) for c in frame.columns]
+    frame = frame.set_axis(columns, axis=1)
+    if len(set(columns)) != len(columns):
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
+        raise GdflowError(f"{source} has duplicate column names {dupes}; rename them")
+    if not columns:
+        raise GdflowError(f"{source} has no columns; add a header row and data rows")
+    target_name = target if target is not None else columns[-1]
+    if features is None:
+        feature_names = [c for c in columns if c != target_name]
+    else:
+        feature_names = list(features)
+    for name in [*feature_names, target_name]:
+        if name not in columns:
+            raise GdflowError(
+                f"column {name!r} not found in {source}; available columns: "
+                f"{', '.join(columns)}"
+            )
+    if target_name in feature_names:
+        raise GdflowError(
+            f"column {target_name!r} is both a feature and the target; drop it from --features"
+        )
+    if not feature_names:
+        raise GdflowError(f"{source} has no feature columns besides the target {target_name!r}")
+    for name in [*feature_names, target_name]:
+        _check_numeric(frame[name], name, source)
+    return make_dataset(
+        frame[feature_names].to_numpy(dtype=dtype),
+        frame[target_name].to_numpy(dtype=dtype),
+        feature_names=feature_names,
+        target_name=target_name,
+        source=source,
+        dtype=dtype,
+    )
+
+
+def _check_numeric(column: pd.Series, name: str, source: str) -> None:
+    """Raise GdflowError naming the column and its first non-numeric value."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_complex_dtype(column):
+        return
+    coerced = pd.to_numeric(column, errors="coerce")
+    bad = coerced.isna() & column.notna()
+    if bad.any():
+        row = int(np.argmax(bad.to_numpy())) + 1
+        raise GdflowError(
+            f"column {name!r} in {source} is not numeric (value {column[bad].iloc[0]!r} in "
+            f"data row {row}); use numeric columns for --features and --target"
+        )
+    raise GdflowError(
+        f"column {name!r} in {source} is not numeric ({column.dtype}); "
+        "use numeric columns for --features and --target"
+    )
+
+
+def load_dataset(
+    path: Optional[str],
+    *,
+    features: Optional[Sequence[str]] = None,
+    target: Optional[str] = None,
+    dtype: str = "float32",
+) -> Dataset:
+    """Load the toy data (no path) or the chosen columns of a CSV or Parquet file."""
+    if path is None:
+        return load_toy(dtype)
+    frame = read_table(path)
+    if frame.shape[0] == 0:
+        raise GdflowError(f"data file {path!r} has a header but no data rows; add data rows")
+    return select_columns(frame, features=features, target=target, source=path, dtype=dtype)

@@ -1,0 +1,101 @@
+"""Bridge from training to storage: open a run, write epoch chunks, record how the run ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from storage import (
+    DatabaseError,
+    MetricRow,
+    RunStatus,
+    append_metrics,
+    create_run,
+    finish_run,
+    make_engine,
+)
+from tasks.errors import GdflowError
+from tasks.training import EpochChunk
+
+
+def open_database(url: str) -> Engine:
+    """An engine with the schema in place; DatabaseError becomes a one-line GdflowError."""
+    try:
+        return make_engine(url)
+    except DatabaseError as exc:
+        raise GdflowError(str(exc)) from None
+
+
+def start_run(
+    url: str,
+    *,
+    config: dict[str, Any],
+    data_source: str,
+    flow_run_id: Optional[str],
+    flow_run_name: Optional[str],
+) -> int:
+    """Insert the run in status `running` (committed at once) and return its id."""
+    engine = open_database(url)
+    try:
+        with Session(engine) as session, session.begin():
+            return create_run(
+                session,
+                config=config,
+                data_source=data_source,
+                parameter_names=[],
+                flow_run_id=flow_run_id,
+                flow_run_name=flow_run_name,
+            )
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class MetricWriter:
+    """Chunk callback for `fit`: writes each chunk in its own short transaction."""
+
+    engine: Engine
+    run_id: int
+    lr: float
+    written: int = 0
+
+    def __call__(self, chunk: EpochChunk) -> None:
+        """Insert one row per epoch of the chunk."""
+        names = chunk.names
+        rows = (
+            MetricRow(
+                epoch=int(epoch),
+                loss=float(loss),
+                params=dict(zip(names, (float(v) for v in params))),
+                grad_norm=float(grad_norm),
+                lr=self.lr,
+            )
+            for epoch, loss, grad_norm, params in zip(
+                chunk.epochs.tolist(), chunk.losses, chunk.grad_norms, chunk.params
+            )
+        )
+        with Session(self.engine) as session, session.begin():
+            self.written += append_metrics(session, run_id=self.run_id, rows=rows)
+
+
+def end_run(url: str, *, run_id: int, status: RunStatus, **fields: Any) -> None:
+    """Record the run's outcome and summary in one transaction."""
+    engine = open_database(url)
+    try:
+        with Session(engine) as session, session.begin():
+            finish_run(session, run_id=run_id, status=status, **fields)
+    finally:
+        engine.dispose()
+
+
+def status_for(exc: BaseException) -> RunStatus:
+    """The run status an exception leaves behind: cancelled for interrupts, else failed."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ in {
+        "TerminationSignal",
+        "CancelledRun",
+    }:
+        return RunStatus.CANCELLED
+    return RunStatus.FAILED
