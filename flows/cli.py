@@ -29,8 +29,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; unset options keep the model's defaults."""
     for name, info in TrainConfig.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        shown = "toy data" if name == "data" and default is None else default
-        help_text = f"{info.description} (default: {shown})"
+        help_text = str(info.description)
+        if default is not None and "(default" not in help_text:
+            if name == "predict":
+                default = " ".join(",".join(f"{v:g}" for v in row) for row in default)
+            help_text += f" (default: {default})"
         if info.annotation is bool:
             parser.add_argument(
                 _flag(name), dest=name, action=argparse.BooleanOptionalAction,
@@ -80,8 +83,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["loc"]:
         field = str(error["loc"][0])
+        value = error.get("input")
+        shown = value if isinstance(value, str) else repr(value)
         return (
-            f"invalid {_flag(field)} {error.get('input')!r}: {message}; "
+            f"invalid {_flag(field)} {shown}: {message}; "
             f"see '{PROG} run --help'"
         )
     return f"invalid options: {message}"

@@ -49,8 +49,9 @@ def make_dataset(
     dtype: str = "float32",
 ) -> Dataset:
     """Check shapes and values and build a Dataset; raise GdflowError on bad input."""
-    x_arr = np.asarray(x, dtype=dtype)
-    y_arr = np.asarray(y, dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        x_arr = np.asarray(x, dtype=dtype)
+        y_arr = np.asarray(y, dtype=dtype)
     if x_arr.ndim == 1:
         x_arr = x_arr.reshape(-1, 1)
     if x_arr.ndim != 2 or y_arr.ndim != 1:
@@ -166,9 +167,12 @@ def select_columns(
         raise GdflowError(f"{source} has no feature columns besides the target {target_name!r}")
     for name in [*feature_names, target_name]:
         _check_numeric(frame[name], name, source)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
+        x = frame[feature_names].to_numpy(dtype=dtype)
+        y = frame[target_name].to_numpy(dtype=dtype)
     return make_dataset(
-        frame[feature_names].to_numpy(dtype=dtype),
-        frame[target_name].to_numpy(dtype=dtype),
+        x,
+        y,
         feature_names=feature_names,
         target_name=target_name,
         source=source,

@@ -1,0 +1,32 @@
+"""Shared fixtures: a temporary metrics database per test, and no telemetry from Prefect."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+#: The seed's reference trajectory, vendored so the tests run without ../shared.
+SEED_TRAJECTORY = REPO / "tests" / "data" / "seed_trajectory.csv"
+#: The original beside the checkout, when present (developers' machines and CI).
+SHARED_TRAJECTORY = REPO.parent / "shared" / "reference" / "seed_trajectory.csv"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite file for this test, also set as GDFLOW_DATABASE_URL."""
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    monkeypatch.setenv("GDFLOW_DATABASE_URL", url)
+    return url
+
+
+def read_trajectory(path: Path = SEED_TRAJECTORY) -> list[dict[str, float]]:
+    """The seed trajectory as a list of {epoch, loss, w} rows."""
+    import csv
+
+    with path.open() as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]

@@ -1,0 +1,62 @@
+"""Engines: SQLite pragmas, schema creation, and one-line errors for unusable URLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from storage import DatabaseError, default_database_url, make_engine, mask_url
+
+
+def test_sqlite_engine_uses_wal_and_busy_timeout(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'm.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    assert set(inspect(engine).get_table_names()) == {"runs", "epoch_metrics"}
+    engine.dispose()
+
+
+def test_schema_creation_is_idempotent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    make_engine(url).dispose()
+    make_engine(url).dispose()
+
+
+def test_directory_as_database_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseError, match="is a directory"):
+        make_engine(f"sqlite:///{tmp_path}")
+
+
+def test_unwritable_database_location_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    with pytest.raises(DatabaseError, match="cannot create the database directory") as info:
+        make_engine(f"sqlite:///{blocker / 'sub' / 'm.db'}")
+    assert "\n" not in str(info.value)
+
+
+def test_malformed_url_is_a_clear_error() -> None:
+    with pytest.raises(DatabaseError, match="invalid database URL"):
+        make_engine("not a url")
+
+
+def test_missing_driver_is_a_clear_error() -> None:
+    with pytest.raises(DatabaseError, match="driver"):
+        make_engine("nosuchdialect://host/db")
+
+
+def test_default_url_honours_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GDFLOW_DATABASE_URL", "sqlite:////tmp/x.db")
+    assert default_database_url() == "sqlite:////tmp/x.db"
+    monkeypatch.delenv("GDFLOW_DATABASE_URL")
+    assert default_database_url().endswith("/.gdflow/gdflow.db")
+
+
+def test_mask_url_hides_password() -> None:
+    masked = mask_url("postgresql+psycopg://user:s3cret@db.example/metrics")
+    assert "s3cret" not in masked
+    assert masked == "postgresql+psycopg://user:***@db.example/metrics"

@@ -1,0 +1,149 @@
+"""Data functions on a real SQLite file: runs, epoch rows, ordering, NaN handling, uniqueness."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage import (
+    MetricRow,
+    RunStatus,
+    append_metrics,
+    create_run,
+    finish_run,
+    get_metrics,
+    get_run,
+    latest_run_id,
+    list_runs,
+    make_engine,
+    update_run,
+)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Engine:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def _new_run(session: Session, started_at: datetime | None = None) -> int:
+    return create_run(
+        session,
+        config={"lr": 0.01},
+        data_source="toy",
+        parameter_names=["w"],
+        flow_run_id="abc",
+        flow_run_name="toy-run",
+        started_at=started_at,
+    )
+
+
+def test_run_lifecycle_round_trip(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        run_id = _new_run(session)
+    with Session(engine) as session, session.begin():
+        append_metrics(
+            session,
+            run_id=run_id,
+            rows=[MetricRow(1, 11.0, {"w": 1.22}, 22.0, 0.01), MetricRow(2, 6.69, {"w": 1.39})],
+        )
+    with Session(engine) as session:
+        run = get_run(session, run_id=run_id)
+        assert run is not None and run.status == "running" and run.epochs_done == 2
+    with Session(engine) as session, session.begin():
+        finish_run(
+            session,
+            run_id=run_id,
+            status=RunStatus.COMPLETED,
+            final_loss=6.69,
+            final_params={"w": 1.39},
+            stop_reason="max_epochs",
+            evaluation={"train_loss": 1.0},
+        )
+    with Session(engine) as session:
+        run = get_run(session, run_id=run_id)
+        assert run is not None
+        assert (run.status, run.stop_reason, run.final_params) == (
+            "completed",
+            "max_epochs",
+            {"w": 1.39},
+        )
+        assert run.finished_at is not None and run.epochs_done == 2
+        rows = get_metrics(session, run_id=run_id)
+        assert [(m.epoch, m.loss, m.params, m.grad_norm) for m in rows] == [
+            (1, 11.0, {"w": 1.22}, 22.0),
+            (2, 6.69, {"w": 1.39}, None),
+        ]
+
+
+def test_non_finite_values_are_stored_as_null(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        run_id = _new_run(session)
+        append_metrics(
+            session, run_id=run_id, rows=[MetricRow(1, math.inf, {"w": math.nan}, math.nan)]
+        )
+    with Session(engine) as session:
+        (row,) = get_metrics(session, run_id=run_id)
+        assert row.loss is None and row.params == {"w": None} and row.grad_norm is None
+
+
+def test_an_epoch_is_stored_once_per_run(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        run_id = _new_run(session)
+        append_metrics(session, run_id=run_id, rows=[MetricRow(1, 1.0, {"w": 1.0})])
+    with pytest.raises(IntegrityError):
+        with Session(engine) as session, session.begin():
+            append_metrics(session, run_id=run_id, rows=[MetricRow(1, 2.0, {"w": 2.0})])
+    with Session(engine) as session:
+        assert [m.loss for m in get_metrics(session, run_id=run_id)] == [1.0]
+
+
+def test_metrics_need_an_existing_run(engine: Engine) -> None:
+    with pytest.raises(IntegrityError):
+        with Session(engine) as session, session.begin():
+            append_metrics(session, run_id=999, rows=[MetricRow(1, 1.0, {"w": 1.0})])
+
+
+def test_latest_runs_come_first(engine: Engine) -> None:
+    now = datetime.now(timezone.utc)
+    with Session(engine) as session, session.begin():
+        old = _new_run(session, started_at=now - timedelta(hours=1))
+        new = _new_run(session, started_at=now)
+        update_run(session, run_id=old, device="cpu")
+    with Session(engine) as session:
+        assert latest_run_id(session) == new
+        assert [r.id for r in list_runs(session, limit=10)] == [new, old]
+        assert [r.id for r in list_runs(session, limit=1)] == [new]
+        assert get_run(session, run_id=old).device == "cpu"  # type: ignore[union-attr]
+
+
+def test_latest_run_of_empty_database_is_none(engine: Engine) -> None:
+    with Session(engine) as session:
+        assert latest_run_id(session) is None
+        assert list_runs(session) == []
+
+
+def test_tables_are_readable_with_pandas(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        run_id = _new_run(session)
+        append_metrics(
+            session,
+            run_id=run_id,
+            rows=[MetricRow(e, 1.0 / e, {"w": float(e)}) for e in range(1, 4)],
+        )
+    frame = pd.read_sql(
+        "SELECT epoch, loss, params FROM epoch_metrics WHERE run_id = ? ORDER BY epoch",
+        engine,
+        params=(run_id,),
+    )
+    assert frame["epoch"].tolist() == [1, 2, 3]
+    assert frame["loss"].tolist() == [1.0, 0.5, pytest.approx(1 / 3)]
+    runs = pd.read_sql("SELECT id, status FROM runs", engine)
+    assert runs["status"].tolist() == ["running"]
