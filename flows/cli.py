@@ -11,6 +11,7 @@ from typing import Any, NoReturn, Optional
 
 from pydantic import ValidationError
 
+from flows.deploy import DEFAULT_HOST, DEFAULT_PORT, ON_DEMAND, SCHEDULED
 from tasks.config import TrainConfig
 
 PROG = "gdflow"
@@ -59,6 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="train once with the given options (the seed by default)")
     _add_config_options(run)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the scheduled and on-demand deployments (needs a Prefect server)",
+        description="Serve two deployments of the train flow from this process: "
+        f"'train/{SCHEDULED}' on a schedule and 'train/{ON_DEMAND}' for manual runs. "
+        "Runs happen while this command keeps running; stop it with Ctrl-C.",
+    )
+    _add_config_options(serve)
+    serve.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: 0 2 * * *)")
+    serve.add_argument("--timezone", default="UTC", help="time zone of the schedule (default: UTC)")
+    serve.add_argument(
+        "--interval", type=float, default=None, metavar="SECONDS",
+        help="run every SECONDS instead of the cron schedule",
+    )
+    serve.add_argument(
+        "--allow-overlap", action="store_true",
+        help="let a scheduled run start while the previous one still runs (default: queue it)",
+    )
+    server = commands.add_parser(
+        "server", help="start a local Prefect server (loopback, analytics off) and its UI"
+    )
+    server.add_argument("--host", default=DEFAULT_HOST, help=f"address (default: {DEFAULT_HOST})")
+    server.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     runs = commands.add_parser("runs", help="list recorded runs, newest first")
     runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default: 20)")
     runs.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
@@ -123,10 +147,18 @@ def cmd_run(values: dict[str, Any]) -> int:
     except GdflowError as exc:
         raise CliError(str(exc)) from None
 
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deploy import find_api_url, ui_url
     from flows.train import train_flow
 
     _quiet_expected_errors()
-    state = train_flow(config=config, return_state=True)
+    api_url = find_api_url()
+    updates = {PREFECT_API_URL: api_url} if api_url else {}
+    with temporary_settings(updates=updates):
+        state = train_flow(config=config, return_state=True)
+    if api_url:
+        print(f"watch it at {ui_url(api_url)}/runs/flow-run/{state.state_details.flow_run_id}")
     if not state.is_completed():
         outcome = state.result(raise_on_failure=False)
         if isinstance(outcome, BaseException):
@@ -144,6 +176,53 @@ def cmd_run(values: dict[str, Any]) -> int:
     )
     print(f"metrics in {mask_url(url)}: {PROG} metrics {run_id}")
     return 0
+
+
+def cmd_serve(values: dict[str, Any]) -> int:
+    """Serve the scheduled and on-demand deployments until interrupted."""
+    options = {k: values.pop(k) for k in ("cron", "timezone", "interval", "allow_overlap")}
+    config = config_from_args(values)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deploy import build_deployments, find_api_url, ui_url
+
+    api_url = find_api_url()
+    if api_url is None:
+        raise CliError(
+            "gdflow serve needs a running Prefect server (schedules never fire without one): "
+            "start one with 'gdflow server' in another terminal, or set PREFECT_API_URL"
+        )
+    if options["interval"] is not None and options["interval"] <= 0:
+        raise CliError(f"invalid --interval {options['interval']:g}: must be positive seconds")
+    from prefect import serve
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        try:
+            deployments = build_deployments(config, **options)
+        except ValueError as exc:
+            raise CliError(f"invalid schedule: {str(exc).splitlines()[0]}") from None
+        print(f"serving train/{SCHEDULED} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
+        serve(*deployments, print_starting_message=False)
+    return 0
+
+
+def cmd_server(host: str, port: int) -> int:
+    """Run `prefect server start` on loopback with analytics off, until interrupted."""
+    import subprocess
+
+    from flows.deploy import local_api_url, server_command
+
+    command, env = server_command(host, port)
+    print(
+        f"Prefect server and UI at http://{host}:{port}; gdflow run/serve use it automatically "
+        f"(elsewhere: export PREFECT_API_URL={local_api_url(host, port)})",
+        flush=True,
+    )
+    try:
+        return subprocess.call(command, env=env)
+    except FileNotFoundError:
+        raise CliError("the 'prefect' command is not installed; reinstall gdflow") from None
 
 
 def _open_existing(database_url: Optional[str]) -> Any:
@@ -217,6 +296,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if command == "run":
             return cmd_run(args)
+        if command == "serve":
+            return cmd_serve(args)
+        if command == "server":
+            return cmd_server(args["host"], args["port"])
         if command == "runs":
             return cmd_runs(args["limit"], args["database_url"])
         return cmd_metrics(args["run_id"], args["format"], args["database_url"])

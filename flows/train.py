@@ -2,25 +2,66 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
 from storage import RunStatus, default_database_url, mask_url
+from tasks.artifacts import publish_run_report
 from tasks.config import TrainConfig
 from tasks.devices import resolve_device
 from tasks.errors import DivergedError
 from tasks.pipeline import evaluate_prediction, initialize_weight, load_data, persist, train
-from tasks.recording import end_run, start_run, status_for
+from tasks.recording import end_run, mark_unfinished, start_run, status_for
+
+
+def _config_of(parameters: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a flow run from its parameters (a model, a dict or nothing)."""
+    config = parameters.get("config")
+    if isinstance(config, TrainConfig):
+        return config
+    return TrainConfig.model_validate(config or {})
 
 
 def _flow_run_name() -> str:
     """Name each flow run after its data, learning rate, device and epochs."""
-    config = flow_run.parameters.get("config")
-    if not isinstance(config, TrainConfig):
-        config = TrainConfig.model_validate(config or {})
-    return config.run_name()
+    return _config_of(flow_run.parameters).run_name()
+
+
+def run_tags(config: TrainConfig, device: str) -> list[str]:
+    """Tags that tell runs apart in the Prefect UI: data source, learning rate, device."""
+    data = Path(config.data).name if config.data else "toy"
+    return [f"data:{data}", f"lr:{config.lr:g}", f"device:{device}", "gdflow"]
+
+
+def _tag_flow_run(tags: list[str]) -> None:
+    """Add tags to the current flow run (whatever started it: CLI, deployment or UI)."""
+    run_id = flow_run.id
+    if run_id is None:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(run_id)
+            client.update_flow_run(run_id, tags=sorted(set(current.tags) | set(tags)))
+    except Exception as exc:  # noqa: BLE001 - tags are a convenience, never a failure
+        get_run_logger().warning("Could not tag the flow run: %s", exc)
+
+
+def _on_unfinished(_flow: Any, prefect_run: Any, state: Any) -> None:
+    """State hook: a failed, crashed or cancelled flow run leaves no gdflow run `running`."""
+    try:
+        config = _config_of(prefect_run.parameters or {})
+    except Exception:  # noqa: BLE001 - invalid parameters: no gdflow run was started
+        return
+    mark_unfinished(
+        config.database_url or default_database_url(),
+        flow_run_id=str(prefect_run.id),
+        state_type=str(getattr(state.type, "value", state.type)).lower(),
+        message=state.message or state.name,
+    )
 
 
 def _record_failure(url: str, run_id: int, exc: BaseException) -> None:
@@ -38,7 +79,14 @@ def _record_failure(url: str, run_id: int, exc: BaseException) -> None:
         get_run_logger().warning("Could not record run %d as failed: %s", run_id, bookkeeping)
 
 
-@flow(name="train", flow_run_name=_flow_run_name, validate_parameters=True)
+@flow(
+    name="train",
+    flow_run_name=_flow_run_name,
+    validate_parameters=True,
+    on_failure=[_on_unfinished],
+    on_crashed=[_on_unfinished],
+    on_cancellation=[_on_unfinished],
+)
 def train_flow(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
     """Train a linear model by gradient descent and record every epoch in the database."""
     logger = get_run_logger()
@@ -51,15 +99,18 @@ def train_flow(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
         flow_run_name=flow_run.name,
     )
     logger.info("Run %d recording to %s", run_id, mask_url(url))
+    seconds: Optional[float] = None
     try:
         device = str(resolve_device(config.device))
         if config.device == "auto":
             logger.info("Device 'auto' resolved to %s", device)
+        _tag_flow_run(run_tags(config, device))
         dataset = load_data(config)
         initial = initialize_weight(config, dataset.feature_names)
         result = train(
             config, dataset, initial, device=device, run_id=run_id, database_url=url
         )
+        seconds = result.seconds
         evaluation = None
         if result.stop_reason != "diverged":
             evaluation = evaluate_prediction(config, dataset, result.final_params)
@@ -73,10 +124,14 @@ def train_flow(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
                 f"lower --lr (e.g. --lr {config.lr / 10:g})"
             )
     except DivergedError:
+        publish_run_report(url, run_id, seconds=seconds)
         raise
     except BaseException as exc:
         _record_failure(url, run_id, exc)
+        if isinstance(exc, Exception):
+            publish_run_report(url, run_id, seconds=seconds)
         raise
+    publish_run_report(url, run_id, seconds=seconds)
     logger.info(
         "Run %d completed: %d epochs (%s), final loss %.6g; metrics: gdflow metrics %d",
         run_id,

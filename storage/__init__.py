@@ -10,13 +10,14 @@ from storage.repository import (
     RunStatus,
     append_metrics,
     create_run,
+    find_run_id,
     finish_run,
     get_metrics,
+    get_metrics_sample,
     get_run,
     latest_run_id,
     list_runs,
     update_run,
-    parameter_names,
 )
 
 __all__ = [
@@ -29,13 +30,14 @@ __all__ = [
     "append_metrics",
     "create_run",
     "default_database_url",
+    "find_run_id",
     "finish_run",
     "get_metrics",
+    "get_metrics_sample",
     "get_run",
     "latest_run_id",
     "list_runs",
     "make_engine",
     "mask_url",
-    "parameter_names",
     "update_run",
 ]

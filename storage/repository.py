@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Optional
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import EpochMetric, Run
@@ -138,10 +138,20 @@ def latest_run_id(session: Session) -> Optional[int]:
     return session.scalars(select(Run.id).order_by(Run.started_at.desc(), Run.id.desc())).first()
 
 
-def list_runs(session: Session, *, limit: int = 20) -> list[Run]:
-    """Return the latest runs, newest first."""
+def list_runs(
+    session: Session, *, limit: int = 20, data_source: Optional[str] = None
+) -> list[Run]:
+    """Return the latest runs (optionally of one data source), newest first."""
     stmt = select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)
+    if data_source is not None:
+        stmt = stmt.where(Run.data_source == data_source)
     return list(session.scalars(stmt))
+
+
+def find_run_id(session: Session, *, flow_run_id: str) -> Optional[int]:
+    """Return the id of the run recorded for a Prefect flow run, or None."""
+    stmt = select(Run.id).where(Run.flow_run_id == flow_run_id).order_by(Run.id.desc())
+    return session.scalars(stmt).first()
 
 
 def get_metrics(session: Session, *, run_id: int) -> list[EpochMetric]:
@@ -150,6 +160,16 @@ def get_metrics(session: Session, *, run_id: int) -> list[EpochMetric]:
     return list(session.scalars(stmt))
 
 
-def parameter_names(run: Run) -> list[str]:
-    """Return the run's model parameter names in their declared order."""
-    return list(run.parameter_names or [])
+def get_metrics_sample(session: Session, *, run_id: int, max_rows: int) -> list[EpochMetric]:
+    """Return at most about `max_rows` evenly spaced epochs of a run, always with the last one."""
+    last = session.scalar(select(func.max(EpochMetric.epoch)).where(EpochMetric.run_id == run_id))
+    if last is None:
+        return []
+    stride = max(1, -(-last // max(1, max_rows - 1)))
+    stmt = (
+        select(EpochMetric)
+        .where(EpochMetric.run_id == run_id)
+        .where(or_((EpochMetric.epoch - 1) % stride == 0, EpochMetric.epoch == last))
+        .order_by(EpochMetric.epoch)
+    )
+    return list(session.scalars(stmt))

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.orm import Session
 
 from storage import RunStatus, update_run
+from tasks.artifacts import ProgressArtifact
 from tasks.config import TrainConfig
 from tasks.data import Dataset, load_dataset
 from tasks.devices import resolve_device
@@ -78,10 +79,14 @@ def train(
         with Session(engine) as session, session.begin():
             update_run(session, run_id=run_id, parameter_names=list(initial), device=device)
         writer = MetricWriter(engine=engine, run_id=run_id, lr=config.lr)
+        progress = ProgressArtifact(
+            config.epochs, description=f"gdflow run {run_id}: epochs done of {config.epochs}"
+        )
 
         def on_chunk(chunk: EpochChunk) -> None:
             writer(chunk)
             _log_progress(logger, chunk, config.log_every)
+            progress.update(int(chunk.epochs[-1]))
 
         result = fit(
             dataset.x,

@@ -14,7 +14,9 @@ from storage import (
     RunStatus,
     append_metrics,
     create_run,
+    find_run_id,
     finish_run,
+    get_run,
     make_engine,
 )
 from tasks.errors import GdflowError
@@ -99,3 +101,28 @@ def status_for(exc: BaseException) -> RunStatus:
     }:
         return RunStatus.CANCELLED
     return RunStatus.FAILED
+
+
+def mark_unfinished(url: str, *, flow_run_id: str, state_type: str, message: str) -> None:
+    """Give a run still `running` the status of its ended flow run (failed, crashed, cancelled)."""
+    status = {
+        "crashed": RunStatus.CRASHED,
+        "cancelled": RunStatus.CANCELLED,
+        "cancelling": RunStatus.CANCELLED,
+    }.get(state_type, RunStatus.FAILED)
+    engine = open_database(url)
+    try:
+        with Session(engine) as session, session.begin():
+            run_id = find_run_id(session, flow_run_id=flow_run_id)
+            run = get_run(session, run_id=run_id) if run_id is not None else None
+            if run is None or run.status != RunStatus.RUNNING.value:
+                return
+            finish_run(
+                session,
+                run_id=run.id,
+                status=status,
+                stop_reason="error" if status is RunStatus.FAILED else status.value,
+                error=message,
+            )
+    finally:
+        engine.dispose()

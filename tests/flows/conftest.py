@@ -1,11 +1,15 @@
-"""Flow fixtures: one Prefect test-harness server for the whole session (it takes ~8 s to start)."""
+"""Flow fixtures: Prefect's test harness, and a real `prefect server` on loopback, per session."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,3 +48,121 @@ def run_cli(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    """A real `prefect server` on loopback and the environment that points clients at it."""
+
+    api_url: str
+    ui_url: str
+    env: dict[str, str]
+    home: Path
+
+    def cli(self, *args: str, cwd: Path, extra_env: dict[str, str] | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Run a command (prefect, gdflow) as a user would, against this server."""
+        return subprocess.run(
+            list(args), cwd=cwd, env={**self.env, **(extra_env or {})}, capture_output=True,
+            text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
+    def client(self):  # type: ignore[no-untyped-def]
+        """A synchronous Prefect client of this server (use as a context manager)."""
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(api=self.api_url)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def venv_command(name: str) -> str:
+    """The path of a console script installed beside this Python (gdflow, prefect)."""
+    path = Path(sys.executable).with_name(name)
+    return str(path) if path.exists() else name
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process started in its own session, and everything it started."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def start_background(
+    args: list[str], *, env: dict[str, str], cwd: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start a long-running command in its own process group, output to `log`."""
+    handle = log.open("wb")
+    try:
+        return subprocess.Popen(
+            args, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    finally:
+        handle.close()
+
+
+def wait_for(check, *, timeout: float, interval: float = 0.5, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll `check()` until it returns something truthy; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(home),
+        "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    log = home / "server.log"
+    server = start_background(
+        [venv_command("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, cwd=home, log=log,
+    )
+    try:
+        from flows.deploy import server_is_healthy
+
+        deadline = time.monotonic() + 120
+        while not server_is_healthy(api_url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"prefect server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield PrefectServer(
+            api_url=api_url,
+            ui_url=f"http://127.0.0.1:{port}",
+            env={**env, "PREFECT_API_URL": api_url},
+            home=home,
+        )
+    finally:
+        stop_process(server)

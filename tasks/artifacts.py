@@ -1,0 +1,136 @@
+"""Prefect artifacts of a run: live progress, and a summary, loss curve, table and trend at the end.
+
+Rendering lives in `tasks.reporting` (plain strings); this module only reads the database and
+hands the strings to Prefect. Publishing never fails a run: problems are logged as warnings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.logging import get_logger
+from sqlalchemy.orm import Session
+
+from storage import get_metrics_sample, get_run, list_runs, mask_url
+from tasks.recording import open_database
+from tasks.reporting import (
+    loss_curve_markdown,
+    metrics_table_rows,
+    summary_markdown,
+    trend_markdown,
+)
+
+#: Rows of the per-epoch table artifact (the database keeps every epoch).
+TABLE_ROWS = 200
+#: Points of the loss curve read back from the database.
+CURVE_POINTS = 2000
+#: Runs shown in the trend artifact.
+TREND_RUNS = 30
+
+logger = get_logger("gdflow.artifacts")
+
+
+class ProgressArtifact:
+    """A progress bar in the Prefect UI: epochs done out of the maximum."""
+
+    def __init__(self, max_epochs: int, description: str) -> None:
+        self.max_epochs = max_epochs
+        self.description = description
+        self.artifact_id: Optional[UUID] = None
+        try:
+            self.artifact_id = create_progress_artifact(0.0, description=description)
+        except Exception as exc:  # noqa: BLE001 - monitoring must not stop training
+            logger.warning("Could not create the progress artifact: %s", exc)
+
+    def update(self, epochs_done: int) -> None:
+        """Show `epochs_done / max_epochs` as a percentage."""
+        if self.artifact_id is None:
+            return
+        try:
+            update_progress_artifact(
+                self.artifact_id, 100.0 * min(epochs_done, self.max_epochs) / self.max_epochs
+            )
+        except Exception as exc:  # noqa: BLE001 - monitoring must not stop training
+            logger.warning("Could not update the progress artifact: %s", exc)
+
+
+def trend_key(data_source: str) -> str:
+    """The artifact key of a data source's trend: lowercase letters, digits and dashes."""
+    slug = re.sub(r"[^a-z0-9]+", "-", data_source.lower()).strip("-")
+    return f"gdflow-trend-{slug[-60:].strip('-') or 'data'}"
+
+
+def publish_run_report(database_url: str, run_id: int, *, seconds: Optional[float] = None) -> None:
+    """Create the summary, loss-curve, metrics-table and trend artifacts of a finished run."""
+    try:
+        _publish(database_url, run_id, seconds)
+    except Exception as exc:  # noqa: BLE001 - a report must not turn a good run into a failure
+        logger.warning("Could not publish the artifacts of run %d: %s", run_id, exc)
+
+
+def _publish(database_url: str, run_id: int, seconds: Optional[float]) -> None:
+    engine = open_database(database_url)
+    try:
+        with Session(engine) as session:
+            run = get_run(session, run_id=run_id)
+            if run is None:
+                return
+            curve = get_metrics_sample(session, run_id=run_id, max_rows=CURVE_POINTS)
+            history = list_runs(session, limit=TREND_RUNS, data_source=run.data_source)
+            names = list(run.parameter_names or [])
+            data_source = run.data_source
+            summary: dict[str, Any] = {
+                "run_id": run.id,
+                "status": run.status,
+                "stop_reason": run.stop_reason,
+                "epochs_done": run.epochs_done,
+                "max_epochs": run.config.get("epochs"),
+                "final_loss": run.final_loss,
+                "final_params": run.final_params,
+                "evaluation": run.evaluation,
+                "config": run.config,
+                "error": run.error,
+                "device": run.device,
+                "database_url": mask_url(database_url),
+                "seconds": seconds,
+            }
+            trend = [
+                {
+                    "run_id": past.id,
+                    "started_at": past.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    "status": past.status,
+                    "epochs_done": past.epochs_done,
+                    "final_loss": past.final_loss,
+                    "final_params": past.final_params,
+                }
+                for past in history
+            ]
+            epochs = [m.epoch for m in curve]
+            losses = [m.loss for m in curve]
+            params = [m.params for m in curve]
+    finally:
+        engine.dispose()
+    create_markdown_artifact(
+        summary_markdown(summary), description=f"gdflow run {run_id}: summary"
+    )
+    create_markdown_artifact(
+        loss_curve_markdown(epochs, losses, title=f"Run {run_id}: training loss"),
+        description=f"gdflow run {run_id}: loss curve",
+    )
+    create_table_artifact(
+        metrics_table_rows(epochs, losses, params, names, max_rows=TABLE_ROWS),
+        description=f"gdflow run {run_id}: per-epoch metrics (sampled; all epochs are in the database)",
+    )
+    create_markdown_artifact(
+        trend_markdown(trend, title=f"Runs on {data_source}"),
+        key=trend_key(data_source),
+        description="gdflow: final loss and parameters of successive runs on this data",
+    )
