@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     runs = commands.add_parser("runs", help="list recorded runs, newest first")
     runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default: 20)")
+    runs.add_argument(
+        "--source", help="only runs on this data source (a --data path, or toy:y=2x)"
+    )
     runs.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
     metrics = commands.add_parser("metrics", help="print one run's per-epoch metrics")
     metrics.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest'")
@@ -237,7 +240,7 @@ def _open_existing(database_url: Optional[str]) -> Any:
         raise CliError(str(exc)) from None
 
 
-def cmd_runs(limit: int, database_url: Optional[str]) -> int:
+def cmd_runs(limit: int, source: Optional[str], database_url: Optional[str]) -> int:
     """Print the latest runs as an aligned table."""
     from sqlalchemy.orm import Session
 
@@ -248,7 +251,7 @@ def cmd_runs(limit: int, database_url: Optional[str]) -> int:
         raise CliError(f"invalid --limit {limit}: must be at least 1")
     engine = _open_existing(database_url)
     with Session(engine) as session:
-        runs = list_runs(session, limit=limit)
+        runs = list_runs(session, limit=limit, data_source=source)
         if not runs:
             print("no runs recorded yet; start one with: gdflow run")
             return 0
@@ -301,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if command == "server":
             return cmd_server(args["host"], args["port"])
         if command == "runs":
-            return cmd_runs(args["limit"], args["database_url"])
+            return cmd_runs(args["limit"], args["source"], args["database_url"])
         return cmd_metrics(args["run_id"], args["format"], args["database_url"])
     except CliError as exc:
         _fail(str(exc))

@@ -58,7 +58,12 @@ def server_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
     import sys
 
     prefect = shutil.which("prefect", path=os.path.dirname(sys.executable)) or "prefect"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The dashboard's browser code must call this server, not the default port.
+        "PREFECT_SERVER_UI_API_URL": local_api_url(host, port),
+    }
     return [prefect, "server", "start", "--host", host, "--port", str(port)], env
 
 

@@ -11,12 +11,12 @@ from typing import Any, Optional
 
 
 def format_number(value: Optional[float]) -> str:
-    """A float in at most 7 significant digits; blanks for missing values."""
+    """A float in at most 8 significant digits; blanks for missing values."""
     if value is None:
         return ""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    return f"{value:.7g}"
+    return f"{value:.8g}"
 
 
 def format_time(value: Optional[datetime]) -> str:
@@ -44,9 +44,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequen
     return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
 
 
+def format_params(params: Optional[dict[str, Optional[float]]]) -> str:
+    """Parameters as `name=value` pairs, e.g. `w_a=3.00012 b=0.99871`."""
+    if not params:
+        return ""
+    return " ".join(f"{name}={format_number(value) or 'null'}" for name, value in params.items())
+
+
 def runs_table(runs: Sequence[Any]) -> str:
-    """The `gdflow runs` table: id, flow run, status, started, epochs, final loss, stop reason."""
-    headers = ["id", "flow run", "status", "started", "epochs", "final loss", "stop reason"]
+    """The `gdflow runs` table: id, flow run, status, started, epochs, loss, reason, parameters."""
+    headers = [
+        "id", "flow run", "status", "started", "epochs", "final loss", "stop reason",
+        "final params",
+    ]
     rows = [
         [
             run.id,
@@ -56,10 +66,11 @@ def runs_table(runs: Sequence[Any]) -> str:
             run.epochs_done,
             format_number(run.final_loss),
             run.stop_reason or "",
+            format_params(run.final_params),
         ]
         for run in runs
     ]
-    return table(headers, rows, [True, False, False, False, True, True, False])
+    return table(headers, rows, [True, False, False, False, True, True, False, False])
 
 
 def metrics_rows(metrics: Sequence[Any], names: Sequence[str]) -> list[list[Optional[float]]]:

@@ -37,8 +37,9 @@ def test_run_with_defaults_then_read_back(
     table = run_cli(["runs"], api_url=prefect_api_url, database_url=database_url, cwd=tmp_path)
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["id", "flow", "run", "status", "started", "epochs", "final",
-                                "loss", "stop", "reason"]
+                                "loss", "stop", "reason", "final", "params"]
     assert "toy-lr0.01-cpu-100ep" in lines[2] and "completed" in lines[2]
+    assert lines[2].endswith("w=1.9999998")
     assert len({len(line) for line in lines[:2]}) == 1  # header and rule line up
 
     exported = run_cli(["metrics", "latest", "--format", "csv"], api_url=prefect_api_url,

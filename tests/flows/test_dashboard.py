@@ -1,0 +1,97 @@
+"""The Prefect dashboard in a real browser: a run's page, its loss curve and its summary."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.flows.conftest import PrefectServer, venv_command
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = REPO / "test-artifacts"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs Debian's chromium for the dashboard tests: apt-get install -y chromium")
+    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _open(browser, url: str):  # type: ignore[no-untyped-def]
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url, wait_until="networkidle")
+    return page
+
+
+def test_run_page_shows_the_loss_curve_and_summary(
+    prefect_server: PrefectServer, browser, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    done = prefect_server.cli(
+        venv_command("gdflow"), "run", cwd=tmp_path,
+        extra_env={"GDFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'metrics.db'}"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    match = re.search(r"watch it at (\S+/runs/flow-run/([0-9a-f-]{36}))", done.stdout)
+    assert match, done.stdout
+    run_url, flow_run_id = match.groups()
+    assert run_url.startswith(prefect_server.ui_url)
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with prefect_server.client() as client:
+        artifacts = {
+            a.description: a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+        }
+    SCREENSHOTS.mkdir(exist_ok=True)
+
+    page = _open(browser, run_url)
+    page.get_by_text("Artifacts", exact=True).first.click()
+    page.get_by_text("gdflow run 1: loss curve").wait_for(timeout=30_000)
+    page.get_by_text("gdflow run 1: summary").wait_for(timeout=30_000)
+    page.screenshot(path=str(SCREENSHOTS / "flow-run-artifacts.png"), full_page=True)
+    page.close()
+
+    curve = artifacts["gdflow run 1: loss curve"]
+    page = _open(browser, f"{prefect_server.ui_url}/artifacts/artifact/{curve.id}")
+    image = page.locator("img[src^='data:image/svg+xml']")
+    image.wait_for(timeout=30_000)
+    page.wait_for_function(
+        "() => [...document.images].some(i => i.src.startsWith('data:image/svg') && i.naturalWidth > 0)",
+        timeout=30_000,
+    )
+    assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [640, 320]
+    page.screenshot(path=str(SCREENSHOTS / "loss-curve.png"), full_page=True)
+    page.close()
+
+    summary = artifacts["gdflow run 1: summary"]
+    page = _open(browser, f"{prefect_server.ui_url}/artifacts/artifact/{summary.id}")
+    page.get_by_text("Run 1: completed").wait_for(timeout=30_000)
+    text = page.inner_text("body")
+    assert "f(5) = 10.000" in text and "max_epochs" in text and "least squares" in text
+    page.screenshot(path=str(SCREENSHOTS / "summary.png"), full_page=True)
+    page.close()
