@@ -37,17 +37,27 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             help_text += f" (default: {default})"
         if info.annotation is bool:
             parser.add_argument(
-                _flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS, help=help_text,
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         elif name in ("features", "predict"):
             parser.add_argument(
-                _flag(name), dest=name, nargs="+", default=argparse.SUPPRESS,
-                metavar=name.upper()[:-1] if name == "features" else "X", help=help_text,
+                _flag(name),
+                dest=name,
+                nargs="+",
+                default=argparse.SUPPRESS,
+                metavar=name.upper()[:-1] if name == "features" else "X",
+                help=help_text,
             )
         else:
             parser.add_argument(
-                _flag(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                _flag(name),
+                dest=name,
+                default=argparse.SUPPRESS,
+                metavar=name.upper(),
                 help=help_text,
             )
 
@@ -71,23 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: 0 2 * * *)")
     serve.add_argument("--timezone", default="UTC", help="time zone of the schedule (default: UTC)")
     serve.add_argument(
-        "--interval", type=float, default=None, metavar="SECONDS",
+        "--interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
         help="run every SECONDS instead of the cron schedule",
     )
     serve.add_argument(
-        "--allow-overlap", action="store_true",
+        "--allow-overlap",
+        action="store_true",
         help="let a scheduled run start while the previous one still runs (default: queue it)",
     )
     server = commands.add_parser(
         "server", help="start a local Prefect server (loopback, analytics off) and its UI"
     )
     server.add_argument("--host", default=DEFAULT_HOST, help=f"address (default: {DEFAULT_HOST})")
-    server.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    server.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
+    )
     runs = commands.add_parser("runs", help="list recorded runs, newest first")
     runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default: 20)")
-    runs.add_argument(
-        "--source", help="only runs on this data source (a --data path, or toy:y=2x)"
-    )
+    runs.add_argument("--source", help="only runs on this data source (a --data path, or toy:y=2x)")
     runs.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
     metrics = commands.add_parser("metrics", help="print one run's per-epoch metrics")
     metrics.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest'")
@@ -112,10 +126,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         field = str(error["loc"][0])
         value = error.get("input")
         shown = value if isinstance(value, str) else repr(value)
-        return (
-            f"invalid {_flag(field)} {shown}: {message}; "
-            f"see '{PROG} run --help'"
-        )
+        return f"invalid {_flag(field)} {shown}: {message}; see '{PROG} run --help'"
     return f"invalid options: {message}"
 
 
@@ -169,7 +180,7 @@ def cmd_run(values: dict[str, Any]) -> int:
             if not isinstance(outcome, GdflowError):
                 text = f"{type(outcome).__name__}: {text}"
         else:
-            text = state.message or state.name
+            text = state.message or state.name or ""
         raise CliError(text.splitlines()[0] if text else "the run failed")
     summary = state.result()
     run_id = summary["run_id"]

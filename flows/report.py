@@ -30,7 +30,9 @@ def format_time(value: Optional[datetime]) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool]) -> str:
     """An aligned text table: numeric columns right-aligned, others left-aligned."""
-    cells = [[str(c) for c in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [[str(c) for c in headers]] + [
+        ["" if v is None else str(v) for v in row] for row in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
@@ -54,7 +56,13 @@ def format_params(params: Optional[dict[str, Optional[float]]]) -> str:
 def runs_table(runs: Sequence[Any]) -> str:
     """The `gdflow runs` table: id, flow run, status, started, epochs, loss, reason, parameters."""
     headers = [
-        "id", "flow run", "status", "started", "epochs", "final loss", "stop reason",
+        "id",
+        "flow run",
+        "status",
+        "started",
+        "epochs",
+        "final loss",
+        "stop reason",
         "final params",
     ]
     rows = [
@@ -80,9 +88,7 @@ def metrics_rows(metrics: Sequence[Any], names: Sequence[str]) -> list[list[Opti
 
 def metrics_table(metrics: Sequence[Any], names: Sequence[str]) -> str:
     """The per-epoch metrics as an aligned table."""
-    rows = [
-        [row[0], *(format_number(v) for v in row[1:])] for row in metrics_rows(metrics, names)
-    ]
+    rows = [[row[0], *(format_number(v) for v in row[1:])] for row in metrics_rows(metrics, names)]
     headers = ["epoch", "loss", *names]
     return table(headers, rows, [True] * len(headers))
 

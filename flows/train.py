@@ -7,7 +7,9 @@ from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.runtime import flow_run
+from prefect.client.schemas.objects import FlowRun
+from prefect.runtime import flow_run as current_run
+from prefect.states import State
 
 from storage import RunStatus, default_database_url, mask_url
 from tasks.artifacts import publish_run_report
@@ -28,7 +30,7 @@ def _config_of(parameters: dict[str, Any]) -> TrainConfig:
 
 def _flow_run_name() -> str:
     """Name each flow run after its data, learning rate, device and epochs."""
-    return _config_of(flow_run.parameters).run_name()
+    return _config_of(current_run.parameters).run_name()
 
 
 def run_tags(config: TrainConfig, device: str) -> list[str]:
@@ -39,7 +41,7 @@ def run_tags(config: TrainConfig, device: str) -> list[str]:
 
 def _tag_flow_run(tags: list[str]) -> None:
     """Add tags to the current flow run (whatever started it: CLI, deployment or UI)."""
-    run_id = flow_run.id
+    run_id = current_run.id
     if run_id is None:
         return
     try:
@@ -50,17 +52,17 @@ def _tag_flow_run(tags: list[str]) -> None:
         get_run_logger().warning("Could not tag the flow run: %s", exc)
 
 
-def _on_unfinished(_flow: Any, prefect_run: Any, state: Any) -> None:
+def _on_unfinished(flow: Any, flow_run: FlowRun, state: State) -> None:
     """State hook: a failed, crashed or cancelled flow run leaves no gdflow run `running`."""
     try:
-        config = _config_of(prefect_run.parameters or {})
+        config = _config_of(flow_run.parameters or {})
     except Exception:  # noqa: BLE001 - invalid parameters: no gdflow run was started
         return
     mark_unfinished(
         config.database_url or default_database_url(),
-        flow_run_id=str(prefect_run.id),
+        flow_run_id=str(flow_run.id),
         state_type=str(getattr(state.type, "value", state.type)).lower(),
-        message=state.message or state.name,
+        message=state.message or state.name or "",
     )
 
 
@@ -87,7 +89,7 @@ def _record_failure(url: str, run_id: int, exc: BaseException) -> None:
     on_crashed=[_on_unfinished],
     on_cancellation=[_on_unfinished],
 )
-def train_flow(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
+def train_flow(config: TrainConfig = TrainConfig()) -> dict[str, Any]:  # noqa: B008 - frozen
     """Train a linear model by gradient descent and record every epoch in the database."""
     logger = get_run_logger()
     url = config.database_url or default_database_url()
@@ -95,8 +97,8 @@ def train_flow(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
         url,
         config=config.model_dump(mode="json"),
         data_source=config.data_source,
-        flow_run_id=flow_run.id,
-        flow_run_name=flow_run.name,
+        flow_run_id=current_run.id,
+        flow_run_name=current_run.name,
     )
     logger.info("Run %d recording to %s", run_id, mask_url(url))
     seconds: Optional[float] = None
@@ -107,16 +109,12 @@ def train_flow(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
         _tag_flow_run(run_tags(config, device))
         dataset = load_data(config)
         initial = initialize_weight(config, dataset.feature_names)
-        result = train(
-            config, dataset, initial, device=device, run_id=run_id, database_url=url
-        )
+        result = train(config, dataset, initial, device=device, run_id=run_id, database_url=url)
         seconds = result.seconds
         evaluation = None
         if result.stop_reason != "diverged":
             evaluation = evaluate_prediction(config, dataset, result.final_params)
-        status = persist(
-            run_id=run_id, database_url=url, result=result, evaluation=evaluation
-        )
+        status = persist(run_id=run_id, database_url=url, result=result, evaluation=evaluation)
         if status is RunStatus.DIVERGED:
             raise DivergedError(
                 f"run {run_id} diverged: the loss became NaN or infinite at epoch "

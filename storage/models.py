@@ -43,9 +43,7 @@ class EpochMetric(Base):
 
     __tablename__ = "epoch_metrics"
 
-    run_id: Mapped[int] = mapped_column(
-        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
-    )
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     loss: Mapped[Optional[float]] = mapped_column(Float)
     params: Mapped[dict[str, float]] = mapped_column(JSON)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Optional
 
@@ -60,7 +60,7 @@ def create_run(
         flow_run_id=flow_run_id,
         flow_run_name=flow_run_name,
         status=RunStatus.RUNNING.value,
-        started_at=started_at or datetime.now(timezone.utc),
+        started_at=started_at or datetime.now(UTC),
         data_source=data_source,
         device=device,
         parameter_names=list(parameter_names),
@@ -92,9 +92,7 @@ def append_metrics(session: Session, *, run_id: int, rows: Iterable[MetricRow]) 
     ]
     if values:
         session.execute(insert(EpochMetric), values)
-        session.execute(
-            update(Run).where(Run.id == run_id).values(epochs_done=values[-1]["epoch"])
-        )
+        session.execute(update(Run).where(Run.id == run_id).values(epochs_done=values[-1]["epoch"]))
     return len(values)
 
 
@@ -114,7 +112,7 @@ def finish_run(
     """Record how a run ended; fields left as None keep their stored value."""
     values: dict[str, Any] = {
         "status": status.value,
-        "finished_at": finished_at or datetime.now(timezone.utc),
+        "finished_at": finished_at or datetime.now(UTC),
     }
     optional = {
         "epochs_done": epochs_done,
@@ -138,9 +136,7 @@ def latest_run_id(session: Session) -> Optional[int]:
     return session.scalars(select(Run.id).order_by(Run.started_at.desc(), Run.id.desc())).first()
 
 
-def list_runs(
-    session: Session, *, limit: int = 20, data_source: Optional[str] = None
-) -> list[Run]:
+def list_runs(session: Session, *, limit: int = 20, data_source: Optional[str] = None) -> list[Run]:
     """Return the latest runs (optionally of one data source), newest first."""
     stmt = select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)
     if data_source is not None:

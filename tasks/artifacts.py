@@ -7,7 +7,7 @@ hands the strings to Prefect. Publishing never fails a run: problems are logged 
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Optional, cast
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -46,7 +46,8 @@ class ProgressArtifact:
         self.description = description
         self.artifact_id: Optional[UUID] = None
         try:
-            self.artifact_id = create_progress_artifact(0.0, description=description)
+            created = create_progress_artifact(0.0, description=description)
+            self.artifact_id = cast(UUID, created)  # sync call: a UUID, not a coroutine
         except Exception as exc:  # noqa: BLE001 - monitoring must not stop training
             logger.warning("Could not create the progress artifact: %s", exc)
 
@@ -115,19 +116,19 @@ def _publish(database_url: str, run_id: int, seconds: Optional[float]) -> None:
             ]
             epochs = [m.epoch for m in curve]
             losses = [m.loss for m in curve]
-            params = [m.params for m in curve]
+            params: list[dict[str, Optional[float]]] = [dict(m.params) for m in curve]
     finally:
         engine.dispose()
-    create_markdown_artifact(
-        summary_markdown(summary), description=f"gdflow run {run_id}: summary"
-    )
+    create_markdown_artifact(summary_markdown(summary), description=f"gdflow run {run_id}: summary")
     create_markdown_artifact(
         loss_curve_markdown(epochs, losses, title=f"Run {run_id}: training loss"),
         description=f"gdflow run {run_id}: loss curve",
     )
     create_table_artifact(
         metrics_table_rows(epochs, losses, params, names, max_rows=TABLE_ROWS),
-        description=f"gdflow run {run_id}: per-epoch metrics (sampled; all epochs are in the database)",
+        description=(
+            f"gdflow run {run_id}: per-epoch metrics (sampled; all epochs are in the database)"
+        ),
     )
     create_markdown_artifact(
         trend_markdown(trend, title=f"Runs on {data_source}"),

@@ -23,7 +23,9 @@ class TrainConfig(BaseModel):
     )
     features: Optional[list[str]] = Field(
         default=None,
-        description="Feature columns of --data, comma-separated (default: every column but the target).",
+        description=(
+            "Feature columns of --data, comma-separated (default: every column but the target)."
+        ),
     )
     target: Optional[str] = Field(
         default=None,
@@ -51,14 +53,20 @@ class TrainConfig(BaseModel):
     seed: int = Field(default=0, ge=0, description="Seed of torch's generator (random init).")
     predict: list[list[float]] = Field(
         default_factory=lambda: [[5.0]],
-        description="Inputs to predict after training: numbers, or comma-separated rows for several features.",
+        description=(
+            "Inputs to predict after training: numbers, or comma-separated rows for "
+            "several features."
+        ),
     )
     log_every: int = Field(
         default=10, ge=0, description="Log a progress line every N epochs (0: never)."
     )
     database_url: Optional[str] = Field(
         default=None,
-        description="SQLAlchemy URL of the metrics database (default: $GDFLOW_DATABASE_URL or ~/.gdflow/gdflow.db).",
+        description=(
+            "SQLAlchemy URL of the metrics database "
+            "(default: $GDFLOW_DATABASE_URL or ~/.gdflow/gdflow.db)."
+        ),
     )
 
     @field_validator("data", "target", "database_url", mode="before")
@@ -127,7 +135,7 @@ class TrainConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _data_options_need_data(self) -> "TrainConfig":
+    def _data_options_need_data(self) -> TrainConfig:
         """--features and --target only mean something with --data."""
         if self.data is None and (self.features or self.target):
             raise ValueError("--features and --target need --data PATH")

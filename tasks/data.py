@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -93,7 +94,11 @@ def make_dataset(
 def load_toy(dtype: str = "float32") -> Dataset:
     """Return the seed tutorial's five points, y = 2x."""
     return make_dataset(
-        [[v] for v in TOY_X], TOY_Y, feature_names=["x"], target_name="y", source="toy:y=2x",
+        [[v] for v in TOY_X],
+        TOY_Y,
+        feature_names=["x"],
+        target_name="y",
+        source="toy:y=2x",
         dtype=dtype,
     )
 
@@ -124,7 +129,9 @@ def read_table(path: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise GdflowError(f"data file {path!r} is empty; add a header row and data rows") from None
     except UnicodeDecodeError:
-        raise GdflowError(f"data file {path!r} is not UTF-8 text; re-save it as UTF-8 CSV") from None
+        raise GdflowError(
+            f"data file {path!r} is not UTF-8 text; re-save it as UTF-8 CSV"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed file
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GdflowError(
@@ -156,8 +163,7 @@ def select_columns(
     for name in [*feature_names, target_name]:
         if name not in columns:
             raise GdflowError(
-                f"column {name!r} not found in {source}; available columns: "
-                f"{', '.join(columns)}"
+                f"column {name!r} not found in {source}; available columns: {', '.join(columns)}"
             )
     if target_name in feature_names:
         raise GdflowError(

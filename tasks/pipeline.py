@@ -103,7 +103,9 @@ def train(
     logger.info(
         "Stopped after %d epoch(s): %s (%.3f s on %s)",
         result.epochs_done,
-        result.stop_reason if result.diverged_at is None else f"diverged at epoch {result.diverged_at}",
+        result.stop_reason
+        if result.diverged_at is None
+        else f"diverged at epoch {result.diverged_at}",
         result.seconds,
         result.device,
     )

@@ -194,17 +194,13 @@ def _curve_svg(
 
     for value, label in y_ticks:
         y = sy(value)
-        parts.append(
-            f'<line x1="{left}" y1="{y:.2f}" x2="{right}" y2="{y:.2f}" stroke="#e5e5e5"/>'
-        )
+        parts.append(f'<line x1="{left}" y1="{y:.2f}" x2="{right}" y2="{y:.2f}" stroke="#e5e5e5"/>')
         parts.append(
             f'<text x="{left - 6}" y="{y + 4:.2f}" text-anchor="end">{xml_escape(label)}</text>'
         )
     for tick in x_ticks:
         x = sx(tick)
-        parts.append(
-            f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{bottom}" stroke="#e5e5e5"/>'
-        )
+        parts.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{bottom}" stroke="#e5e5e5"/>')
         parts.append(f'<text x="{x:.2f}" y="{bottom + 16}" text-anchor="middle">{tick}</text>')
     parts.append(
         f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '

@@ -119,7 +119,11 @@ def fit(
             )
         optimizer.zero_grad()
         row += 1
-        if row == buffer.shape[0] or epoch == epochs or time.monotonic() - last_flush >= flush_seconds:
+        if (
+            row == buffer.shape[0]
+            or epoch == epochs
+            or time.monotonic() - last_flush >= flush_seconds
+        ):
             host = buffer[:row].to("cpu", copy=True).numpy()  # never a view of the buffer
             stop = state.flush(host, first_epoch=epoch - row + 1)
             row = 0

@@ -59,12 +59,18 @@ class PrefectServer:
     env: dict[str, str]
     home: Path
 
-    def cli(self, *args: str, cwd: Path, extra_env: dict[str, str] | None = None,
-            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, cwd: Path, extra_env: dict[str, str] | None = None, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command (prefect, gdflow) as a user would, against this server."""
         return subprocess.run(
-            list(args), cwd=cwd, env={**self.env, **(extra_env or {})}, capture_output=True,
-            text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            list(args),
+            cwd=cwd,
+            env={**self.env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
 
     def client(self):  # type: ignore[no-untyped-def]
@@ -110,8 +116,13 @@ def start_background(
     handle = log.open("wb")
     try:
         return subprocess.Popen(
-            args, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     finally:
         handle.close()
@@ -149,7 +160,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     log = home / "server.log"
     server = start_background(
         [venv_command("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=home, log=log,
+        env=env,
+        cwd=home,
+        log=log,
     )
     try:
         from flows.deploy import server_is_healthy
@@ -167,3 +180,45 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         )
     finally:
         stop_process(server)
+
+
+@dataclass(frozen=True)
+class Served:
+    """`gdflow serve` running against the server, writing to its own metrics database."""
+
+    server: PrefectServer
+    database: Path
+    workdir: Path
+
+
+@pytest.fixture(scope="session")
+def served(
+    prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """`gdflow serve --interval 5` in the background until the session ends."""
+    workdir = tmp_path_factory.mktemp("serve")
+    database = workdir / "metrics.db"
+    env = {**prefect_server.env, "GDFLOW_DATABASE_URL": f"sqlite:///{database}"}
+    log = workdir / "serve.log"
+    process = start_background(
+        [venv_command("gdflow"), "serve", "--interval", "5", "--epochs", "50", "--log-every", "0"],
+        env=env,
+        cwd=workdir,
+        log=log,
+    )
+    try:
+
+        def deployed() -> bool:
+            with prefect_server.client() as client:
+                try:
+                    client.read_deployment_by_name("train/gdflow-on-demand")
+                    client.read_deployment_by_name("train/gdflow-scheduled")
+                    return True
+                except Exception:  # noqa: BLE001 - not there yet
+                    assert process.poll() is None, log.read_text()[-3000:]
+                    return False
+
+        wait_for(deployed, timeout=120, what="gdflow serve to register its deployments")
+        yield Served(server=prefect_server, database=database, workdir=workdir)
+    finally:
+        stop_process(process)

@@ -36,19 +36,37 @@ def test_run_with_defaults_then_read_back(
 
     table = run_cli(["runs"], api_url=prefect_api_url, database_url=database_url, cwd=tmp_path)
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["id", "flow", "run", "status", "started", "epochs", "final",
-                                "loss", "stop", "reason", "final", "params"]
+    assert lines[0].split() == [
+        "id",
+        "flow",
+        "run",
+        "status",
+        "started",
+        "epochs",
+        "final",
+        "loss",
+        "stop",
+        "reason",
+        "final",
+        "params",
+    ]
     assert "toy-lr0.01-cpu-100ep" in lines[2] and "completed" in lines[2]
     assert lines[2].endswith("w=1.9999998")
     assert len({len(line) for line in lines[:2]}) == 1  # header and rule line up
 
-    exported = run_cli(["metrics", "latest", "--format", "csv"], api_url=prefect_api_url,
-                       database_url=database_url, cwd=tmp_path)
+    exported = run_cli(
+        ["metrics", "latest", "--format", "csv"],
+        api_url=prefect_api_url,
+        database_url=database_url,
+        cwd=tmp_path,
+    )
     rows = list(csv.DictReader(io.StringIO(exported.stdout)))
     assert list(rows[0]) == ["epoch", "loss", "w"]
     reference = read_trajectory()
     assert [int(r["epoch"]) for r in rows] == list(range(1, 101))
-    assert [float(r["loss"]) for r in rows] == pytest.approx([r["loss"] for r in reference], rel=1e-5)
+    assert [float(r["loss"]) for r in rows] == pytest.approx(
+        [r["loss"] for r in reference], rel=1e-5
+    )
     assert [float(r["w"]) for r in rows] == pytest.approx([r["w"] for r in reference], rel=1e-5)
 
 
@@ -65,7 +83,11 @@ def test_run_with_defaults_then_read_back(
         (["--data", "{tmp}/words.csv"], "column 'a' in .* is not numeric", "failed"),
         (["--data", "{tmp}/holes.csv"], "missing, NaN or infinite", "failed"),
         (["--data", "{tmp}/words.csv", "--features", "nope"], "column 'nope' not found", "failed"),
-        (["--database-url", "sqlite:///{tmp}/file.txt/sub/m.db"], "cannot create the database", None),
+        (
+            ["--database-url", "sqlite:///{tmp}/file.txt/sub/m.db"],
+            "cannot create the database",
+            None,
+        ),
         (["--lr", "1"], "the learning rate 1 is too large; lower --lr", "diverged"),
     ],
 )
@@ -82,13 +104,11 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     (tmp_path / "holes.csv").write_text("a,y\n1,2\nnan,3\n")
     (tmp_path / "file.txt").write_text("a file, not a directory")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    done = run_cli(["run", *args], api_url=prefect_api_url, database_url=database_url,
-                   cwd=tmp_path)
+    done = run_cli(["run", *args], api_url=prefect_api_url, database_url=database_url, cwd=tmp_path)
     assert done.returncode != 0
     assert "Traceback" not in done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("gdflow: error: ")
-    import re
 
     assert re.search(message, last), last
     if recorded is None:

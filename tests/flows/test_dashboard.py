@@ -5,21 +5,25 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
-from tests.flows.conftest import PrefectServer, venv_command
+from tests.flows.conftest import PrefectServer, Served, venv_command, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "test-artifacts"
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
-        raise RuntimeError("CI needs Debian's chromium for the dashboard tests: apt-get install -y chromium")
-    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)",
-                allow_module_level=True)
+        raise RuntimeError(
+            "CI needs Debian's chromium for the dashboard tests: apt-get install -y chromium"
+        )
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +41,13 @@ def browser():  # type: ignore[no-untyped-def]
             chromium.close()
 
 
+def _rows(database: Path, sql: str) -> list[tuple]:
+    if not database.exists():
+        return []
+    with sqlite3.connect(database) as conn:
+        return conn.execute(sql).fetchall()
+
+
 def _open(browser, url: str):  # type: ignore[no-untyped-def]
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(url, wait_until="networkidle")
@@ -44,10 +55,14 @@ def _open(browser, url: str):  # type: ignore[no-untyped-def]
 
 
 def test_run_page_shows_the_loss_curve_and_summary(
-    prefect_server: PrefectServer, browser, tmp_path: Path  # type: ignore[no-untyped-def]
+    prefect_server: PrefectServer,
+    browser,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     done = prefect_server.cli(
-        venv_command("gdflow"), "run", cwd=tmp_path,
+        venv_command("gdflow"),
+        "run",
+        cwd=tmp_path,
         extra_env={"GDFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'metrics.db'}"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -81,7 +96,8 @@ def test_run_page_shows_the_loss_curve_and_summary(
     image = page.locator("img[src^='data:image/svg+xml']")
     image.wait_for(timeout=30_000)
     page.wait_for_function(
-        "() => [...document.images].some(i => i.src.startsWith('data:image/svg') && i.naturalWidth > 0)",
+        "() => [...document.images]"
+        ".some(i => i.src.startsWith('data:image/svg') && i.naturalWidth > 0)",
         timeout=30_000,
     )
     assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [640, 320]
@@ -95,3 +111,36 @@ def test_run_page_shows_the_loss_curve_and_summary(
     assert "f(5) = 10.000" in text and "max_epochs" in text and "least squares" in text
     page.screenshot(path=str(SCREENSHOTS / "summary.png"), full_page=True)
     page.close()
+
+
+def test_run_form_shows_the_config_and_starts_a_run(served: Served, browser) -> None:  # type: ignore[no-untyped-def]
+    with served.server.client() as client:
+        deployment = client.read_deployment_by_name("train/gdflow-on-demand")
+    page = _open(browser, f"{served.server.ui_url}/deployments/deployment/{deployment.id}/run")
+    page.get_by_text("Learning rate of torch.optim.SGD.").wait_for(timeout=30_000)
+    text = page.inner_text("body")
+    for description in (
+        "CSV or Parquet file to train on",
+        "Maximum number of epochs.",
+        "Where tensors live: auto, cpu, cuda, cuda:N or mps.",
+        "Stop once the loss changes by less than this between epochs.",
+    ):
+        assert description in text
+    lr = page.get_by_text("Learning rate of torch.optim.SGD.").locator("xpath=following::input[1]")
+    assert lr.input_value() == "0.01"
+    lr.fill("0.03")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "run-form.png"), full_page=True)
+    page.get_by_role("button", name="Submit").click()
+    # After submitting, the UI leaves the form for the deployment's page.
+    page.wait_for_url(re.compile(r".*/deployments/deployment/[0-9a-f-]+(\?.*)?$"), timeout=30_000)
+    page.close()
+
+    def recorded():  # type: ignore[no-untyped-def]
+        rows = _rows(
+            served.database,
+            "SELECT status FROM runs WHERE json_extract(config, '$.lr') = 0.03",
+        )
+        return rows if rows and rows[0][0] != "running" else None
+
+    assert wait_for(recorded, timeout=120, what="the run started from the form") == [("completed",)]

@@ -6,31 +6,14 @@ import json
 import re
 import shutil
 import sqlite3
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
-from tests.flows.conftest import (
-    PrefectServer,
-    start_background,
-    stop_process,
-    venv_command,
-    wait_for,
-)
+from tests.flows.conftest import PrefectServer, Served, venv_command, wait_for
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-@dataclass(frozen=True)
-class Served:
-    """`gdflow serve` running against the server, writing to its own metrics database."""
-
-    server: PrefectServer
-    database: Path
-    workdir: Path
 
 
 def _rows(database: Path, sql: str, *args: object) -> list[tuple]:
@@ -56,8 +39,13 @@ def _wait_final(server: PrefectServer, flow_run_id: str, timeout: float = 180): 
 def _trigger(server: PrefectServer, deployment: str, config: dict, cwd: Path) -> str:
     """`prefect deployment run` as a user types it; return the new flow run's id."""
     done = server.cli(
-        venv_command("prefect"), "deployment", "run", deployment,
-        "--params", json.dumps({"config": config}), cwd=cwd,
+        venv_command("prefect"),
+        "deployment",
+        "run",
+        deployment,
+        "--params",
+        json.dumps({"config": config}),
+        cwd=cwd,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     match = re.search(r"UUID: *([0-9a-f-]{36})", done.stdout)
@@ -65,38 +53,11 @@ def _trigger(server: PrefectServer, deployment: str, config: dict, cwd: Path) ->
     return match.group(1)
 
 
-@pytest.fixture(scope="module")
-def served(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`gdflow serve --interval 5` in the background until the module's tests are done."""
-    workdir = tmp_path_factory.mktemp("serve")
-    database = workdir / "metrics.db"
-    env = {**prefect_server.env, "GDFLOW_DATABASE_URL": f"sqlite:///{database}"}
-    log = workdir / "serve.log"
-    process = start_background(
-        [venv_command("gdflow"), "serve", "--interval", "5", "--epochs", "50", "--log-every", "0"],
-        env=env, cwd=workdir, log=log,
-    )
-    try:
-        def deployed() -> bool:
-            with prefect_server.client() as client:
-                try:
-                    client.read_deployment_by_name("train/gdflow-on-demand")
-                    client.read_deployment_by_name("train/gdflow-scheduled")
-                    return True
-                except Exception:  # noqa: BLE001 - not there yet
-                    assert process.poll() is None, log.read_text()[-3000:]
-                    return False
-
-        wait_for(deployed, timeout=120, what="gdflow serve to register its deployments")
-        yield Served(server=prefect_server, database=database, workdir=workdir)
-    finally:
-        stop_process(process)
-
-
 def test_manual_run_through_prefect_records_rows_and_artifacts(served: Served) -> None:
     server = served.server
-    flow_run_id = _trigger(server, "train/gdflow-on-demand", {"lr": 0.02, "epochs": 120},
-                           served.workdir)
+    flow_run_id = _trigger(
+        server, "train/gdflow-on-demand", {"lr": 0.02, "epochs": 120}, served.workdir
+    )
     run = _wait_final(server, flow_run_id)
     assert run.state.type.value == "COMPLETED", run.state
     assert run.name == "toy-lr0.02-cpu-120ep"
@@ -108,8 +69,9 @@ def test_manual_run_through_prefect_records_rows_and_artifacts(served: Served) -
         flow_run_id,
     )
     assert (status, epochs, json.loads(config)["lr"]) == ("completed", 120, 0.02)
-    assert _rows(served.database, "SELECT count(*) FROM epoch_metrics WHERE run_id = ?",
-                 run_id) == [(120,)]
+    assert _rows(
+        served.database, "SELECT count(*) FROM epoch_metrics WHERE run_id = ?", run_id
+    ) == [(120,)]
 
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -132,8 +94,13 @@ def test_manual_run_through_prefect_records_rows_and_artifacts(served: Served) -
 
 def test_invalid_parameters_are_rejected_before_any_run(served: Served) -> None:
     done = served.server.cli(
-        venv_command("prefect"), "deployment", "run", "train/gdflow-on-demand",
-        "--params", json.dumps({"config": {"lr": -1}}), cwd=served.workdir,
+        venv_command("prefect"),
+        "deployment",
+        "run",
+        "train/gdflow-on-demand",
+        "--params",
+        json.dumps({"config": {"lr": -1}}),
+        cwd=served.workdir,
     )
     assert done.returncode != 0
     assert "lr" in done.stdout + done.stderr
@@ -150,11 +117,15 @@ def test_the_schedule_creates_runs_and_they_execute(served: Served) -> None:
                 )
             )
 
-    wait_for(lambda: any(r.state.type.value == "SCHEDULED" for r in scheduled_runs()),
-             timeout=60, what="scheduled runs")
+    wait_for(
+        lambda: any(r.state.type.value == "SCHEDULED" for r in scheduled_runs()),
+        timeout=60,
+        what="scheduled runs",
+    )
     completed = wait_for(
         lambda: [r for r in scheduled_runs() if r.state.type.value == "COMPLETED"],
-        timeout=120, what="a scheduled run to complete",
+        timeout=120,
+        what="a scheduled run to complete",
     )
     ids = [str(r.id) for r in completed]
     recorded = _rows(
@@ -167,25 +138,33 @@ def test_the_schedule_creates_runs_and_they_execute(served: Served) -> None:
 
 def test_cancelling_a_run_records_it_cancelled_with_its_partial_metrics(served: Served) -> None:
     server = served.server
-    flow_run_id = _trigger(server, "train/gdflow-on-demand",
-                           {"epochs": 100_000_000, "log_every": 0}, served.workdir)
+    flow_run_id = _trigger(
+        server, "train/gdflow-on-demand", {"epochs": 100_000_000, "log_every": 0}, served.workdir
+    )
 
     def epochs_written() -> int:
-        rows = _rows(served.database, "SELECT epochs_done FROM runs WHERE flow_run_id = ?",
-                     flow_run_id)
+        rows = _rows(
+            served.database, "SELECT epochs_done FROM runs WHERE flow_run_id = ?", flow_run_id
+        )
         return rows[0][0] if rows else 0
 
     wait_for(epochs_written, timeout=120, what="the long run to write metrics")
-    done = server.cli(venv_command("prefect"), "flow-run", "cancel", flow_run_id,
-                      cwd=served.workdir)
+    done = server.cli(
+        venv_command("prefect"), "flow-run", "cancel", flow_run_id, cwd=served.workdir
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     run = _wait_final(server, flow_run_id, timeout=120)
     assert run.state.type.value == "CANCELLED"
     (status,) = wait_for(
-        lambda: [r for r in _rows(served.database,
-                                  "SELECT status FROM runs WHERE flow_run_id = ?", flow_run_id)
-                 if r[0] != "running"],
-        timeout=60, what="gdflow to record the cancellation",
+        lambda: [
+            r
+            for r in _rows(
+                served.database, "SELECT status FROM runs WHERE flow_run_id = ?", flow_run_id
+            )
+            if r[0] != "running"
+        ],
+        timeout=60,
+        what="gdflow to record the cancellation",
     )
     assert status == ("cancelled",)
     ((count,),) = _rows(
@@ -201,17 +180,29 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(
     prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
     project = tmp_path / "project"
-    shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "*.db", "__pycache__", "test-artifacts"))
+    shutil.copytree(
+        REPO,
+        project,
+        ignore=shutil.ignore_patterns(".venv", ".git", "*.db", "__pycache__", "test-artifacts"),
+    )
     database = tmp_path / "metrics.db"
     env = {"PWD": str(project), "GDFLOW_DATABASE_URL": f"sqlite:///{database}"}
     prefect = venv_command("prefect")
 
-    created = prefect_server.cli(prefect, "work-pool", "create", "gdflow-process", "--type",
-                                 "process", cwd=project, extra_env=env)
+    created = prefect_server.cli(
+        prefect,
+        "work-pool",
+        "create",
+        "gdflow-process",
+        "--type",
+        "process",
+        cwd=project,
+        extra_env=env,
+    )
     assert created.returncode == 0, created.stdout + created.stderr
-    deployed = prefect_server.cli(prefect, "--no-prompt", "deploy", "--all", cwd=project,
-                                  extra_env=env)
+    deployed = prefect_server.cli(
+        prefect, "--no-prompt", "deploy", "--all", cwd=project, extra_env=env
+    )
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
     with prefect_server.client() as client:
@@ -234,19 +225,40 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(
 
     wait_for(nightly_runs, timeout=60, what="the nightly schedule to create runs")
 
-    flow_run_id = _trigger(prefect_server, "train/gdflow-nightly", {
-        "data": "examples/linear.csv", "bias": True, "lr": 0.1, "epochs": 3000,
-        "tolerance": 1e-9, "predict": [[1, 0]],
-    }, project)
-    worker = prefect_server.cli(prefect, "worker", "start", "--pool", "gdflow-process",
-                                "--run-once", cwd=tmp_path, extra_env=env, timeout=300)
+    flow_run_id = _trigger(
+        prefect_server,
+        "train/gdflow-nightly",
+        {
+            "data": "examples/linear.csv",
+            "bias": True,
+            "lr": 0.1,
+            "epochs": 3000,
+            "tolerance": 1e-9,
+            "predict": [[1, 0]],
+        },
+        project,
+    )
+    worker = prefect_server.cli(
+        prefect,
+        "worker",
+        "start",
+        "--pool",
+        "gdflow-process",
+        "--run-once",
+        cwd=tmp_path,
+        extra_env=env,
+        timeout=300,
+    )
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
     run = _wait_final(prefect_server, flow_run_id)
     assert run.state.type.value == "COMPLETED", worker.stdout[-3000:]
     ((status, stop_reason, params),) = _rows(
-        database, "SELECT status, stop_reason, final_params FROM runs WHERE flow_run_id = ?",
+        database,
+        "SELECT status, stop_reason, final_params FROM runs WHERE flow_run_id = ?",
         flow_run_id,
     )
     assert (status, stop_reason) == ("completed", "converged")
     final = json.loads(params)
-    assert final["w_a"] == pytest.approx(3.0, abs=0.05) and final["b"] == pytest.approx(1.0, abs=0.1)
+    assert final["w_a"] == pytest.approx(3.0, abs=0.05) and final["b"] == pytest.approx(
+        1.0, abs=0.1
+    )

@@ -56,11 +56,18 @@ def test_default_flow_records_the_seed_run(database_url: str) -> None:
 
 def test_file_data_with_bias_and_tolerance(database_url: str, tmp_path: Path) -> None:
     path = tmp_path / "lin.csv"
-    rows = "\n".join(f"{a},{b},{3 * a - b + 1}" for a, b in [(0, 1), (1, 0), (2, 2), (3, 1), (1, 3)])
+    rows = "\n".join(
+        f"{a},{b},{3 * a - b + 1}" for a, b in [(0, 1), (1, 0), (2, 2), (3, 1), (1, 3)]
+    )
     path.write_text("a,b,y\n" + rows + "\n")
     config = TrainConfig(
-        data=str(path), bias=True, lr=0.05, epochs=5000, tolerance=1e-12,
-        predict=["1,1"], database_url=database_url,
+        data=str(path),
+        bias=True,
+        lr=0.05,
+        epochs=5000,
+        tolerance=1e-12,
+        predict=["1,1"],
+        database_url=database_url,
     )
     state = train_flow(config=config, return_state=True)
     assert state.is_completed(), state.message

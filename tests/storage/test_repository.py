@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -112,7 +112,7 @@ def test_metrics_need_an_existing_run(engine: Engine) -> None:
 
 
 def test_latest_runs_come_first(engine: Engine) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with Session(engine) as session, session.begin():
         old = _new_run(session, started_at=now - timedelta(hours=1))
         new = _new_run(session, started_at=now)

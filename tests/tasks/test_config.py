@@ -23,8 +23,14 @@ def test_defaults_are_the_seed() -> None:
 
 def test_cli_strings_are_coerced() -> None:
     config = TrainConfig(
-        data="d.csv", features=["a,b"], target="y", lr="0.1", epochs="7", init="random",
-        predict=["5", "7.5"], device="CUDA:1",
+        data="d.csv",
+        features=["a,b"],
+        target="y",
+        lr="0.1",
+        epochs="7",
+        init="random",
+        predict=["5", "7.5"],
+        device="CUDA:1",
     )
     assert config.features == ["a", "b"]
     assert config.lr == 0.1 and config.epochs == 7 and config.init == "random"

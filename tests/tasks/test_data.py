@@ -58,7 +58,11 @@ def test_integer_and_boolean_columns_are_numeric(tmp_path: Path) -> None:
         ("a,y\n1,2\n,3\n", {}, "column 'a' .* missing, NaN or infinite"),
         ("a,y\n1,2\ninf,3\n", {}, "column 'a' .* missing, NaN or infinite"),
         ("a,y\n1,2\n2,\n", {}, "column 'y' .* missing"),
-        ("a,y\n1,2\n", {"features": ["nope"]}, "column 'nope' not found .* available columns: a, y"),
+        (
+            "a,y\n1,2\n",
+            {"features": ["nope"]},
+            "column 'nope' not found .* available columns: a, y",
+        ),
         ("a,y\n1,2\n", {"target": "nope"}, "column 'nope' not found"),
         ("a,y\n1,2\n", {"features": ["a", "y"], "target": "y"}, "both a feature and the target"),
         ("y\n1\n", {}, "no feature columns"),

@@ -24,7 +24,11 @@ def test_least_squares_with_bias_matches_numpy() -> None:
     x = rng.normal(size=(50, 2))
     y = x @ [3.0, -1.0] + 2.0
     optimum = least_squares(x, y, ["w_a", "w_b", "b"])
-    assert optimum == {"w_a": pytest.approx(3.0), "w_b": pytest.approx(-1.0), "b": pytest.approx(2.0)}
+    assert optimum == {
+        "w_a": pytest.approx(3.0),
+        "w_b": pytest.approx(-1.0),
+        "b": pytest.approx(2.0),
+    }
 
 
 def test_prediction_rows_must_match_the_features() -> None:

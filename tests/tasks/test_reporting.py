@@ -202,12 +202,30 @@ def test_summary_escapes_user_strings() -> None:
 
 def test_trend_table_is_newest_first_with_the_union_of_parameters() -> None:
     runs = [
-        {"run_id": 1, "started_at": "2026-01-01 10:00", "status": "completed",
-         "epochs_done": 100, "final_loss": 1e-3, "final_params": {"w": 1.9}},
-        {"run_id": 3, "started_at": "2026-01-03 10:00", "status": "failed",
-         "epochs_done": 5, "final_loss": None, "final_params": None},
-        {"run_id": 2, "started_at": "2026-01-02 10:00", "status": "completed",
-         "epochs_done": 100, "final_loss": 2e-2, "final_params": {"w": 1.8, "b": 0.5}},
+        {
+            "run_id": 1,
+            "started_at": "2026-01-01 10:00",
+            "status": "completed",
+            "epochs_done": 100,
+            "final_loss": 1e-3,
+            "final_params": {"w": 1.9},
+        },
+        {
+            "run_id": 3,
+            "started_at": "2026-01-03 10:00",
+            "status": "failed",
+            "epochs_done": 5,
+            "final_loss": None,
+            "final_params": None,
+        },
+        {
+            "run_id": 2,
+            "started_at": "2026-01-02 10:00",
+            "status": "completed",
+            "epochs_done": 100,
+            "final_loss": 2e-2,
+            "final_params": {"w": 1.8, "b": 0.5},
+        },
     ]
     md = trend_markdown(runs, title="Trend <x>")
     assert md.startswith("## Trend &lt;x&gt;\n")
@@ -223,7 +241,15 @@ def test_trend_table_is_newest_first_with_the_union_of_parameters() -> None:
 
 
 def test_trend_without_enough_losses_has_no_chart() -> None:
-    one = [{"run_id": 1, "started_at": "t", "status": "completed", "epochs_done": 1,
-            "final_loss": 1.0, "final_params": {"w": 1.0}}]
+    one = [
+        {
+            "run_id": 1,
+            "started_at": "t",
+            "status": "completed",
+            "epochs_done": 1,
+            "final_loss": 1.0,
+            "final_params": {"w": 1.0},
+        }
+    ]
     assert "![" not in trend_markdown(one, title="t")
     assert "No runs recorded yet." in trend_markdown([], title="t")

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
 from tasks.data import load_toy
 from tasks.evaluation import least_squares
-from tasks.training import EpochChunk, fit, initial_parameters, parameter_names, progress_line
+from tasks.training import (
+    EpochChunk,
+    TrainResult,
+    fit,
+    initial_parameters,
+    parameter_names,
+    progress_line,
+)
 from tests.conftest import SEED_TRAJECTORY, SHARED_TRAJECTORY, read_trajectory
 
 CPU = torch.device("cpu")
@@ -21,11 +30,20 @@ def _collect(chunks: list[EpochChunk]) -> tuple[list[int], list[float], list[lis
     return epochs, losses, params
 
 
-def _seed_run(**kwargs: object) -> tuple[object, list[EpochChunk]]:
+def _seed_run(device: torch.device = CPU, **kwargs: Any) -> tuple[TrainResult, list[EpochChunk]]:
+    """The seed's run (lr 0.01, 100 epochs, w = 1) on `device`, with its chunks."""
     data = load_toy()
     chunks: list[EpochChunk] = []
-    result = fit(data.x, data.y, {"w": 1.0}, lr=0.01, epochs=100, device=CPU,
-                 on_chunk=chunks.append, **kwargs)  # type: ignore[arg-type]
+    result = fit(
+        data.x,
+        data.y,
+        {"w": 1.0},
+        lr=0.01,
+        epochs=100,
+        device=device,
+        on_chunk=chunks.append,
+        **kwargs,
+    )
     return result, chunks
 
 
@@ -36,8 +54,8 @@ def test_default_run_reproduces_the_seed_trajectory() -> None:
     assert epochs == [int(r["epoch"]) for r in reference] == list(range(1, 101))
     assert losses == pytest.approx([r["loss"] for r in reference], rel=1e-5)
     assert [p[0] for p in params] == pytest.approx([r["w"] for r in reference], rel=1e-5)
-    assert result.epochs_done == 100 and result.stop_reason == "max_epochs"  # type: ignore[attr-defined]
-    assert result.final_params == {"w": pytest.approx(1.99999976)}  # type: ignore[attr-defined]
+    assert result.epochs_done == 100 and result.stop_reason == "max_epochs"
+    assert result.final_params == {"w": pytest.approx(1.99999976)}
 
 
 @pytest.mark.skipif(not SHARED_TRAJECTORY.exists(), reason="../shared is not beside this checkout")
@@ -62,18 +80,17 @@ def test_tolerance_stops_at_the_first_small_change() -> None:
     result, chunks = _seed_run(tolerance=1e-4)
     epochs, losses, params = _collect(chunks)
     changes = np.abs(np.diff([11.0, *losses]))
-    assert result.stop_reason == "converged"  # type: ignore[attr-defined]
-    assert epochs[-1] == result.epochs_done < 100  # type: ignore[attr-defined]
+    assert result.stop_reason == "converged"
+    assert epochs[-1] == result.epochs_done < 100
     assert changes[-1] < 1e-4 and (changes[1:-1] >= 1e-4).all()
-    assert result.final_params["w"] == params[-1][0]  # type: ignore[attr-defined]
-    assert result.final_loss == losses[-1]  # type: ignore[attr-defined]
+    assert result.final_params["w"] == params[-1][0]
+    assert result.final_loss == losses[-1]
 
 
 def test_a_too_large_learning_rate_diverges_and_keeps_the_finite_epochs() -> None:
     data = load_toy()
     chunks: list[EpochChunk] = []
-    result = fit(data.x, data.y, {"w": 1.0}, lr=1.0, epochs=100, device=CPU,
-                 on_chunk=chunks.append)
+    result = fit(data.x, data.y, {"w": 1.0}, lr=1.0, epochs=100, device=CPU, on_chunk=chunks.append)
     epochs, losses, params = _collect(chunks)
     assert result.stop_reason == "diverged" and result.diverged_at == epochs[-1] + 1
     assert all(np.isfinite(losses)) and all(np.isfinite(params).ravel())
@@ -84,8 +101,9 @@ def test_a_too_large_learning_rate_diverges_and_keeps_the_finite_epochs() -> Non
 def test_divergence_on_the_first_epoch_records_nothing() -> None:
     data = load_toy()
     chunks: list[EpochChunk] = []
-    result = fit(data.x, data.y, {"w": 1e30}, lr=0.01, epochs=10, device=CPU,
-                 on_chunk=chunks.append)
+    result = fit(
+        data.x, data.y, {"w": 1e30}, lr=0.01, epochs=10, device=CPU, on_chunk=chunks.append
+    )
     assert result.stop_reason == "diverged" and result.diverged_at == 1
     assert chunks == [] and result.epochs_done == 0 and result.final_params == {"w": 1e30}
 
@@ -96,8 +114,7 @@ def test_multi_feature_data_converges_to_least_squares() -> None:
     y = x @ np.array([1.5, -2.0, 0.5]) + 0.7 + rng.normal(scale=0.1, size=200)
     names = parameter_names(["a", "b", "c"], bias=True)
     assert names == ["w_a", "w_b", "w_c", "b"]
-    result = fit(x, y, initial_parameters(names, init=0.0, seed=0), lr=0.1, epochs=500,
-                 device=CPU)
+    result = fit(x, y, initial_parameters(names, init=0.0, seed=0), lr=0.1, epochs=500, device=CPU)
     optimum = least_squares(x, y, names)
     for name in names:
         assert result.final_params[name] == pytest.approx(optimum[name], abs=1e-6)
@@ -123,11 +140,8 @@ def test_progress_line_is_the_seeds() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_run_matches_the_cpu_run() -> None:
-    cpu_result, cpu_chunks = _seed_run()
-    data = load_toy()
-    chunks: list[EpochChunk] = []
-    result = fit(data.x, data.y, {"w": 1.0}, lr=0.01, epochs=100, device=torch.device("cuda"),
-                 on_chunk=chunks.append)
+    _, cpu_chunks = _seed_run()
+    result, chunks = _seed_run(torch.device("cuda"))
     assert result.device.startswith("cuda")
     _, cpu_losses, cpu_params = _collect(cpu_chunks)
     _, losses, params = _collect(chunks)
