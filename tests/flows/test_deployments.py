@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -262,3 +264,59 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(
     assert final["w_a"] == pytest.approx(3.0, abs=0.05) and final["b"] == pytest.approx(
         1.0, abs=0.1
     )
+
+
+def _flow_run_pids(flow_run_id: str) -> list[int]:
+    """Processes whose environment names this flow run (the runner's child process)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_a_killed_run_is_recorded_crashed_and_keeps_its_metrics(served: Served) -> None:
+    server = served.server
+    flow_run_id = _trigger(
+        server, "train/gdflow-on-demand", {"epochs": 100_000_000, "log_every": 0}, served.workdir
+    )
+
+    def epochs_written() -> int:
+        rows = _rows(
+            served.database, "SELECT epochs_done FROM runs WHERE flow_run_id = ?", flow_run_id
+        )
+        return rows[0][0] if rows else 0
+
+    wait_for(epochs_written, timeout=120, what="the long run to write metrics")
+    pids = wait_for(lambda: _flow_run_pids(flow_run_id), timeout=30, what="the run's process")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    run = _wait_final(server, flow_run_id, timeout=120)
+    assert run.state.type.value == "CRASHED"
+    (status,) = wait_for(
+        lambda: [
+            r
+            for r in _rows(
+                served.database, "SELECT status FROM runs WHERE flow_run_id = ?", flow_run_id
+            )
+            if r[0] != "running"
+        ],
+        timeout=60,
+        what="gdflow to record the crash",
+    )
+    assert status == ("crashed",)
+    ((count, done),) = _rows(
+        served.database,
+        "SELECT count(*), max(r.epochs_done) FROM epoch_metrics m JOIN runs r "
+        "ON r.id = m.run_id WHERE r.flow_run_id = ?",
+        flow_run_id,
+    )
+    assert count == done >= 1
+    assert _rows(served.database, "PRAGMA integrity_check") == [("ok",)]
