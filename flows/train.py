@@ -89,7 +89,10 @@ def _record_failure(url: str, run_id: int, exc: BaseException) -> None:
     on_crashed=[_on_unfinished],
     on_cancellation=[_on_unfinished],
 )
-def train_flow(config: TrainConfig = TrainConfig()) -> dict[str, Any]:  # noqa: B008 - frozen
+def train_flow(
+    config: TrainConfig = TrainConfig(),  # noqa: B008 - a frozen model, safe as a default
+    sweep_id: Optional[int] = None,
+) -> dict[str, Any]:
     """Train a linear model by gradient descent and record every epoch in the database."""
     logger = get_run_logger()
     url = config.database_url or default_database_url()
@@ -99,6 +102,7 @@ def train_flow(config: TrainConfig = TrainConfig()) -> dict[str, Any]:  # noqa: 
         data_source=config.data_source,
         flow_run_id=current_run.id,
         flow_run_name=current_run.name,
+        sweep_id=sweep_id,
     )
     logger.info("Run %d recording to %s", run_id, mask_url(url))
     seconds: Optional[float] = None

@@ -4,19 +4,23 @@ This package knows nothing of Prefect or torch: it stores plain Python values.
 """
 
 from storage.database import DatabaseError, default_database_url, make_engine, mask_url
-from storage.models import Base, EpochMetric, Run
+from storage.models import Base, EpochMetric, Run, Sweep
 from storage.repository import (
     MetricRow,
     RunStatus,
     append_metrics,
     create_run,
+    create_sweep,
     find_run_id,
     finish_run,
+    finish_sweep,
     get_metrics,
     get_metrics_sample,
     get_run,
+    get_sweep,
     latest_run_id,
     list_runs,
+    sweep_runs,
     update_run,
 )
 
@@ -27,16 +31,21 @@ __all__ = [
     "MetricRow",
     "Run",
     "RunStatus",
+    "Sweep",
     "append_metrics",
     "create_run",
+    "create_sweep",
     "default_database_url",
     "find_run_id",
     "finish_run",
+    "finish_sweep",
     "get_metrics",
     "get_metrics_sample",
     "get_run",
+    "get_sweep",
     "latest_run_id",
     "list_runs",
+    "sweep_runs",
     "make_engine",
     "mask_url",
     "update_run",

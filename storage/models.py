@@ -13,6 +13,21 @@ class Base(DeclarativeBase):
     """Declarative base of gdflow's schema (a class, so flows pickle with cloudpickle)."""
 
 
+class Sweep(Base):
+    """A set of runs of one configuration with one setting varied (e.g. the learning rate)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    flow_run_id: Mapped[Optional[str]] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    best_run_id: Mapped[Optional[int]] = mapped_column(Integer)
+
+
 class Run(Base):
     """One training run: its configuration, lifecycle and summary."""
 
@@ -34,6 +49,14 @@ class Run(Base):
     stop_reason: Mapped[Optional[str]] = mapped_column(String(40))
     error: Mapped[Optional[str]] = mapped_column(Text)
     evaluation: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    best_epoch: Mapped[Optional[int]] = mapped_column(Integer)
+    best_loss: Mapped[Optional[float]] = mapped_column(Float)
+    max_stable_lr: Mapped[Optional[float]] = mapped_column(Float)
+    condition_number: Mapped[Optional[float]] = mapped_column(Float)
+    warnings: Mapped[Optional[list[str]]] = mapped_column(JSON)
+    sweep_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="SET NULL"), index=True
+    )
 
     __table_args__ = (Index("ix_runs_started_at", "started_at"),)
 
@@ -49,3 +72,4 @@ class EpochMetric(Base):
     params: Mapped[dict[str, float]] = mapped_column(JSON)
     grad_norm: Mapped[Optional[float]] = mapped_column(Float)
     lr: Mapped[Optional[float]] = mapped_column(Float)
+    val_loss: Mapped[Optional[float]] = mapped_column(Float)

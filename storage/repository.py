@@ -12,7 +12,7 @@ from typing import Any, Optional
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from storage.models import EpochMetric, Run
+from storage.models import EpochMetric, Run, Sweep
 
 
 class RunStatus(StrEnum):
@@ -35,6 +35,7 @@ class MetricRow:
     params: dict[str, float]
     grad_norm: Optional[float] = None
     lr: Optional[float] = None
+    val_loss: Optional[float] = None
 
 
 def _finite_or_none(value: Optional[float]) -> Optional[float]:
@@ -54,6 +55,7 @@ def create_run(
     flow_run_id: Optional[str] = None,
     flow_run_name: Optional[str] = None,
     started_at: Optional[datetime] = None,
+    sweep_id: Optional[int] = None,
 ) -> int:
     """Insert a run in status `running` and return its id."""
     run = Run(
@@ -66,6 +68,7 @@ def create_run(
         parameter_names=list(parameter_names),
         config=config,
         epochs_done=0,
+        sweep_id=sweep_id,
     )
     session.add(run)
     session.flush()
@@ -87,6 +90,7 @@ def append_metrics(session: Session, *, run_id: int, rows: Iterable[MetricRow]) 
             "params": {k: _finite_or_none(v) for k, v in row.params.items()},
             "grad_norm": _finite_or_none(row.grad_norm),
             "lr": row.lr,
+            "val_loss": _finite_or_none(row.val_loss),
         }
         for row in rows
     ]
@@ -107,6 +111,8 @@ def finish_run(
     stop_reason: Optional[str] = None,
     error: Optional[str] = None,
     evaluation: Optional[dict[str, Any]] = None,
+    best_epoch: Optional[int] = None,
+    best_loss: Optional[float] = None,
     finished_at: Optional[datetime] = None,
 ) -> None:
     """Record how a run ended; fields left as None keep their stored value."""
@@ -121,6 +127,8 @@ def finish_run(
         "stop_reason": stop_reason,
         "error": error,
         "evaluation": evaluation,
+        "best_epoch": best_epoch,
+        "best_loss": _finite_or_none(best_loss),
     }
     values.update({k: v for k, v in optional.items() if v is not None})
     session.execute(update(Run).where(Run.id == run_id).values(**values))
@@ -169,3 +177,44 @@ def get_metrics_sample(session: Session, *, run_id: int, max_rows: int) -> list[
         .order_by(EpochMetric.epoch)
     )
     return list(session.scalars(stmt))
+
+
+def create_sweep(
+    session: Session,
+    *,
+    name: str,
+    config: dict[str, Any],
+    flow_run_id: Optional[str] = None,
+) -> int:
+    """Insert a sweep in status `running` and return its id."""
+    sweep = Sweep(
+        name=name,
+        config=config,
+        flow_run_id=flow_run_id,
+        status=RunStatus.RUNNING.value,
+        started_at=datetime.now(UTC),
+    )
+    session.add(sweep)
+    session.flush()
+    return sweep.id
+
+
+def finish_sweep(
+    session: Session, *, sweep_id: int, status: RunStatus, best_run_id: Optional[int]
+) -> None:
+    """Record how a sweep ended and its best run."""
+    session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep_id)
+        .values(status=status.value, best_run_id=best_run_id, finished_at=datetime.now(UTC))
+    )
+
+
+def get_sweep(session: Session, *, sweep_id: int) -> Optional[Sweep]:
+    """Return one sweep, or None."""
+    return session.get(Sweep, sweep_id)
+
+
+def sweep_runs(session: Session, *, sweep_id: int) -> list[Run]:
+    """Return the runs of a sweep in the order they were recorded."""
+    return list(session.scalars(select(Run).where(Run.sweep_id == sweep_id).order_by(Run.id)))

@@ -38,6 +38,7 @@ def start_run(
     data_source: str,
     flow_run_id: Optional[str],
     flow_run_name: Optional[str],
+    sweep_id: Optional[int] = None,
 ) -> int:
     """Insert the run in status `running` (committed at once) and return its id."""
     engine = open_database(url)
@@ -50,6 +51,7 @@ def start_run(
                 parameter_names=[],
                 flow_run_id=flow_run_id,
                 flow_run_name=flow_run_name,
+                sweep_id=sweep_id,
             )
     finally:
         engine.dispose()
