@@ -1,4 +1,4 @@
-"""The `gdflow` command: `run` trains once through the Prefect flow; `runs` and `metrics` read."""
+"""The `gdflow` command: `run` trains once, `sweep` over learning rates; `runs`, `metrics` read."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from flows.deploy import DEFAULT_HOST, DEFAULT_PORT, ON_DEMAND, SCHEDULED
 from tasks.config import TrainConfig
+from tasks.sweeping import DEFAULT_LRS, SweepConfig
 
 PROG = "gdflow"
 
@@ -32,8 +33,6 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         default = info.get_default(call_default_factory=True)
         help_text = str(info.description)
         if default is not None and "(default" not in help_text:
-            if name == "predict":
-                default = " ".join(",".join(f"{v:g}" for v in row) for row in default)
             help_text += f" (default: {default})"
         if info.annotation is bool:
             parser.add_argument(
@@ -99,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
     )
+    _add_sweep_parser(commands)
     runs = commands.add_parser("runs", help="list recorded runs, newest first")
     runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default: 20)")
     runs.add_argument("--source", help="only runs on this data source (a --data path, or toy:y=2x)")
@@ -110,15 +110,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(values: dict[str, Any]) -> TrainConfig:
+def _add_sweep_parser(commands: Any) -> None:
+    """`gdflow sweep`: every run option, plus the learning rates and how many train at once."""
+    lrs = " ".join(f"{lr:g}" for lr in DEFAULT_LRS)
+    sweep = commands.add_parser(
+        "sweep",
+        help="train at several learning rates, some at a time, and compare the runs",
+        description="Train the same configuration once per learning rate, as subflows of one "
+        "'sweep' flow run, and print how the runs compare and which did best "
+        "(lowest validation loss, else lowest final training loss).",
+    )
+    _add_config_options(sweep)
+    sweep.add_argument(
+        "--lrs",
+        nargs="+",
+        default=argparse.SUPPRESS,
+        metavar="LR",
+        help=f"learning rates to try (default: {lrs}); replaces --lr",
+    )
+    sweep.add_argument(
+        "--lr-range",
+        nargs=3,
+        default=argparse.SUPPRESS,
+        metavar=("MIN", "MAX", "COUNT"),
+        help="COUNT learning rates log-spaced from MIN to MAX, both included (instead of --lrs)",
+    )
+    sweep.add_argument(
+        "--max-concurrency",
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="how many runs train at the same time, at most (default: 2)",
+    )
+
+
+def config_from_args(values: dict[str, Any], *, command: str = "run") -> TrainConfig:
     """Build the config from parsed options; a ValidationError becomes a one-line CliError."""
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        raise CliError(describe_validation_error(exc)) from None
+        raise CliError(describe_validation_error(exc, command=command)) from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, *, command: str = "run") -> str:
     """One line naming the offending option, its value and what is expected."""
     error = exc.errors()[0]
     message = str(error["msg"]).removeprefix("Value error, ")
@@ -126,7 +159,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         field = str(error["loc"][0])
         value = error.get("input")
         shown = value if isinstance(value, str) else repr(value)
-        return f"invalid {_flag(field)} {shown}: {message}; see '{PROG} run --help'"
+        return f"invalid {_flag(field)} {shown}: {message}; see '{PROG} {command} --help'"
     return f"invalid options: {message}"
 
 
@@ -188,7 +221,69 @@ def cmd_run(values: dict[str, Any]) -> int:
         f"run {run_id} {summary['status']}: {summary['epochs_done']} epochs "
         f"({summary['stop_reason']}), final loss {summary['final_loss']:.6g}"
     )
+    if summary.get("evaluation"):
+        from flows.report import evaluation_table
+
+        print(evaluation_table(summary["evaluation"]))
     print(f"metrics in {mask_url(url)}: {PROG} metrics {run_id}")
+    return 0
+
+
+def cmd_sweep(values: dict[str, Any]) -> int:
+    """Run the sweep flow; print the comparison and the best run; exit 0 if any run completed."""
+    options = {k: values.pop(k) for k in ("lrs", "lr_range", "max_concurrency") if k in values}
+    if "lr" in values:
+        raise CliError(
+            "--lr does not apply to a sweep: give the learning rates with --lrs LR [LR ...] "
+            f"or --lr-range MIN MAX COUNT; see '{PROG} sweep --help'"
+        )
+    config = config_from_args(values, command="sweep")
+    if "lrs" not in options and "lr_range" not in options:
+        options["lrs"] = list(DEFAULT_LRS)
+    try:
+        sweep = SweepConfig(base=config, **options)
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc, command="sweep")) from None
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from storage import default_database_url, mask_url
+    from tasks.errors import GdflowError
+    from tasks.recording import open_database
+
+    url = config.database_url or default_database_url()
+    try:
+        open_database(url).dispose()
+    except GdflowError as exc:
+        raise CliError(str(exc)) from None
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deploy import find_api_url, ui_url
+    from flows.sweep import comparison_table, sweep_flow
+
+    _quiet_expected_errors()
+    api_url = find_api_url()
+    updates = {PREFECT_API_URL: api_url} if api_url else {}
+    with temporary_settings(updates=updates):
+        state = sweep_flow(sweep=sweep, return_state=True)
+    if api_url:
+        print(f"watch it at {ui_url(api_url)}/runs/flow-run/{state.state_details.flow_run_id}")
+    if not state.is_completed():
+        outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            text = str(outcome) or type(outcome).__name__
+            if not isinstance(outcome, GdflowError):
+                text = f"{type(outcome).__name__}: {text}"
+        else:
+            text = state.message or state.name or ""
+        raise CliError(text.splitlines()[0] if text else "the sweep failed")
+    summary = state.result()
+    rows = summary["rows"]
+    best = next(row for row in rows if row["run"] == summary["best_run_id"])
+    print(f"sweep {summary['sweep_id']}: {len(rows)} runs in {mask_url(url)}")
+    print(comparison_table(rows))
+    loss = best["final loss"]
+    shown = "unknown" if loss is None else f"{loss:.6g}"
+    print(f"best: run {best['run']} (lr {best['lr']:g}, final loss {shown})")
     return 0
 
 
@@ -310,6 +405,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if command == "run":
             return cmd_run(args)
+        if command == "sweep":
+            return cmd_sweep(args)
         if command == "serve":
             return cmd_serve(args)
         if command == "server":

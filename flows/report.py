@@ -101,3 +101,25 @@ def metrics_csv(metrics: Sequence[Any], names: Sequence[str]) -> str:
     for row in metrics_rows(metrics, names):
         writer.writerow(["" if v is None else repr(v) for v in row])
     return out.getvalue()
+
+
+def evaluation_table(evaluation: dict[str, Any]) -> str:
+    """MSE, RMSE, MAE and R^2 on the training (and validation) rows beside least squares."""
+    optimum = evaluation["least_squares"]
+    rows = [
+        ["train", *(format_number(evaluation["train"][k]) for k in ("mse", "rmse", "mae", "r2"))],
+        ["least squares (train)", format_number(optimum["loss"]), "", "", ""],
+    ]
+    if "validation" in evaluation:
+        metrics = evaluation["validation"]
+        rows.append(
+            ["validation", *(format_number(metrics[k]) for k in ("mse", "rmse", "mae", "r2"))]
+        )
+        rows.append(
+            ["least squares (validation)", format_number(optimum.get("validation_mse")), "", "", ""]
+        )
+    text = table(["data", "mse", "rmse", "mae", "r2"], rows, [False, True, True, True, True])
+    gap = evaluation.get("relative_loss_gap")
+    if gap is not None:
+        text += f"\ntraining loss is {100 * gap:.3g}% above the least-squares optimum"
+    return text

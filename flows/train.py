@@ -36,7 +36,7 @@ def _flow_run_name() -> str:
 def run_tags(config: TrainConfig, device: str) -> list[str]:
     """Tags that tell runs apart in the Prefect UI: data source, learning rate, device."""
     data = Path(config.data).name if config.data else "toy"
-    return [f"data:{data}", f"lr:{config.lr:g}", f"device:{device}", "gdflow"]
+    return [f"data:{data}", f"lr:{config.lr_label}", f"device:{device}", "gdflow"]
 
 
 def _tag_flow_run(tags: list[str]) -> None:
@@ -121,9 +121,8 @@ def train_flow(
         status = persist(run_id=run_id, database_url=url, result=result, evaluation=evaluation)
         if status is RunStatus.DIVERGED:
             raise DivergedError(
-                f"run {run_id} diverged: the loss became NaN or infinite at epoch "
-                f"{result.diverged_at}, so the learning rate {config.lr:g} is too large; "
-                f"lower --lr (e.g. --lr {config.lr / 10:g})"
+                f"run {run_id} diverged ({result.verdict_detail}): the learning rate "
+                f"{result.lr:g} is too large; lower --lr (e.g. --lr {result.lr / 10:g})"
             )
     except DivergedError:
         publish_run_report(url, run_id, seconds=seconds)

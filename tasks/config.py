@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -31,17 +31,73 @@ class TrainConfig(BaseModel):
         default=None,
         description="Target column of --data (default: the last column).",
     )
+    validation_split: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of rows held out for validation (seeded by --seed; 0: none).",
+    )
+    standardize: bool = Field(
+        default=False,
+        description=(
+            "Standardise features (and centre the target) on the training split; parameters "
+            "and predictions stay in the original units. Implies --bias unless --no-bias."
+        ),
+    )
     bias: bool = Field(default=False, description="Fit an intercept b as well as the weights.")
     init: Union[float, Literal["random"]] = Field(
         default=1.0,
         description="Initial value of every weight, or 'random' for N(0, 1) draws from --seed.",
     )
-    lr: float = Field(default=0.01, gt=0, description="Learning rate of torch.optim.SGD.")
+    lr: Union[Annotated[float, Field(gt=0)], Literal["auto"]] = Field(
+        default=0.01,
+        description=(
+            "Learning rate of the optimizer, or 'auto': 1/largest Hessian eigenvalue of the "
+            "training data (0.01 for adam). --standardize implies auto unless --lr is given."
+        ),
+    )
+    optimizer: Literal["sgd", "adam"] = Field(
+        default="sgd", description="torch.optim optimizer: sgd or adam."
+    )
+    momentum: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="SGD momentum (0: plain gradient descent)."
+    )
+    nesterov: bool = Field(default=False, description="Nesterov momentum (needs --momentum > 0).")
+    lr_schedule: Literal["constant", "step", "cosine"] = Field(
+        default="constant",
+        description="Learning-rate schedule: constant, step (x gamma every N epochs) or cosine.",
+    )
+    lr_step_epochs: int = Field(
+        default=100, ge=1, description="Epochs between steps of the step schedule."
+    )
+    lr_gamma: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="Factor of each step of the step schedule."
+    )
+    batch_size: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Rows per mini-batch, shuffled each epoch by --seed (default: full batch).",
+    )
     epochs: int = Field(default=100, ge=1, description="Maximum number of epochs.")
     tolerance: Optional[float] = Field(
         default=None,
         gt=0,
-        description="Stop once the loss changes by less than this between epochs.",
+        description="Converged once the loss changes by less than this between epochs.",
+    )
+    patience: int = Field(
+        default=1,
+        ge=1,
+        description="Consecutive epochs the loss change must stay below --tolerance.",
+    )
+    plateau_epochs: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Stop as plateaued after this many epochs without a new best loss.",
+    )
+    diverge_factor: float = Field(
+        default=1e6,
+        gt=1.0,
+        description="Diverged once the loss exceeds the first epoch's loss times this.",
     )
     device: str = Field(
         default="cpu",
@@ -50,12 +106,16 @@ class TrainConfig(BaseModel):
     dtype: Literal["float32", "float64"] = Field(
         default="float32", description="Floating-point precision of the tensors."
     )
-    seed: int = Field(default=0, ge=0, description="Seed of torch's generator (random init).")
-    predict: list[list[float]] = Field(
-        default_factory=lambda: [[5.0]],
+    seed: int = Field(
+        default=0,
+        ge=0,
+        description="Seed of random init, the validation split and mini-batch shuffling.",
+    )
+    predict: Optional[list[list[float]]] = Field(
+        default=None,
         description=(
             "Inputs to predict after training: numbers, or comma-separated rows for "
-            "several features."
+            "several features (default: 5 for the toy data, none for --data)."
         ),
     )
     log_every: int = Field(
@@ -68,6 +128,15 @@ class TrainConfig(BaseModel):
             "(default: $GDFLOW_DATABASE_URL or ~/.gdflow/gdflow.db)."
         ),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _standardize_implies_bias(cls, data: Any) -> Any:
+        """Centring needs an intercept: --standardize turns --bias on unless it is given."""
+        if isinstance(data, dict) and data.get("standardize") in (True, "true", "True"):
+            implied = {"bias": True, "lr": "auto"}
+            return {**data, **{k: v for k, v in implied.items() if data.get(k) is None}}
+        return data
 
     @field_validator("data", "target", "database_url", mode="before")
     @classmethod
@@ -87,6 +156,14 @@ class TrainConfig(BaseModel):
         names = [part.strip() for item in items for part in str(item).split(",")]
         names = [name for name in names if name]
         return names or None
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _parse_lr(cls, value: Any) -> Any:
+        """Accept 'auto' in any case; numbers (also as strings) are parsed by the float type."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return value
 
     @field_validator("init", mode="before")
     @classmethod
@@ -115,6 +192,8 @@ class TrainConfig(BaseModel):
     @classmethod
     def _rows(cls, value: Any) -> Any:
         """Turn 5, '5', [5, 7.5] or ['1,2', '3,4'] into a list of input rows."""
+        if value is None:
+            return None
         items = value if isinstance(value, (list, tuple)) else [value]
         rows: list[Any] = []
         for item in items:
@@ -135,11 +214,22 @@ class TrainConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _data_options_need_data(self) -> TrainConfig:
-        """--features and --target only mean something with --data."""
+    def _consistent(self) -> TrainConfig:
+        """Cross-field rules: data options need data; momentum and Nesterov need SGD."""
         if self.data is None and (self.features or self.target):
             raise ValueError("--features and --target need --data PATH")
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError("--momentum applies to --optimizer sgd only")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("--nesterov needs --momentum above 0")
         return self
+
+    @property
+    def prediction_inputs(self) -> list[list[float]]:
+        """Rows to predict: --predict, else the seed's x = 5 for the toy data, else none."""
+        if self.predict is not None:
+            return self.predict
+        return [[5.0]] if self.data is None else []
 
     @property
     def data_source(self) -> str:
@@ -149,4 +239,9 @@ class TrainConfig(BaseModel):
     def run_name(self) -> str:
         """A flow-run name that tells runs apart in a list: data, lr, device, epochs."""
         stem = Path(self.data).stem if self.data else "toy"
-        return f"{stem}-lr{self.lr:g}-{self.device}-{self.epochs}ep"
+        return f"{stem}-lr{self.lr_label}-{self.device}-{self.epochs}ep"
+
+    @property
+    def lr_label(self) -> str:
+        """The learning rate as shown in names and tags: `0.01` or `auto`."""
+        return self.lr if isinstance(self.lr, str) else f"{self.lr:g}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,13 +21,15 @@ _READERS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
 
 @dataclass(frozen=True)
 class Dataset:
-    """A design matrix `x` (rows x features), a target `y` and their names."""
+    """Training rows `x` (rows x features) and `y`, optional validation rows, and names."""
 
     x: np.ndarray
     y: np.ndarray
     feature_names: tuple[str, ...]
     target_name: str
     source: str
+    x_val: Optional[np.ndarray] = None
+    y_val: Optional[np.ndarray] = None
 
     @property
     def n_rows(self) -> int:
@@ -218,3 +220,25 @@ def load_dataset(
     if frame.shape[0] == 0:
         raise GdflowError(f"data file {path!r} has a header but no data rows; add data rows")
     return select_columns(frame, features=features, target=target, source=path, dtype=dtype)
+
+
+def split_validation(dataset: Dataset, fraction: float, *, seed: int) -> Dataset:
+    """Hold out a seeded random `fraction` of the rows for validation (0: unchanged)."""
+    if fraction <= 0:
+        return dataset
+    n = dataset.n_rows
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n - n_val < 1:
+        raise GdflowError(
+            f"--validation-split {fraction:g} of {n} rows leaves {n - n_val} for training and "
+            f"{n_val} for validation; use more rows or another split"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
+    return replace(
+        dataset,
+        x=np.ascontiguousarray(dataset.x[train]),
+        y=np.ascontiguousarray(dataset.y[train]),
+        x_val=np.ascontiguousarray(dataset.x[val]),
+        y_val=np.ascontiguousarray(dataset.y[val]),
+    )

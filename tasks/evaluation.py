@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -41,6 +41,21 @@ def mse(x: np.ndarray, y: np.ndarray, params: dict[str, float]) -> float:
     return float(np.mean(residual**2))
 
 
+def regression_metrics(x: np.ndarray, y: np.ndarray, params: dict[str, float]) -> dict[str, float]:
+    """MSE, RMSE, MAE and R^2 of the model on (x, y), in float64."""
+    target = np.asarray(y, dtype=np.float64)
+    residual = predict(x, params) - target
+    mse_value = float(np.mean(residual**2))
+    total = float(np.sum((target - target.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else float("nan")
+    return {
+        "mse": mse_value,
+        "rmse": float(np.sqrt(mse_value)),
+        "mae": float(np.mean(np.abs(residual))),
+        "r2": r2,
+    }
+
+
 def least_squares(x: np.ndarray, y: np.ndarray, names: Sequence[str]) -> dict[str, float]:
     """The closed-form least-squares parameters for the same model (minimum-norm if singular)."""
     theta, *_ = np.linalg.lstsq(_design(x, "b" in names), np.asarray(y, np.float64), rcond=None)
@@ -53,25 +68,34 @@ def evaluate(
     params: dict[str, float],
     *,
     predict_rows: Sequence[Sequence[float]],
+    validation: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> dict[str, Any]:
-    """Predictions, training loss, least-squares optimum and the distance to it, as plain values."""
+    """Predictions, metrics on train (and validation) rows, and the gap to least squares."""
     names = list(params)
-    rows = np.array(predict_rows, dtype=np.float64).reshape(len(predict_rows), -1)
-    outputs = predict(rows, params) if len(predict_rows) else np.empty(0)
+    rows = np.array([list(row) for row in predict_rows], dtype=np.float64)
+    outputs = predict(rows, params) if len(rows) else np.empty(0)
     optimum = least_squares(x, y, names)
     train_loss = mse(x, y, params)
     optimum_loss = mse(x, y, optimum)
     gap = np.array([params[n] - optimum[n] for n in names], dtype=np.float64)
-    return {
+    result: dict[str, Any] = {
         "predictions": [
             {"input": [float(v) for v in row], "output": float(out)}
             for row, out in zip(rows, outputs)
         ],
         "train_loss": train_loss,
+        "train": regression_metrics(x, y, params),
         "least_squares": {"params": optimum, "loss": optimum_loss},
         "param_distance": float(np.linalg.norm(gap)),
         "loss_gap": train_loss - optimum_loss,
+        "relative_loss_gap": (
+            (train_loss - optimum_loss) / optimum_loss if optimum_loss > 0 else None
+        ),
     }
+    if validation is not None:
+        result["validation"] = regression_metrics(*validation, params)
+        result["least_squares"]["validation_mse"] = mse(*validation, optimum)
+    return result
 
 
 def prediction_line(prediction: dict[str, Any]) -> str:

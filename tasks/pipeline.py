@@ -10,14 +10,17 @@ from sqlalchemy.orm import Session
 
 from storage import RunStatus, update_run
 from tasks.artifacts import ProgressArtifact
+from tasks.conditioning import analyse, auto_learning_rate
 from tasks.config import TrainConfig
-from tasks.data import Dataset, load_dataset
+from tasks.data import Dataset, load_dataset, split_validation
 from tasks.devices import resolve_device
 from tasks.errors import GdflowError
 from tasks.evaluation import check_predict_rows, evaluate, prediction_line
+from tasks.preprocessing import TrainingProblem
 from tasks.recording import MetricWriter, end_run, open_database
 from tasks.training import (
     EpochChunk,
+    Optimization,
     TrainResult,
     fit,
     initial_parameters,
@@ -43,7 +46,8 @@ def load_data(config: TrainConfig) -> Dataset:
     dataset = load_dataset(
         config.data, features=config.features, target=config.target, dtype=config.dtype
     )
-    check_predict_rows(config.predict, dataset.n_features)
+    check_predict_rows(config.prediction_inputs, dataset.n_features)
+    dataset = split_validation(dataset, config.validation_split, seed=config.seed)
     get_run_logger().info(
         "Loaded %d rows x %d feature(s) %s -> %s from %s",
         dataset.n_rows,
@@ -74,42 +78,85 @@ def train(
 ) -> TrainResult:
     """Run gradient descent on `device`, writing epoch metrics to the database as it goes."""
     logger = get_run_logger()
+    problem = TrainingProblem.prepare(dataset, initial, standardize=config.standardize)
+    lr = config.lr
+    if lr == "auto":
+        lr = auto_learning_rate(problem.x, bias=config.bias, optimizer=config.optimizer)
+        logger.info("Learning rate 'auto' resolved to %.6g", lr)
+    conditioning = analyse(
+        problem.x,
+        bias=config.bias,
+        lr=None if config.lr == "auto" else lr,
+        optimizer=config.optimizer,
+        momentum=config.momentum,
+        standardized=config.standardize,
+    )
+    for warning in conditioning.warnings:
+        logger.warning(warning)
     engine = open_database(database_url)
     try:
         with Session(engine) as session, session.begin():
-            update_run(session, run_id=run_id, parameter_names=list(initial), device=device)
-        writer = MetricWriter(engine=engine, run_id=run_id, lr=config.lr)
+            update_run(
+                session,
+                run_id=run_id,
+                parameter_names=list(initial),
+                device=device,
+                max_stable_lr=conditioning.max_stable_lr,
+                condition_number=conditioning.condition_number,
+                warnings=conditioning.warnings,
+            )
+        writer = MetricWriter(engine=engine, run_id=run_id)
         progress = ProgressArtifact(
             config.epochs, description=f"gdflow run {run_id}: epochs done of {config.epochs}"
         )
 
         def on_chunk(chunk: EpochChunk) -> None:
+            chunk = problem.to_original(chunk)
             writer(chunk)
             _log_progress(logger, chunk, config.log_every)
             progress.update(int(chunk.epochs[-1]))
 
         result = fit(
-            dataset.x,
-            dataset.y,
-            initial,
-            lr=config.lr,
-            epochs=config.epochs,
+            problem.x,
+            problem.y,
+            problem.initial,
+            optimization(config, lr),
             device=resolve_device(device),
-            tolerance=config.tolerance,
+            validation=problem.validation,
             on_chunk=on_chunk,
         )
     finally:
         engine.dispose()
+    result = problem.result_to_original(result)
     logger.info(
-        "Stopped after %d epoch(s): %s (%.3f s on %s)",
+        "Stopped after %d epoch(s): %s, %s (%.3f s on %s)",
         result.epochs_done,
-        result.stop_reason
-        if result.diverged_at is None
-        else f"diverged at epoch {result.diverged_at}",
+        result.stop_reason,
+        result.verdict_detail,
         result.seconds,
         result.device,
     )
     return result
+
+
+def optimization(config: TrainConfig, lr: float) -> Optimization:
+    """The optimizer, schedule, batching and stop rules of a config, at learning rate `lr`."""
+    return Optimization(
+        lr=lr,
+        epochs=config.epochs,
+        optimizer=config.optimizer,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        lr_schedule=config.lr_schedule,
+        lr_step_epochs=config.lr_step_epochs,
+        lr_gamma=config.lr_gamma,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        tolerance=config.tolerance,
+        patience=config.patience,
+        plateau_epochs=config.plateau_epochs,
+        diverge_factor=config.diverge_factor,
+    )
 
 
 def _log_progress(logger: Any, chunk: EpochChunk, every: int) -> None:
@@ -127,7 +174,16 @@ def evaluate_prediction(
     config: TrainConfig, dataset: Dataset, params: dict[str, float]
 ) -> dict[str, Any]:
     """Predictions for the configured inputs, the training loss and the least-squares gap."""
-    evaluation = evaluate(dataset.x, dataset.y, params, predict_rows=config.predict)
+    validation = None
+    if dataset.x_val is not None and dataset.y_val is not None:
+        validation = (dataset.x_val, dataset.y_val)
+    evaluation = evaluate(
+        dataset.x,
+        dataset.y,
+        params,
+        predict_rows=config.prediction_inputs,
+        validation=validation,
+    )
     logger = get_run_logger()
     for prediction in evaluation["predictions"]:
         logger.info(prediction_line(prediction))
@@ -152,9 +208,7 @@ def persist(
 ) -> RunStatus:
     """Record the run's outcome, summary and evaluation in one transaction."""
     status = RunStatus.DIVERGED if result.stop_reason == "diverged" else RunStatus.COMPLETED
-    error = None
-    if result.diverged_at is not None:
-        error = f"loss became NaN or infinite at epoch {result.diverged_at}"
+    error = f"diverged: {result.verdict_detail}" if status is RunStatus.DIVERGED else None
     end_run(
         database_url,
         run_id=run_id,
@@ -165,5 +219,7 @@ def persist(
         stop_reason=result.stop_reason,
         error=error,
         evaluation=evaluation,
+        best_epoch=result.best_epoch,
+        best_loss=result.best_loss,
     )
     return status

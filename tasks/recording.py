@@ -63,22 +63,30 @@ class MetricWriter:
 
     engine: Engine
     run_id: int
-    lr: float
     written: int = 0
 
     def __call__(self, chunk: EpochChunk) -> None:
         """Insert one row per epoch of the chunk."""
         names = chunk.names
+        val_losses = (
+            chunk.val_losses.tolist() if chunk.val_losses is not None else [None] * len(chunk)
+        )
         rows = (
             MetricRow(
                 epoch=int(epoch),
                 loss=float(loss),
                 params=dict(zip(names, (float(v) for v in params))),
                 grad_norm=float(grad_norm),
-                lr=self.lr,
+                lr=float(lr),
+                val_loss=val_loss,
             )
-            for epoch, loss, grad_norm, params in zip(
-                chunk.epochs.tolist(), chunk.losses, chunk.grad_norms, chunk.params
+            for epoch, loss, grad_norm, params, lr, val_loss in zip(
+                chunk.epochs.tolist(),
+                chunk.losses,
+                chunk.grad_norms,
+                chunk.params,
+                chunk.lrs.tolist(),
+                val_losses,
             )
         )
         with Session(self.engine) as session, session.begin():

@@ -1,8 +1,10 @@
-"""The seed's gradient-descent loop in PyTorch: a linear model, MSE loss, torch.optim.SGD.
+"""The seed's gradient-descent loop in PyTorch: a linear model, MSE loss, a torch.optim optimizer.
 
-Per-epoch records (loss before the update, gradient norm, parameters after the update) are
-written into a buffer on the training device and copied to the host in chunks, so a GPU run
-does not synchronise every epoch; each chunk goes to a callback (the database writer).
+Per-epoch records (loss before the update, gradient norm, parameters after the update and, with
+a validation split, the validation loss after the update) are written into a buffer on the
+training device and copied to the host in chunks, so a GPU run does not synchronise every epoch.
+Stop rules (divergence, convergence, plateau) are checked on each copied chunk; training state
+past a stop is discarded, so the recorded run ends exactly at the stopping epoch.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Literal, Optional, Union
 import numpy as np
 import torch
 
-#: Why training stopped.
-StopReason = Literal["max_epochs", "converged", "diverged"]
+#: Why training stopped: the run's verdict.
+StopReason = Literal["max_epochs", "converged", "diverged", "plateaued"]
 
 #: Epochs recorded on the device before a copy to the host, at most.
 CHUNK_EPOCHS = 4096
@@ -43,14 +45,36 @@ def initial_parameters(
 
 
 @dataclass(frozen=True)
+class Optimization:
+    """How parameters move: optimizer, learning rate and its schedule, batches, stop rules."""
+
+    lr: float
+    epochs: int
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    lr_schedule: Literal["constant", "step", "cosine"] = "constant"
+    lr_step_epochs: int = 100
+    lr_gamma: float = 0.5
+    batch_size: Optional[int] = None
+    seed: int = 0
+    tolerance: Optional[float] = None
+    patience: int = 1
+    plateau_epochs: Optional[int] = None
+    diverge_factor: float = 1e6
+
+
+@dataclass(frozen=True)
 class EpochChunk:
-    """Consecutive epochs' records on the host: epochs, losses, gradient norms, parameters."""
+    """Consecutive epochs' records on the host."""
 
     epochs: np.ndarray
     losses: np.ndarray
     grad_norms: np.ndarray
     params: np.ndarray
     names: tuple[str, ...]
+    lrs: np.ndarray
+    val_losses: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.epochs.shape[0])
@@ -58,7 +82,7 @@ class EpochChunk:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """How training ended: epochs recorded, why it stopped and the final parameters."""
+    """How training ended: epochs recorded, the verdict, the final and the best state."""
 
     epochs_done: int
     stop_reason: StopReason
@@ -66,7 +90,11 @@ class TrainResult:
     final_loss: Optional[float]
     device: str
     diverged_at: Optional[int] = None
+    best_epoch: Optional[int] = None
+    best_loss: Optional[float] = None
     seconds: float = 0.0
+    verdict_detail: str = ""
+    lr: float = 0.0
 
 
 def progress_line(epoch: int, params: dict[str, float], loss: float) -> str:
@@ -75,57 +103,90 @@ def progress_line(epoch: int, params: dict[str, float], loss: float) -> str:
     return f"Epoch {epoch}: {values}, loss = {loss:.3f}"
 
 
+def _optimizer(params: list[torch.Tensor], opt: Optimization) -> torch.optim.Optimizer:
+    """The configured torch.optim optimizer."""
+    if opt.optimizer == "adam":
+        return torch.optim.Adam(params, lr=opt.lr)
+    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, opt: Optimization
+) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+    """The configured learning-rate schedule, stepped once per epoch (None: constant)."""
+    if opt.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=opt.lr_step_epochs, gamma=opt.lr_gamma
+        )
+    if opt.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.epochs)
+    return None
+
+
 def fit(
     x: np.ndarray,
     y: np.ndarray,
     initial: dict[str, float],
+    opt: Optimization,
     *,
-    lr: float,
-    epochs: int,
     device: torch.device,
-    tolerance: Optional[float] = None,
+    validation: Optional[tuple[np.ndarray, np.ndarray]] = None,
     on_chunk: Optional[Callable[[EpochChunk], None]] = None,
     chunk_epochs: int = CHUNK_EPOCHS,
     flush_seconds: float = FLUSH_SECONDS,
 ) -> TrainResult:
-    """Train y ~ x @ w (+ b) by full-batch SGD on `device` and return how it ended."""
+    """Train y ~ x @ w (+ b) with MSE loss on `device` and return how it ended."""
     names = tuple(initial)
     has_bias = names[-1:] == ("b",)
     dtype = torch.float64 if x.dtype == np.float64 else torch.float32
     x_t = torch.as_tensor(x, dtype=dtype, device=device)
     y_t = torch.as_tensor(y, dtype=dtype, device=device)
+    val = None
+    if validation is not None:
+        val = tuple(torch.as_tensor(a, dtype=dtype, device=device) for a in validation)
     values = [initial[name] for name in names]
     n_weights = len(names) - int(has_bias)
     w = torch.tensor(values[:n_weights], dtype=dtype, device=device, requires_grad=True)
     b = torch.tensor(values[n_weights:], dtype=dtype, device=device, requires_grad=True)
     params = [w, b] if has_bias else [w]
-    optimizer = torch.optim.SGD(params, lr=lr)
+    optimizer = _optimizer(params, opt)
+    scheduler = _scheduler(optimizer, opt)
+    batches = _Batches(x_t.shape[0], opt.batch_size, opt.seed, device)
 
-    width = 2 + len(names)  # loss, gradient norm, parameters
-    buffer = torch.empty((max(1, min(chunk_epochs, epochs)), width), dtype=dtype, device=device)
-    state = _Progress(names=names, initial=dict(initial), tolerance=tolerance, on_chunk=on_chunk)
+    def model(inputs: torch.Tensor) -> torch.Tensor:
+        return inputs @ w + b if has_bias else inputs @ w
+
+    width = 2 + len(names) + (val is not None)  # loss, grad norm, parameters[, val loss]
+    rows = max(1, min(chunk_epochs, opt.epochs))
+    buffer = torch.empty((rows, width), dtype=dtype, device=device)
+    lrs = np.empty(rows)
+    state = _Progress(names=names, initial=dict(initial), opt=opt, has_val=val is not None)
+    state.on_chunk = on_chunk
     started = time.perf_counter()
     last_flush = time.monotonic()
     row = 0
-    for epoch in range(1, epochs + 1):
-        y_hat = x_t @ w + b if has_bias else x_t @ w
-        loss = ((y_hat - y_t) ** 2).mean()
-        loss.backward()
+    for epoch in range(1, opt.epochs + 1):
+        lrs[row] = optimizer.param_groups[0]["lr"]
+        if batches.full:
+            loss = ((model(x_t) - y_t) ** 2).mean()
+            loss.backward()
+            with torch.no_grad():
+                grads = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
+                optimizer.step()
+            optimizer.zero_grad()
+        else:
+            loss, grads = batches.epoch(x_t, y_t, model, params, optimizer)
         with torch.no_grad():
-            grads = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
-            optimizer.step()
-            buffer[row] = torch.cat(
-                [loss.reshape(1), torch.linalg.vector_norm(grads).reshape(1), *params]
-            )
-        optimizer.zero_grad()
+            record = [loss.reshape(1), torch.linalg.vector_norm(grads).reshape(1), *params]
+            if val is not None:
+                record.append(((model(val[0]) - val[1]) ** 2).mean().reshape(1))
+            buffer[row] = torch.cat(record)
+        if scheduler is not None:
+            scheduler.step()
         row += 1
-        if (
-            row == buffer.shape[0]
-            or epoch == epochs
-            or time.monotonic() - last_flush >= flush_seconds
-        ):
+        if row == rows or epoch == opt.epochs or time.monotonic() - last_flush >= flush_seconds:
             host = buffer[:row].to("cpu", copy=True).numpy()  # never a view of the buffer
-            stop = state.flush(host, first_epoch=epoch - row + 1)
+            stop = state.flush(host, lrs[:row].copy(), first_epoch=epoch - row + 1)
             row = 0
             last_flush = time.monotonic()
             if stop:
@@ -133,38 +194,68 @@ def fit(
     return state.result(str(device), time.perf_counter() - started)
 
 
+class _Batches:
+    """Seeded shuffling into mini-batches; `full` when the whole data set is one batch."""
+
+    def __init__(self, n: int, size: Optional[int], seed: int, device: torch.device) -> None:
+        self.n = n
+        self.size = n if size is None else min(size, n)
+        self.full = self.size >= n
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.device = device
+
+    def epoch(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        params: list[torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of mini-batch steps; returns the row-weighted mean batch loss, last grads."""
+        order = torch.randperm(self.n, generator=self.generator, device=self.device)
+        total = torch.zeros((), dtype=x.dtype, device=x.device)
+        grads = torch.zeros(0, dtype=x.dtype, device=x.device)
+        for start in range(0, self.n, self.size):
+            index = order[start : start + self.size]
+            loss = ((model(x[index]) - y[index]) ** 2).mean()
+            loss.backward()
+            with torch.no_grad():
+                grads = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
+                optimizer.step()
+                total += loss.detach() * index.shape[0]
+            optimizer.zero_grad()
+        return total / self.n, grads
+
+
 @dataclass
 class _Progress:
-    """Host-side bookkeeping: stop checks over each copied chunk, and the last good state."""
+    """Host-side bookkeeping: stop rules over each copied chunk, and the last good state."""
 
     names: tuple[str, ...]
     initial: dict[str, float]
-    tolerance: Optional[float]
-    on_chunk: Optional[Callable[[EpochChunk], None]]
+    opt: Optimization
+    has_val: bool
+    on_chunk: Optional[Callable[[EpochChunk], None]] = None
     last_epoch: int = 0
     last_loss: Optional[float] = None
     last_params: dict[str, float] = field(default_factory=dict)
+    first_loss: Optional[float] = None
+    best_epoch: Optional[int] = None
+    best_loss: float = math.inf
+    improved_loss: float = math.inf  # last loss that beat the best by more than the tolerance
+    improved_epoch: int = 0
+    settled: int = 0
     stop_reason: StopReason = "max_epochs"
     diverged_at: Optional[int] = None
+    detail: str = ""
 
-    def flush(self, host: np.ndarray, *, first_epoch: int) -> bool:
+    def flush(self, host: np.ndarray, lrs: np.ndarray, *, first_epoch: int) -> bool:
         """Keep the chunk's epochs up to any stop, hand them on; True when training must stop."""
-        finite = np.isfinite(host[:, [0, *range(2, host.shape[1])]]).all(axis=1)
-        keep = host.shape[0]
-        if not finite.all():
-            keep = int(np.argmin(finite))
-            self.stop_reason = "diverged"
-            self.diverged_at = first_epoch + keep
-        if self.tolerance is not None:
-            losses = host[:keep, 0].astype(np.float64)
-            previous = np.concatenate(
-                [[self.last_loss if self.last_loss is not None else math.nan], losses[:-1]]
-            )
-            settled = np.abs(losses - previous) < self.tolerance
-            if settled.any():
-                keep = int(np.argmax(settled)) + 1
-                self.stop_reason = "converged"
-                self.diverged_at = None
+        n_params = len(self.names)
+        params = host[:, 2 : 2 + n_params]
+        losses = host[:, 0].astype(np.float64)
+        keep = self._check(losses, np.isfinite(params).all(axis=1), first_epoch)
         kept = host[:keep]
         if keep:
             self.last_epoch = first_epoch + keep - 1
@@ -176,11 +267,55 @@ class _Progress:
                         epochs=np.arange(first_epoch, first_epoch + keep),
                         losses=kept[:, 0],
                         grad_norms=kept[:, 1],
-                        params=kept[:, 2:],
+                        params=kept[:, 2 : 2 + n_params],
                         names=self.names,
+                        lrs=lrs[:keep],
+                        val_losses=kept[:, -1] if self.has_val else None,
                     )
                 )
         return self.stop_reason != "max_epochs"
+
+    def _check(self, losses: np.ndarray, finite_params: np.ndarray, first_epoch: int) -> int:
+        """Apply the stop rules epoch by epoch; return how many of the chunk's rows to keep."""
+        opt = self.opt
+        if self.first_loss is None and len(losses):
+            self.first_loss = float(losses[0])
+        limit = (self.first_loss or 0.0) * opt.diverge_factor
+        previous = self.last_loss
+        watch = opt.tolerance is not None or opt.plateau_epochs is not None
+        for i, loss in enumerate(losses):
+            epoch = first_epoch + i
+            if not (math.isfinite(loss) and finite_params[i]) or (
+                math.isfinite(limit) and loss > limit > 0
+            ):
+                self.stop_reason, self.diverged_at = "diverged", epoch
+                what = "NaN or infinite" if not math.isfinite(loss) else f"{loss:.3g}"
+                self.detail = f"loss {what} at epoch {epoch}"
+                return i
+            if loss < self.best_loss:
+                self.best_loss, self.best_epoch = loss, epoch
+            if loss < self.improved_loss - (opt.tolerance or 0.0):
+                self.improved_loss, self.improved_epoch = loss, epoch
+            if not watch:
+                continue
+            if opt.tolerance is not None and previous is not None:
+                self.settled = self.settled + 1 if abs(loss - previous) < opt.tolerance else 0
+                if self.settled >= opt.patience:
+                    self.stop_reason = "converged"
+                    self.detail = (
+                        f"loss changed by less than {opt.tolerance:g} for {opt.patience} "
+                        f"epoch(s) at epoch {epoch}"
+                    )
+                    return i + 1
+            if opt.plateau_epochs is not None and epoch - self.improved_epoch >= opt.plateau_epochs:
+                self.stop_reason = "plateaued"
+                self.detail = (
+                    f"no new best loss for {opt.plateau_epochs} epochs "
+                    f"(best {self.best_loss:.6g} at epoch {self.best_epoch})"
+                )
+                return i + 1
+            previous = loss
+        return len(losses)
 
     def result(self, device: str, seconds: float) -> TrainResult:
         """The TrainResult for what has been recorded so far."""
@@ -191,5 +326,9 @@ class _Progress:
             final_loss=self.last_loss,
             device=device,
             diverged_at=self.diverged_at,
+            best_epoch=self.best_epoch,
+            best_loss=self.best_loss if self.best_epoch is not None else None,
             seconds=seconds,
+            verdict_detail=self.detail or "reached the maximum number of epochs",
+            lr=self.opt.lr,
         )

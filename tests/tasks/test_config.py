@@ -17,7 +17,9 @@ def test_defaults_are_the_seed() -> None:
         "cpu",
         False,
     )
-    assert config.data is None and config.predict == [[5.0]] and config.dtype == "float32"
+    assert config.data is None and config.prediction_inputs == [[5.0]]
+    assert config.dtype == "float32" and config.predict is None
+    assert TrainConfig(data="d.csv").prediction_inputs == []
     assert config.run_name() == "toy-lr0.01-cpu-100ep"
 
 
