@@ -120,9 +120,12 @@ def train_flow(
             evaluation = evaluate_prediction(config, dataset, result.final_params)
         status = persist(run_id=run_id, database_url=url, result=result, evaluation=evaluation)
         if status is RunStatus.DIVERGED:
+            advice = f"e.g. --lr {result.lr / 10:g}"
+            if result.max_stable_lr is not None and result.max_stable_lr < result.lr:
+                advice = f"below {result.max_stable_lr:.3g}, its stability bound on this data"
             raise DivergedError(
                 f"run {run_id} diverged ({result.verdict_detail}): the learning rate "
-                f"{result.lr:g} is too large; lower --lr (e.g. --lr {result.lr / 10:g})"
+                f"{result.lr:g} is too large; lower --lr ({advice})"
             )
     except DivergedError:
         publish_run_report(url, run_id, seconds=seconds)

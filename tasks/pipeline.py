@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Optional
 
 from prefect import get_run_logger, task
@@ -127,7 +128,7 @@ def train(
         )
     finally:
         engine.dispose()
-    result = problem.result_to_original(result)
+    result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
     logger.info(
         "Stopped after %d epoch(s): %s, %s (%.3f s on %s)",
         result.epochs_done,

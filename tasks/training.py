@@ -95,6 +95,7 @@ class TrainResult:
     seconds: float = 0.0
     verdict_detail: str = ""
     lr: float = 0.0
+    max_stable_lr: Optional[float] = None
 
 
 def progress_line(epoch: int, params: dict[str, float], loss: float) -> str:
