@@ -122,7 +122,7 @@ def read_table(path: str) -> pd.DataFrame:
         raise GdflowError(f"data file {path!r} is empty; add a header row and data rows")
     try:
         if kind == "CSV":
-            return pd.read_csv(file)
+            return pd.read_csv(file, engine="pyarrow")
         return pd.read_parquet(file)
     except PermissionError:
         raise GdflowError(
