@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 from xml.sax.saxutils import escape as xml_escape
 
+from tasks.sweeping import COLUMNS as SWEEP_COLUMNS
+
 #: Points drawn in a polyline, at most; longer curves are downsampled.
 MAX_CURVE_POINTS = 2000
 #: Markers are drawn on the points of curves this short or shorter.
@@ -381,4 +383,211 @@ def trend_markdown(runs: Sequence[Mapping[str, Any]], *, title: str) -> str:
         chart_title = "Final loss by run"
         svg = _curve_svg(ids, losses, title=chart_title, x_label="run", width=640, height=320)
         out.append(f"### {chart_title}\n\n![final loss by run]({svg_data_uri(svg)})")
+    return "\n\n".join(out) + "\n"
+
+
+#: Colours of overlaid curves, in order (they repeat, dashed, beyond ten series).
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+_LEGEND_LINE = 16
+
+
+def loss_curves_svg(
+    series: Sequence[tuple[str, Sequence[int], Sequence[Optional[float]]]],
+    *,
+    title: str,
+    width: int = 640,
+    height: int = 360,
+) -> str:
+    """Several (label, epochs, losses) curves on shared axes, one colour each, with a legend."""
+    if width < 240 or height < 120:
+        raise ValueError(f"the chart must be at least 240x120, got {width}x{height}")
+    for label, epochs, losses in series:
+        if len(epochs) != len(losses):
+            raise ValueError(f"{label!r}: {len(epochs)} epochs but {len(losses)} losses")
+    flat_x = [x for _, epochs, _ in series for x in epochs]
+    flat_y = [v for _, _, losses in series for v in losses]
+    _, log_scale = _plottable(flat_x, flat_y)
+    curves: list[tuple[str, list[tuple[float, float]]]] = []
+    for label, epochs, losses in series:
+        pairs, _ = _plottable(epochs, losses)
+        if log_scale:
+            pairs = [(x, math.log10(v)) for x, v in pairs if v > 0]
+        if len(pairs) > MAX_CURVE_POINTS:
+            pairs = [pairs[i] for i in downsample_indices(len(pairs), MAX_CURVE_POINTS)]
+        curves.append((label, pairs))
+
+    legend_chars = max((len(label) for label, _ in curves), default=0)
+    legend_width = min(width // 3, 34 + 6 * legend_chars) if curves else 0
+    left, right = _MARGIN_LEFT, width - _MARGIN_RIGHT - legend_width
+    top, bottom = _MARGIN_TOP, height - _MARGIN_BOTTOM
+    mid_y = (top + bottom) / 2
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="{_FONT}" font-size="11" fill="#333">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{width / 2:.1f}" y="20" text-anchor="middle" font-size="14" '
+        f'font-weight="bold">{xml_escape(title)}</text>',
+        f'<text x="{(left + right) / 2:.1f}" y="{height - 8}" text-anchor="middle">epoch</text>',
+        f'<text x="14" y="{mid_y:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {mid_y:.1f})">{"loss (log scale)" if log_scale else "loss"}'
+        "</text>",
+        f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
+        'fill="none" stroke="#999"/>',
+    ]
+    points = [p for _, pairs in curves for p in pairs]
+    if not points:
+        parts.append(
+            f'<text x="{(left + right) / 2:.1f}" y="{mid_y:.1f}" text-anchor="middle" '
+            'fill="#777">no finite loss values</text>'
+        )
+    else:
+        parts.extend(_overlay(curves, points, log_scale, (left, right, top, bottom)))
+    parts.extend(_legend(curves, x=right + 12, top=top, bottom=bottom))
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _style(index: int) -> str:
+    """Stroke attributes of the `index`-th curve: a palette colour, dashed after the first round."""
+    colour = PALETTE[index % len(PALETTE)]
+    dash = ' stroke-dasharray="6 3"' if (index // len(PALETTE)) % 2 else ""
+    return f'stroke="{colour}"{dash}'
+
+
+def _overlay(
+    curves: Sequence[tuple[str, Sequence[tuple[float, float]]]],
+    points: Sequence[tuple[float, float]],
+    log_scale: bool,
+    box: tuple[float, float, float, float],
+) -> list[str]:
+    """Grid, ticks and one polyline per curve with points (y already log10 on a log axis)."""
+    left, right, top, bottom = box
+    x_lo, x_hi = min(x for x, _ in points), max(x for x, _ in points)
+    x_ticks = _x_ticks(x_lo, x_hi)
+    if x_lo == x_hi:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    ys = [y for _, y in points]
+    y_ticks: list[tuple[float, str]]
+    if log_scale:
+        y_lo, y_hi = float(math.floor(min(ys))), float(math.ceil(max(ys)))
+        if y_lo == y_hi:
+            y_hi += 1
+        exponents = _log_ticks(int(y_lo), int(y_hi), max(2, int(bottom - top) // 22))
+        y_ticks = [(float(k), f"1e{k:+03d}") for k in exponents]
+    else:
+        y_lo, y_hi, values = _linear_ticks(min(ys), max(ys))
+        step = values[1] - values[0]
+        y_ticks = [(t, _linear_label(t, y_lo, y_hi, step)) for t in values]
+
+    def sx(x: float) -> float:
+        return left + (x - x_lo) / (x_hi - x_lo) * (right - left)
+
+    def sy(y: float) -> float:
+        return bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
+
+    parts: list[str] = []
+    for value, label in y_ticks:
+        y = sy(value)
+        parts.append(f'<line x1="{left}" y1="{y:.2f}" x2="{right}" y2="{y:.2f}" stroke="#e5e5e5"/>')
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 4:.2f}" text-anchor="end">{xml_escape(label)}</text>'
+        )
+    for tick in x_ticks:
+        x = sx(tick)
+        parts.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{bottom}" stroke="#e5e5e5"/>')
+        parts.append(f'<text x="{x:.2f}" y="{bottom + 16}" text-anchor="middle">{tick}</text>')
+    for index, (_, pairs) in enumerate(curves):
+        if not pairs:
+            continue
+        scaled = [(sx(x), sy(y)) for x, y in pairs]
+        coordinates = " ".join(f"{x:.2f},{y:.2f}" for x, y in scaled)
+        parts.append(
+            f'<polyline fill="none" {_style(index)} stroke-width="1.5" stroke-linejoin="round" '
+            f'points="{coordinates}"/>'
+        )
+        if len(scaled) == 1:
+            colour = PALETTE[index % len(PALETTE)]
+            parts.append(
+                f'<circle cx="{scaled[0][0]:.2f}" cy="{scaled[0][1]:.2f}" r="2.5" fill="{colour}"/>'
+            )
+    return parts
+
+
+def _legend(
+    curves: Sequence[tuple[str, Sequence[tuple[float, float]]]],
+    *,
+    x: float,
+    top: float,
+    bottom: float,
+) -> list[str]:
+    """One swatch and escaped label per curve, beside the plot; '+ N more' when they overflow."""
+    room = max(1, int((bottom - top) // _LEGEND_LINE))
+    shown = curves if len(curves) <= room else curves[: room - 1]
+    parts: list[str] = []
+    for index, (label, pairs) in enumerate(shown):
+        y = top + 8 + index * _LEGEND_LINE
+        text = label if pairs else f"{label} (no finite loss)"
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{x + 18:.1f}" y2="{y:.1f}" {_style(index)} '
+            'stroke-width="2.5"/>'
+        )
+        parts.append(f'<text x="{x + 24:.1f}" y="{y + 4:.1f}">{xml_escape(text)}</text>')
+    if len(shown) < len(curves):
+        y = top + 8 + len(shown) * _LEGEND_LINE
+        parts.append(f'<text x="{x:.1f}" y="{y + 4:.1f}">+ {len(curves) - len(shown)} more</text>')
+    return parts
+
+
+def sweep_markdown(
+    rows: Sequence[Mapping[str, Any]], *, best_run_id: Optional[int], title: str
+) -> str:
+    """A table comparing a sweep's runs (the best one starred) and a line naming the best."""
+    out = [f"## {escape_markdown(title)}"]
+    if not rows:
+        out.append("No runs recorded.")
+        return "\n\n".join(out) + "\n"
+    headers = list(rows[0])
+    text_columns = {"status", "stop reason"}
+    lines = [
+        "| best | " + " | ".join(_cell(h) for h in headers) + " |",
+        "|---|" + "".join("---|" if h in text_columns else "---:|" for h in headers),
+    ]
+    best: Optional[Mapping[str, Any]] = None
+    for row in rows:
+        is_best = best_run_id is not None and row.get("run") == best_run_id
+        best = row if is_best else best
+        cells = [
+            _cell(row.get(h)) if h in text_columns or h in ("run", "epochs") else _num(row.get(h))
+            for h in headers
+        ]
+        lines.append("| " + ("★" if is_best else "") + " | " + " | ".join(cells) + " |")
+    out.append("\n".join(lines))
+    if best is None:
+        out.append("**No run completed**, so there is no best configuration.")
+    else:
+        params = [
+            f"{escape_markdown(str(h))} = {_num(best.get(h))}"
+            for h in headers
+            if h not in SWEEP_COLUMNS and best.get(h) is not None
+        ]
+        val = best.get("val loss")
+        if val is not None:
+            loss = f"validation loss {_num(val, 6)}"
+        else:
+            loss = f"final loss {_num(best.get('final loss'), 6)}"
+        line = f"**Best:** run {_cell(best.get('run'))} with lr {_num(best.get('lr'))} ({loss})"
+        if params:
+            line += ": " + ", ".join(params)
+        out.append(line)
     return "\n\n".join(out) + "\n"

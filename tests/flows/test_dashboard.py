@@ -117,16 +117,16 @@ def test_run_form_shows_the_config_and_starts_a_run(served: Served, browser) -> 
     with served.server.client() as client:
         deployment = client.read_deployment_by_name("train/gdflow-on-demand")
     page = _open(browser, f"{served.server.ui_url}/deployments/deployment/{deployment.id}/run")
-    page.get_by_text("Learning rate of torch.optim.SGD.").wait_for(timeout=30_000)
+    page.get_by_text("Learning rate of the optimizer").wait_for(timeout=30_000)
     text = page.inner_text("body")
     for description in (
         "CSV or Parquet file to train on",
         "Maximum number of epochs.",
         "Where tensors live: auto, cpu, cuda, cuda:N or mps.",
-        "Stop once the loss changes by less than this between epochs.",
+        "Converged once the loss changes by less than this between epochs.",
     ):
         assert description in text
-    lr = page.get_by_text("Learning rate of torch.optim.SGD.").locator("xpath=following::input[1]")
+    lr = page.get_by_text("Learning rate of the optimizer").locator("xpath=following::input[1]")
     assert lr.input_value() == "0.01"
     lr.fill("0.03")
     SCREENSHOTS.mkdir(exist_ok=True)

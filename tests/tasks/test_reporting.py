@@ -14,9 +14,11 @@ from tasks.reporting import (
     escape_markdown,
     loss_curve_markdown,
     loss_curve_svg,
+    loss_curves_svg,
     metrics_table_rows,
     summary_markdown,
     svg_data_uri,
+    sweep_markdown,
     trend_markdown,
 )
 
@@ -253,3 +255,91 @@ def test_trend_without_enough_losses_has_no_chart() -> None:
     ]
     assert "![" not in trend_markdown(one, title="t")
     assert "No runs recorded yet." in trend_markdown([], title="t")
+
+
+def polylines(root: ET.Element) -> list[ET.Element]:
+    return list(root.iter(f"{NS}polyline"))
+
+
+def test_overlaid_curves_share_axes_with_one_polyline_and_colour_each() -> None:
+    series = [
+        ("lr 0.001", range(1, 101), [11.0 * 0.978**k for k in range(100)]),
+        ("lr 0.01", range(1, 101), SEED_LOSSES),
+        ("lr 1", range(1, 4), [11.0, 2.1e6, math.inf]),
+    ]
+    root = parse(loss_curves_svg(series, title="Sweep 1"))
+    assert (root.get("width"), root.get("height")) == ("640", "360")
+    lines = polylines(root)
+    assert [len(line.get("points", "").split()) for line in lines] == [100, 100, 2]
+    colours = [line.get("stroke") for line in lines]
+    assert len(set(colours)) == 3
+    labels = texts(root)
+    assert "Sweep 1" in labels and "loss (log scale)" in labels and "epoch" in labels
+    assert {"lr 0.001", "lr 0.01", "lr 1"} <= set(labels)
+    # shared axes: the first points (epoch 1, loss 11) of the first two curves coincide
+    firsts = [line.get("points", "").split()[0] for line in lines]
+    assert firsts[0] == firsts[1] == firsts[2]
+
+
+def test_overlay_skips_series_without_finite_values_and_escapes_labels() -> None:
+    series = [
+        (MALICIOUS, [1, 2, 3], [3.0, 2.0, 1.5]),
+        ("all nan", [1, 2], [math.nan, None]),
+        ("one point", [2], [2.5]),
+    ]
+    svg = loss_curves_svg(series, title="<t>")
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    root = parse(svg)
+    assert len(polylines(root)) == 2
+    assert "loss" in texts(root) and "loss (log scale)" not in texts(root)
+    assert MALICIOUS in texts(root) and "all nan (no finite loss)" in texts(root)
+    assert "<t>" in texts(root)
+    assert len(list(root.iter(f"{NS}circle"))) == 1  # a one-point curve still shows
+
+
+def test_overlay_without_data_shows_the_note_and_long_legends_are_cut() -> None:
+    root = parse(loss_curves_svg([], title="empty"))
+    assert "no finite loss values" in texts(root) and not polylines(root)
+    many = [(f"run {k}", [1, 2], [1.0 + k, 0.5 + k]) for k in range(40)]
+    root = parse(loss_curves_svg(many, title="many"))
+    assert len(polylines(root)) == 40
+    assert any(t.startswith("+ ") and t.endswith(" more") for t in texts(root))
+    dashed = [line for line in polylines(root) if line.get("stroke-dasharray")]
+    assert len(dashed) == 20  # series 11-20 and 31-40 reuse the palette, dashed
+    with pytest.raises(ValueError):
+        loss_curves_svg([("bad", [1, 2], [1.0])], title="t")
+
+
+def sweep_rows() -> list[dict[str, object]]:
+    columns = ["run", "lr", "status", "stop reason", "epochs", "final loss", "best loss"]
+    values = [
+        (3, 0.001, "completed", "max_epochs", 100, 0.134, 0.134, None, 1.89),
+        (1, 0.01, "completed", "max_epochs", 100, 6e-13, 6e-13, None, 2.0),
+        (2, 1.0, "diverged", MALICIOUS, 3, None, 11.0, None, 9263.0),
+    ]
+    return [dict(zip([*columns, "val loss", "w"], row)) for row in values]
+
+
+def test_sweep_markdown_marks_the_best_row_and_names_it() -> None:
+    md = sweep_markdown(sweep_rows(), best_run_id=1, title="Sweep 1 <lr>")
+    assert md.startswith("## Sweep 1 &lt;lr&gt;\n")
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert table[0] == (
+        "| best | run | lr | status | stop reason | epochs | final loss | best loss | val loss "
+        "| w |"
+    )
+    assert len(table) == 5
+    starred = [row for row in table[2:] if row.startswith("| ★ |")]
+    assert len(starred) == 1 and starred[0].startswith("| ★ | 1 | 0.01 | completed |")
+    assert "**Best:** run 1 with lr 0.01 (final loss 6e-13): w = 2" in md
+    assert "<script>" not in md and "&lt;script&gt;alert\\(1\\)" in md
+    for line in table:
+        assert line.replace("\\|", "").count("|") == 11
+
+
+def test_sweep_markdown_without_a_best_run() -> None:
+    md = sweep_markdown(sweep_rows()[2:], best_run_id=None, title="Sweep 2")
+    assert "★" not in md and "No run completed" in md
+    assert "No runs recorded." in sweep_markdown([], best_run_id=None, title="t")
+    validated = [{**sweep_rows()[1], "val loss": 0.25}]
+    assert "(validation loss 0.25)" in sweep_markdown(validated, best_run_id=1, title="t")

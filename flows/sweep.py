@@ -1,0 +1,223 @@
+"""The `sweep` flow: one `train` subflow per learning rate, some at a time, then a comparison."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run as current_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from sqlalchemy.orm import Session
+
+from flows.report import format_number, table
+from flows.train import train_flow
+from storage import (
+    RunStatus,
+    create_sweep,
+    default_database_url,
+    finish_sweep,
+    get_metrics_sample,
+    mask_url,
+    sweep_runs,
+)
+from tasks.artifacts import CURVE_POINTS
+from tasks.config import TrainConfig
+from tasks.errors import DivergedError, GdflowError
+from tasks.recording import open_database, status_for
+from tasks.reporting import loss_curves_svg, svg_data_uri, sweep_markdown
+from tasks.sweeping import (
+    DEFAULT_LRS,
+    SweepConfig,
+    best_run,
+    comparison_rows,
+    failure_message,
+    run_lr,
+    sweep_configs,
+    sweep_name,
+)
+
+#: Key of the sweep's markdown artifact (Prefect versions it across sweeps).
+ARTIFACT_KEY = "gdflow-sweep"
+#: Key of the sweep's comparison-table artifact.
+TABLE_KEY = "gdflow-sweep-table"
+
+
+def _sweep_of(parameters: dict[str, Any]) -> SweepConfig:
+    """The SweepConfig of a flow run from its parameters (a model, a dict or nothing)."""
+    sweep = parameters.get("sweep")
+    if isinstance(sweep, SweepConfig):
+        return sweep
+    return SweepConfig.model_validate(sweep or {"lrs": list(DEFAULT_LRS)})
+
+
+def _flow_run_name() -> str:
+    """Name each sweep's flow run after its size, e.g. lr-sweep-3-runs."""
+    return sweep_name(_sweep_of(current_run.parameters))
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    """The comparison rows as an aligned text table, one line per run."""
+    if not rows:
+        return "no runs recorded"
+    headers = list(rows[0])
+    cells = [
+        [v if isinstance(v, (str, int)) or v is None else format_number(v) for v in row.values()]
+        for row in rows
+    ]
+    return table(headers, cells, [h not in ("status", "stop reason") for h in headers])
+
+
+@task(name="train-one", task_run_name="train-one-lr{config.lr:g}", cache_policy=NO_CACHE)
+def train_one(config: TrainConfig, sweep_id: int) -> dict[str, Any]:
+    """Run the `train` flow as a subflow; report how it ended instead of raising."""
+    state = train_flow(config=config, sweep_id=sweep_id, return_state=True)
+    if state.is_completed():
+        return {"lr": config.lr, "status": "completed", "message": ""}
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):
+        message = str(outcome) or type(outcome).__name__
+    else:
+        message = state.message or state.name or "the run failed"
+    status = "diverged" if isinstance(outcome, DivergedError) else "failed"
+    return {"lr": config.lr, "status": status, "message": message.splitlines()[0]}
+
+
+def _outcome(future: PrefectFuture[dict[str, Any]], lr: float) -> dict[str, Any]:
+    """The task's report, or a failed one when the task itself failed."""
+    future.wait()
+    if future.state.is_completed():
+        return future.result()
+    error = future.state.result(raise_on_failure=False)
+    message = str(error) if isinstance(error, BaseException) else future.state.message
+    return {"lr": lr, "status": "failed", "message": (message or "the run failed").splitlines()[0]}
+
+
+def _train_all(
+    configs: list[TrainConfig], sweep_id: int, max_concurrency: int
+) -> list[dict[str, Any]]:
+    """Train every config as a subflow, at most `max_concurrency` at a time, in threads."""
+    workers = max(1, min(max_concurrency, len(configs)))
+    runner: ThreadPoolTaskRunner[dict[str, Any]]
+    with ThreadPoolTaskRunner(max_workers=workers) as runner:
+        futures: list[PrefectFuture[dict[str, Any]]] = [
+            # Prefect 3.9's overloads of submit() mistype sync tasks on a typed runner.
+            runner.submit(train_one, {"config": c, "sweep_id": sweep_id})  # type: ignore[arg-type]
+            for c in configs
+        ]
+        return [_outcome(future, float(config.lr)) for future, config in zip(futures, configs)]
+
+
+def _start(url: str, sweep: SweepConfig) -> int:
+    """Insert the sweep row (committed at once) and return its id."""
+    engine = open_database(url)
+    try:
+        with Session(engine) as session, session.begin():
+            return create_sweep(
+                session,
+                name=sweep_name(sweep),
+                config=sweep.model_dump(mode="json"),
+                flow_run_id=str(current_run.id) if current_run.id else None,
+            )
+    finally:
+        engine.dispose()
+
+
+def _read_back(url: str, sweep_id: int) -> dict[str, Any]:
+    """The sweep's runs from the database: comparison rows, the best run and the loss curves."""
+    engine = open_database(url)
+    try:
+        with Session(engine) as session:
+            runs = sweep_runs(session, sweep_id=sweep_id)
+            best = best_run(runs)
+            curves = []
+            for run in sorted(runs, key=lambda r: (run_lr(r), r.id)):
+                sample = get_metrics_sample(session, run_id=run.id, max_rows=CURVE_POINTS)
+                label = f"run {run.id}: lr {run_lr(run):g} ({run.status})"
+                curves.append((label, [m.epoch for m in sample], [m.loss for m in sample]))
+            return {
+                "rows": comparison_rows(runs),
+                "best_run_id": best.id if best else None,
+                "best_lr": run_lr(best) if best else None,
+                "curves": curves,
+            }
+    finally:
+        engine.dispose()
+
+
+def _finish(url: str, sweep_id: int, status: RunStatus, best_run_id: Optional[int]) -> None:
+    """Record how the sweep ended and its best run."""
+    engine = open_database(url)
+    try:
+        with Session(engine) as session, session.begin():
+            finish_sweep(session, sweep_id=sweep_id, status=status, best_run_id=best_run_id)
+    finally:
+        engine.dispose()
+
+
+def _publish(sweep_id: int, report: dict[str, Any]) -> None:
+    """The comparison as a table artifact, and as markdown with the overlaid loss curves."""
+    try:
+        title = f"Sweep {sweep_id}: learning rates"
+        markdown = sweep_markdown(report["rows"], best_run_id=report["best_run_id"], title=title)
+        svg = loss_curves_svg(report["curves"], title=f"Sweep {sweep_id}: training loss by run")
+        markdown += f"\n### Loss curves\n\n![loss curves]({svg_data_uri(svg)})\n"
+        create_table_artifact(
+            report["rows"], key=TABLE_KEY, description=f"gdflow sweep {sweep_id}: comparison"
+        )
+        create_markdown_artifact(
+            markdown, key=ARTIFACT_KEY, description=f"gdflow sweep {sweep_id}: comparison"
+        )
+    except Exception as exc:  # noqa: BLE001 - a report must not fail the sweep
+        get_run_logger().warning("Could not publish the artifacts of sweep %d: %s", sweep_id, exc)
+
+
+@flow(name="sweep", flow_run_name=_flow_run_name, validate_parameters=True)
+def sweep_flow(
+    sweep: SweepConfig = SweepConfig(lrs=list(DEFAULT_LRS)),  # noqa: B008 - frozen, safe
+) -> dict[str, Any]:
+    """Train the base config at every learning rate of the sweep and record which did best."""
+    logger = get_run_logger()
+    url = sweep.base.database_url or default_database_url()
+    configs = sweep_configs(sweep)
+    sweep_id = _start(url, sweep)
+    logger.info(
+        "Sweep %d: %d learning rates (%s), %d at a time, recording to %s",
+        sweep_id,
+        len(configs),
+        ", ".join(f"{float(c.lr):g}" for c in configs),
+        min(sweep.max_concurrency, len(configs)),
+        mask_url(url),
+    )
+    try:
+        outcomes = _train_all(configs, sweep_id, sweep.max_concurrency)
+        report = _read_back(url, sweep_id)
+        best_id = report["best_run_id"]
+        _finish(url, sweep_id, RunStatus.COMPLETED if best_id else RunStatus.FAILED, best_id)
+    except BaseException as exc:
+        try:
+            _finish(url, sweep_id, status_for(exc), None)
+        except Exception as bookkeeping:  # noqa: BLE001 - the original error matters more
+            logger.warning("Could not record sweep %d as failed: %s", sweep_id, bookkeeping)
+        raise
+    rows = report["rows"]
+    logger.info("Sweep %d comparison:\n%s", sweep_id, comparison_table(rows))
+    for outcome in outcomes:
+        if outcome["status"] != "completed":
+            logger.warning("lr %g %s: %s", outcome["lr"], outcome["status"], outcome["message"])
+    _publish(sweep_id, report)
+    if best_id is None:
+        errors = [o["message"] for o in outcomes if o["status"] == "failed"]
+        errors += [o["message"] for o in outcomes if o["status"] == "diverged"]
+        raise GdflowError(failure_message(sweep_id, rows, errors))
+    logger.info("Sweep %d: best run %d (lr %g)", sweep_id, best_id, report["best_lr"])
+    return {
+        "sweep_id": sweep_id,
+        "status": RunStatus.COMPLETED.value,
+        "best_run_id": best_id,
+        "best_lr": report["best_lr"],
+        "rows": rows,
+        "database_url": mask_url(url),
+    }
