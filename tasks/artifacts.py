@@ -102,6 +102,11 @@ def _publish(database_url: str, run_id: int, seconds: Optional[float]) -> None:
                 "device": run.device,
                 "database_url": mask_url(database_url),
                 "seconds": seconds,
+                "best_epoch": run.best_epoch,
+                "best_loss": run.best_loss,
+                "max_stable_lr": run.max_stable_lr,
+                "condition_number": run.condition_number,
+                "warnings": run.warnings,
             }
             trend = [
                 {

@@ -334,6 +334,35 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         losses.append(f"**distance to optimum:** {_num(evaluation.get('param_distance'), 6)}")
     out.append(" · ".join(losses))
 
+    diagnostics = []
+    if summary.get("best_epoch") is not None:
+        diagnostics.append(
+            f"**best epoch:** {summary['best_epoch']} (loss {_num(summary.get('best_loss'), 6)})"
+        )
+    if summary.get("max_stable_lr") is not None:
+        diagnostics.append(f"**largest stable lr:** {_num(summary['max_stable_lr'], 4)}")
+    if summary.get("condition_number") is not None:
+        diagnostics.append(f"**condition number:** {_num(summary['condition_number'], 4)}")
+    if diagnostics:
+        out.append(" · ".join(diagnostics))
+    for warning in summary.get("warnings") or []:
+        out.append(f"> **warning:** {escape_markdown(str(warning))}")
+
+    metric_rows: list[tuple[str, Mapping[str, Any]]] = [
+        (key, (evaluation or {})[key])
+        for key in ("train", "validation")
+        if (evaluation or {}).get(key)
+    ]
+    if metric_rows:
+        lines = ["| data | MSE | RMSE | MAE | R² |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            f"| {label} | "
+            + " | ".join(_num(m.get(k), 6) for k in ("mse", "rmse", "mae", "r2"))
+            + " |"
+            for label, m in metric_rows
+        ]
+        out.append("### Metrics of the trained model\n\n" + "\n".join(lines))
+
     predictions = (evaluation or {}).get("predictions") or []
     if predictions:
         out.append("### Predictions\n\n" + "\n".join(f"- {_prediction(p)}" for p in predictions))

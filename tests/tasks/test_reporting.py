@@ -343,3 +343,35 @@ def test_sweep_markdown_without_a_best_run() -> None:
     assert "No runs recorded." in sweep_markdown([], best_run_id=None, title="t")
     validated = [{**sweep_rows()[1], "val loss": 0.25}]
     assert "(validation loss 0.25)" in sweep_markdown(validated, best_run_id=1, title="t")
+
+
+def test_summary_shows_metrics_diagnostics_and_escaped_warnings() -> None:
+    evaluation = {
+        "predictions": [],
+        "train_loss": 1.0,
+        "train": {"mse": 1.5, "rmse": 1.2247, "mae": 1.0, "r2": 0.9},
+        "validation": {"mse": 2.5, "rmse": 1.5811, "mae": 1.25, "r2": 0.8},
+        "least_squares": {"params": {"w": 2.0}, "loss": 1.0},
+        "param_distance": 0.0,
+        "loss_gap": 0.0,
+    }
+    md = summary_markdown(
+        {
+            "run_id": 4,
+            "status": "completed",
+            "epochs_done": 10,
+            "max_epochs": 10,
+            "final_params": {"w": 2.0},
+            "evaluation": evaluation,
+            "best_epoch": 9,
+            "best_loss": 0.5,
+            "max_stable_lr": 0.0909,
+            "condition_number": 12.5,
+            "warnings": ["<script>alert(1)</script> lr too large"],
+            "database_url": "db",
+        }
+    )
+    assert "| train | 1.5 | 1.2247 | 1 | 0.9 |" in md
+    assert "| validation | 2.5 | 1.5811 | 1.25 | 0.8 |" in md
+    assert "**best epoch:** 9" in md and "**condition number:** 12.5" in md
+    assert "<script>" not in md and "&lt;script&gt;" in md
