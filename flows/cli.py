@@ -180,30 +180,23 @@ def _quiet_expected_errors() -> None:
                 handler.addFilter(_DropTraceback())
 
 
-def cmd_run(values: dict[str, Any]) -> int:
-    """Run the training flow once; print the outcome; exit 0 only when it completed."""
-    config = config_from_args(values)
+def _run_flow(flow_fn: Any, database_url: Optional[str], **parameters: Any) -> tuple[Any, str]:
+    """Check the database, run a flow (on a running server when there is one), return its
+    result and the database URL; a failed run becomes a one-line CliError."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from storage import default_database_url, mask_url
-    from tasks.errors import GdflowError
-    from tasks.recording import open_database
-
-    url = config.database_url or default_database_url()
-    try:
-        open_database(url).dispose()
-    except GdflowError as exc:
-        raise CliError(str(exc)) from None
-
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.deploy import find_api_url, ui_url
-    from flows.train import train_flow
+    from storage import default_database_url
+    from tasks.errors import GdflowError
 
+    url = database_url or default_database_url()
+    _open_existing(url).dispose()
     _quiet_expected_errors()
     api_url = find_api_url()
     updates = {PREFECT_API_URL: api_url} if api_url else {}
     with temporary_settings(updates=updates):
-        state = train_flow(config=config, return_state=True)
+        state = flow_fn(**parameters, return_state=True)
     if api_url:
         print(f"watch it at {ui_url(api_url)}/runs/flow-run/{state.state_details.flow_run_id}")
     if not state.is_completed():
@@ -215,7 +208,16 @@ def cmd_run(values: dict[str, Any]) -> int:
         else:
             text = state.message or state.name or ""
         raise CliError(text.splitlines()[0] if text else "the run failed")
-    summary = state.result()
+    return state.result(), url
+
+
+def cmd_run(values: dict[str, Any]) -> int:
+    """Run the training flow once; print the outcome; exit 0 only when it completed."""
+    config = config_from_args(values)
+    from flows.train import train_flow
+    from storage import mask_url
+
+    summary, url = _run_flow(train_flow, config.database_url, config=config)
     run_id = summary["run_id"]
     print(
         f"run {run_id} {summary['status']}: {summary['epochs_done']} epochs "
@@ -244,39 +246,10 @@ def cmd_sweep(values: dict[str, Any]) -> int:
         sweep = SweepConfig(base=config, **options)
     except ValidationError as exc:
         raise CliError(describe_validation_error(exc, command="sweep")) from None
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from storage import default_database_url, mask_url
-    from tasks.errors import GdflowError
-    from tasks.recording import open_database
-
-    url = config.database_url or default_database_url()
-    try:
-        open_database(url).dispose()
-    except GdflowError as exc:
-        raise CliError(str(exc)) from None
-
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.deploy import find_api_url, ui_url
     from flows.sweep import comparison_table, sweep_flow
+    from storage import mask_url
 
-    _quiet_expected_errors()
-    api_url = find_api_url()
-    updates = {PREFECT_API_URL: api_url} if api_url else {}
-    with temporary_settings(updates=updates):
-        state = sweep_flow(sweep=sweep, return_state=True)
-    if api_url:
-        print(f"watch it at {ui_url(api_url)}/runs/flow-run/{state.state_details.flow_run_id}")
-    if not state.is_completed():
-        outcome = state.result(raise_on_failure=False)
-        if isinstance(outcome, BaseException):
-            text = str(outcome) or type(outcome).__name__
-            if not isinstance(outcome, GdflowError):
-                text = f"{type(outcome).__name__}: {text}"
-        else:
-            text = state.message or state.name or ""
-        raise CliError(text.splitlines()[0] if text else "the sweep failed")
-    summary = state.result()
+    summary, url = _run_flow(sweep_flow, config.database_url, sweep=sweep)
     rows = summary["rows"]
     best = next(row for row in rows if row["run"] == summary["best_run_id"])
     print(f"sweep {summary['sweep_id']}: {len(rows)} runs in {mask_url(url)}")
@@ -335,7 +308,7 @@ def cmd_server(host: str, port: int) -> int:
 
 
 def _open_existing(database_url: Optional[str]) -> Any:
-    """An engine on the metrics database for reading."""
+    """An engine on the metrics database (created if missing); errors become CliError."""
     from storage import default_database_url
     from tasks.errors import GdflowError
     from tasks.recording import open_database

@@ -38,6 +38,34 @@ def _wait_final(server: PrefectServer, flow_run_id: str, timeout: float = 180): 
     return wait_for(done, timeout=timeout, what=f"flow run {flow_run_id} to finish")
 
 
+def _wait_for_metrics(served: Served, flow_run_id: str) -> None:
+    """Wait until the run of this flow run has written at least one epoch."""
+
+    def epochs_written() -> int:
+        rows = _rows(
+            served.database, "SELECT epochs_done FROM runs WHERE flow_run_id = ?", flow_run_id
+        )
+        return rows[0][0] if rows else 0
+
+    wait_for(epochs_written, timeout=120, what="the long run to write metrics")
+
+
+def _wait_recorded_status(served: Served, flow_run_id: str) -> tuple:
+    """Wait until gdflow's run of this flow run has left `running`; return (status,)."""
+    (status,) = wait_for(
+        lambda: [
+            row
+            for row in _rows(
+                served.database, "SELECT status FROM runs WHERE flow_run_id = ?", flow_run_id
+            )
+            if row[0] != "running"
+        ],
+        timeout=60,
+        what="gdflow to record how the run ended",
+    )
+    return status
+
+
 def _trigger(server: PrefectServer, deployment: str, config: dict, cwd: Path) -> str:
     """`prefect deployment run` as a user types it; return the new flow run's id."""
     done = server.cli(
@@ -144,31 +172,14 @@ def test_cancelling_a_run_records_it_cancelled_with_its_partial_metrics(served: 
         server, "train/gdflow-on-demand", {"epochs": 100_000_000, "log_every": 0}, served.workdir
     )
 
-    def epochs_written() -> int:
-        rows = _rows(
-            served.database, "SELECT epochs_done FROM runs WHERE flow_run_id = ?", flow_run_id
-        )
-        return rows[0][0] if rows else 0
-
-    wait_for(epochs_written, timeout=120, what="the long run to write metrics")
+    _wait_for_metrics(served, flow_run_id)
     done = server.cli(
         venv_command("prefect"), "flow-run", "cancel", flow_run_id, cwd=served.workdir
     )
     assert done.returncode == 0, done.stdout + done.stderr
     run = _wait_final(server, flow_run_id, timeout=120)
     assert run.state.type.value == "CANCELLED"
-    (status,) = wait_for(
-        lambda: [
-            r
-            for r in _rows(
-                served.database, "SELECT status FROM runs WHERE flow_run_id = ?", flow_run_id
-            )
-            if r[0] != "running"
-        ],
-        timeout=60,
-        what="gdflow to record the cancellation",
-    )
-    assert status == ("cancelled",)
+    assert _wait_recorded_status(served, flow_run_id) == ("cancelled",)
     ((count,),) = _rows(
         served.database,
         "SELECT count(*) FROM epoch_metrics m JOIN runs r ON r.id = m.run_id "
@@ -288,30 +299,13 @@ def test_a_killed_run_is_recorded_crashed_and_keeps_its_metrics(served: Served) 
         server, "train/gdflow-on-demand", {"epochs": 100_000_000, "log_every": 0}, served.workdir
     )
 
-    def epochs_written() -> int:
-        rows = _rows(
-            served.database, "SELECT epochs_done FROM runs WHERE flow_run_id = ?", flow_run_id
-        )
-        return rows[0][0] if rows else 0
-
-    wait_for(epochs_written, timeout=120, what="the long run to write metrics")
+    _wait_for_metrics(served, flow_run_id)
     pids = wait_for(lambda: _flow_run_pids(flow_run_id), timeout=30, what="the run's process")
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     run = _wait_final(server, flow_run_id, timeout=120)
     assert run.state.type.value == "CRASHED"
-    (status,) = wait_for(
-        lambda: [
-            r
-            for r in _rows(
-                served.database, "SELECT status FROM runs WHERE flow_run_id = ?", flow_run_id
-            )
-            if r[0] != "running"
-        ],
-        timeout=60,
-        what="gdflow to record the crash",
-    )
-    assert status == ("crashed",)
+    assert _wait_recorded_status(served, flow_run_id) == ("crashed",)
     ((count, done),) = _rows(
         served.database,
         "SELECT count(*), max(r.epochs_done) FROM epoch_metrics m JOIN runs r "
