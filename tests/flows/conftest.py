@@ -198,6 +198,10 @@ def served(
     """`gdflow serve --interval 5` in the background until the session ends."""
     workdir = tmp_path_factory.mktemp("serve")
     database = workdir / "metrics.db"
+    # Create the schema first, so the tests' plain sqlite3 readers never see a half-made file.
+    from storage import make_engine
+
+    make_engine(f"sqlite:///{database}").dispose()
     env = {**prefect_server.env, "GDFLOW_DATABASE_URL": f"sqlite:///{database}"}
     log = workdir / "serve.log"
     process = start_background(
