@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
@@ -104,6 +104,7 @@ def _create_schema(engine: Engine, shown: str) -> None:
     for attempt in range(3):
         try:
             Base.metadata.create_all(engine)
+            _add_missing_columns(engine, shown)
             return
         except OperationalError as exc:
             if "already exists" in str(exc) and attempt < 2:
@@ -118,6 +119,32 @@ def _create_schema(engine: Engine, shown: str) -> None:
             raise DatabaseError(
                 f"cannot open database {shown} ({_first_line(exc)}); check --database-url"
             ) from None
+
+
+def _add_missing_columns(engine: Engine, shown: str) -> None:
+    """Add nullable columns that a database made by an earlier gdflow lacks (rows are kept).
+
+    Only additive, nullable changes are made here; anything else is reported, not guessed.
+    """
+    existing = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in existing.get_columns(table.name)}
+        missing = [column for column in table.columns if column.name not in present]
+        for column in missing:
+            if not column.nullable or column.primary_key:
+                raise DatabaseError(
+                    f"database {shown} was made by an incompatible gdflow (table "
+                    f"{table.name} lacks {column.name}); use a new --database-url"
+                )
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                try:
+                    connection.execute(
+                        text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
+                    )
+                except OperationalError as exc:
+                    if "duplicate column" not in str(exc).lower():
+                        raise  # another process adding it at the same time is fine
 
 
 def _first_line(exc: BaseException) -> str:

@@ -60,3 +60,38 @@ def test_mask_url_hides_password() -> None:
     masked = mask_url("postgresql+psycopg://user:s3cret@db.example/metrics")
     assert "s3cret" not in masked
     assert masked == "postgresql+psycopg://user:***@db.example/metrics"
+
+
+def test_a_database_from_an_earlier_schema_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:  # the first released shape of the two tables
+        conn.executescript(
+            """
+            CREATE TABLE runs (id INTEGER PRIMARY KEY, flow_run_id VARCHAR(64),
+                flow_run_name VARCHAR(200), status VARCHAR(20) NOT NULL,
+                started_at DATETIME NOT NULL, finished_at DATETIME,
+                data_source VARCHAR(500) NOT NULL, device VARCHAR(40),
+                parameter_names JSON NOT NULL, config JSON NOT NULL, epochs_done INTEGER NOT NULL,
+                final_loss FLOAT, final_params JSON, stop_reason VARCHAR(40), error TEXT,
+                evaluation JSON);
+            CREATE TABLE epoch_metrics (run_id INTEGER NOT NULL REFERENCES runs (id),
+                epoch INTEGER NOT NULL, loss FLOAT, params JSON NOT NULL, grad_norm FLOAT,
+                lr FLOAT, PRIMARY KEY (run_id, epoch));
+            INSERT INTO runs VALUES (1, 'f', 'n', 'completed', '2026-01-01 00:00:00', NULL,
+                'toy', 'cpu', '["w"]', '{}', 1, 0.5, '{"w": 2.0}', 'max_epochs', NULL, NULL);
+            INSERT INTO epoch_metrics VALUES (1, 1, 0.5, '{"w": 2.0}', 1.0, 0.01);
+            """
+        )
+    engine = make_engine(f"sqlite:///{path}")
+    columns = {c["name"] for c in inspect(engine).get_columns("runs")}
+    assert {"best_epoch", "condition_number", "warnings", "sweep_id"} <= columns
+    assert "val_loss" in {c["name"] for c in inspect(engine).get_columns("epoch_metrics")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status, final_loss FROM runs")).all() == [
+            ("completed", 0.5)
+        ]
+        assert conn.execute(text("SELECT loss, val_loss FROM epoch_metrics")).all() == [(0.5, None)]
+    engine.dispose()
+    make_engine(f"sqlite:///{path}").dispose()  # and again: nothing left to add
