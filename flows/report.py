@@ -122,4 +122,9 @@ def evaluation_table(evaluation: dict[str, Any]) -> str:
     gap = evaluation.get("relative_loss_gap")
     if gap is not None:
         text += f"\ntraining loss is {100 * gap:.3g}% above the least-squares optimum"
+    elif evaluation.get("loss_gap") is not None:
+        text += (
+            f"\ntraining loss is {evaluation['loss_gap']:.3g} above the least-squares optimum "
+            "(an exact fit)"
+        )
     return text

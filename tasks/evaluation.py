@@ -88,8 +88,11 @@ def evaluate(
         "least_squares": {"params": optimum, "loss": optimum_loss},
         "param_distance": float(np.linalg.norm(gap)),
         "loss_gap": train_loss - optimum_loss,
+        # Relative to the optimum only where the optimum is not an exact fit (loss ~ 0).
         "relative_loss_gap": (
-            (train_loss - optimum_loss) / optimum_loss if optimum_loss > 0 else None
+            (train_loss - optimum_loss) / optimum_loss
+            if optimum_loss > 1e-12 * max(float(np.var(np.asarray(y, np.float64))), 1e-300)
+            else None
         ),
     }
     if validation is not None:

@@ -35,3 +35,13 @@ def test_prediction_rows_must_match_the_features() -> None:
     check_predict_rows([[1.0, 2.0]], 2)
     with pytest.raises(GdflowError, match="has 1 value.*2 feature"):
         check_predict_rows([[5.0]], 2)
+
+
+def test_relative_gap_only_when_least_squares_is_not_an_exact_fit() -> None:
+    x = np.arange(1.0, 6.0).reshape(-1, 1)
+    exact = evaluate(x, 2 * x[:, 0], {"w": 1.9}, predict_rows=[])
+    assert exact["relative_loss_gap"] is None and exact["loss_gap"] > 0
+    noisy = evaluate(x, 2 * x[:, 0] + [0.1, -0.1, 0.2, 0.0, -0.2], {"w": 1.9}, predict_rows=[])
+    assert noisy["relative_loss_gap"] == pytest.approx(
+        noisy["loss_gap"] / noisy["least_squares"]["loss"]
+    )
