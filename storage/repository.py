@@ -169,7 +169,7 @@ def get_metrics_sample(session: Session, *, run_id: int, max_rows: int) -> list[
     last = session.scalar(select(func.max(EpochMetric.epoch)).where(EpochMetric.run_id == run_id))
     if last is None:
         return []
-    stride = max(1, -(-last // max(1, max_rows - 1)))
+    stride = max(1, -(-(last - 1) // max(1, max_rows - 1)))  # ceil((last-1)/(max_rows-1))
     stmt = (
         select(EpochMetric)
         .where(EpochMetric.run_id == run_id)

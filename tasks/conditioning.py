@@ -47,6 +47,7 @@ def analyse(
     lr: Optional[float],
     optimizer: str = "sgd",
     momentum: float = 0.0,
+    nesterov: bool = False,
     standardized: bool = False,
 ) -> Conditioning:
     """Stability bound, condition number and warnings for training on `x` with `lr`."""
@@ -54,10 +55,13 @@ def analyse(
     top, bottom = float(eigenvalues[-1]), float(eigenvalues[0])
     if not top > 0:
         return Conditioning(None, None, ["the features are all zero: nothing to learn"])
-    max_lr = 2.0 * (1.0 + momentum) / top
+    max_lr: Optional[float] = None
+    if optimizer == "sgd":  # Adam's step size has no such bound
+        # Heavy ball: 2(1+m)/lambda; Nesterov: 2(1+m)/((1+2m) lambda).
+        max_lr = 2.0 * (1.0 + momentum) / ((1.0 + 2.0 * momentum) if nesterov else 1.0) / top
     condition = top / bottom if bottom > top * 1e-15 else math.inf
     warnings: list[str] = []
-    if optimizer == "sgd" and lr is not None and lr >= max_lr:
+    if max_lr is not None and lr is not None and lr >= max_lr:
         warnings.append(
             f"learning rate {lr:g} is above the largest stable step {max_lr:.4g} "
             f"(2{'(1+momentum)' if momentum else ''}/largest Hessian eigenvalue) for this data: "

@@ -133,7 +133,8 @@ class TrainConfig(BaseModel):
     @classmethod
     def _standardize_implies_bias(cls, data: Any) -> Any:
         """Centring needs an intercept: --standardize turns --bias on unless it is given."""
-        if isinstance(data, dict) and data.get("standardize") in (True, "true", "True"):
+        flag = data.get("standardize") if isinstance(data, dict) else None
+        if flag is True or str(flag).strip().lower() in {"1", "true", "t", "yes", "y", "on"}:
             implied = {"bias": True, "lr": "auto"}
             return {**data, **{k: v for k, v in implied.items() if data.get(k) is None}}
         return data

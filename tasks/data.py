@@ -167,6 +167,9 @@ def select_columns(
             raise GdflowError(
                 f"column {name!r} not found in {source}; available columns: {', '.join(columns)}"
             )
+    if len(set(feature_names)) != len(feature_names):
+        dupes = sorted({name for name in feature_names if feature_names.count(name) > 1})
+        raise GdflowError(f"--features names {', '.join(dupes)} more than once; list each once")
     if target_name in feature_names:
         raise GdflowError(
             f"column {target_name!r} is both a feature and the target; drop it from --features"

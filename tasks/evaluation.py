@@ -41,13 +41,15 @@ def mse(x: np.ndarray, y: np.ndarray, params: dict[str, float]) -> float:
     return float(np.mean(residual**2))
 
 
-def regression_metrics(x: np.ndarray, y: np.ndarray, params: dict[str, float]) -> dict[str, float]:
-    """MSE, RMSE, MAE and R^2 of the model on (x, y), in float64."""
+def regression_metrics(
+    x: np.ndarray, y: np.ndarray, params: dict[str, float]
+) -> dict[str, Optional[float]]:
+    """MSE, RMSE, MAE and R^2 (None for a constant target) of the model on (x, y), in float64."""
     target = np.asarray(y, dtype=np.float64)
     residual = predict(x, params) - target
     mse_value = float(np.mean(residual**2))
     total = float(np.sum((target - target.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else float("nan")
+    r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else None  # constant target
     return {
         "mse": mse_value,
         "rmse": float(np.sqrt(mse_value)),

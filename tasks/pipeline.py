@@ -90,6 +90,7 @@ def train(
         lr=None if config.lr == "auto" else lr,
         optimizer=config.optimizer,
         momentum=config.momentum,
+        nesterov=config.nesterov,
         standardized=config.standardize,
     )
     for warning in conditioning.warnings:

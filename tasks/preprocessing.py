@@ -27,9 +27,10 @@ class Standardizer:
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, *, bias: bool) -> Standardizer:
-        """Fit on training rows; constant columns keep scale 1; centring only with a bias."""
+        """Fit on training rows: centre and divide by the standard deviation with a bias, else
+        divide by the root mean square (no centring is possible without an intercept)."""
         x64 = np.asarray(x, dtype=np.float64)
-        scale = x64.std(axis=0)
+        scale = x64.std(axis=0) if bias else np.sqrt(np.mean(x64**2, axis=0))
         scale[~(scale > 0)] = 1.0
         mean = x64.mean(axis=0) if bias else np.zeros(x64.shape[1])
         y_mean = float(np.mean(y, dtype=np.float64)) if bias else 0.0

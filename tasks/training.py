@@ -4,7 +4,8 @@ Per-epoch records (loss before the update, gradient norm, parameters after the u
 a validation split, the validation loss after the update) are written into a buffer on the
 training device and copied to the host in chunks, so a GPU run does not synchronise every epoch.
 Stop rules (divergence, convergence, plateau) are checked on each copied chunk; training state
-past a stop is discarded, so the recorded run ends exactly at the stopping epoch.
+past a stop is discarded, so the recorded run ends at the converged or plateaued epoch, or at
+the last epoch before divergence (the diverging epoch is named in the verdict).
 """
 
 from __future__ import annotations
@@ -290,8 +291,12 @@ class _Progress:
                 math.isfinite(limit) and loss > limit > 0
             ):
                 self.stop_reason, self.diverged_at = "diverged", epoch
-                what = "NaN or infinite" if not math.isfinite(loss) else f"{loss:.3g}"
-                self.detail = f"loss {what} at epoch {epoch}"
+                if not math.isfinite(loss):
+                    self.detail = f"loss NaN or infinite at epoch {epoch}"
+                elif not finite_params[i]:
+                    self.detail = f"a parameter became NaN or infinite at epoch {epoch}"
+                else:
+                    self.detail = f"loss {loss:.3g} at epoch {epoch}"
                 return i
             if loss < self.best_loss:
                 self.best_loss, self.best_epoch = loss, epoch
@@ -311,8 +316,9 @@ class _Progress:
             if opt.plateau_epochs is not None and epoch - self.improved_epoch >= opt.plateau_epochs:
                 self.stop_reason = "plateaued"
                 self.detail = (
-                    f"no new best loss for {opt.plateau_epochs} epochs "
-                    f"(best {self.best_loss:.6g} at epoch {self.best_epoch})"
+                    f"the loss improved by no more than {opt.tolerance or 0:g} for "
+                    f"{opt.plateau_epochs} epochs (since {self.improved_loss:.6g} "
+                    f"at epoch {self.improved_epoch})"
                 )
                 return i + 1
             previous = loss

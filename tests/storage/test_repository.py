@@ -147,3 +147,25 @@ def test_tables_are_readable_with_pandas(engine: Engine) -> None:
     assert frame["loss"].tolist() == [1.0, 0.5, pytest.approx(1 / 3)]
     runs = pd.read_sql("SELECT id, status FROM runs", engine)
     assert runs["status"].tolist() == ["running"]
+
+
+@pytest.mark.parametrize(
+    ("epochs", "max_rows"), [(2000, 2000), (2001, 2000), (2500, 2000), (200, 20)]
+)
+def test_metric_sample_uses_the_row_budget_and_keeps_the_ends(
+    engine: Engine, epochs: int, max_rows: int
+) -> None:
+    from storage import get_metrics_sample
+
+    with Session(engine) as session, session.begin():
+        run_id = _new_run(session)
+        append_metrics(
+            session,
+            run_id=run_id,
+            rows=[MetricRow(e, 1.0, {"w": 0.0}) for e in range(1, epochs + 1)],
+        )
+    with Session(engine) as session:
+        sample = [m.epoch for m in get_metrics_sample(session, run_id=run_id, max_rows=max_rows)]
+    assert sample[0] == 1 and sample[-1] == epochs
+    # An even integer stride: every epoch when they fit, else at least half the budget.
+    assert len(sample) == epochs if epochs <= max_rows else max_rows // 2 <= len(sample) <= max_rows

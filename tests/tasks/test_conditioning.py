@@ -46,3 +46,27 @@ def test_collinear_features_are_flagged() -> None:
     assert result.condition_number is None
     assert any("linearly dependent" in w for w in result.warnings)
     assert math.isfinite(result.max_stable_lr or math.nan)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_bounds_match_what_training_does(nesterov: bool) -> None:
+    import torch
+
+    from tasks.training import Optimization, fit
+
+    x = np.arange(1.0, 6.0).reshape(-1, 1)
+    y = 2 * x[:, 0]
+    bound = analyse(x, bias=False, lr=0.01, momentum=0.9, nesterov=nesterov).max_stable_lr
+    assert bound is not None
+
+    def verdict(lr: float) -> str:
+        opt = Optimization(lr=lr, epochs=3000, momentum=0.9, nesterov=nesterov)
+        return fit(x, y, {"w": 1.0}, opt, device=torch.device("cpu")).stop_reason
+
+    assert verdict(bound * 0.97) == "max_epochs"
+    assert verdict(bound * 1.03) == "diverged"
+
+
+def test_adam_has_no_stability_bound() -> None:
+    x = np.arange(1.0, 6.0).reshape(-1, 1)
+    assert analyse(x, bias=False, lr=10.0, optimizer="adam").max_stable_lr is None

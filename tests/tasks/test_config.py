@@ -88,3 +88,11 @@ def test_config_is_frozen() -> None:
 def test_json_round_trip() -> None:
     config = TrainConfig(data="d.csv", features=["a", "b"], bias=True, tolerance=1e-9)
     assert TrainConfig.model_validate(config.model_dump(mode="json")) == config
+
+
+@pytest.mark.parametrize("flag", [True, "true", "1", "yes", "on", "TRUE"])
+def test_standardize_implies_bias_and_auto_lr_unless_given(flag: object) -> None:
+    config = TrainConfig(standardize=flag)
+    assert config.standardize and config.bias and config.lr == "auto"
+    explicit = TrainConfig(standardize=flag, bias=False, lr=0.1)
+    assert not explicit.bias and explicit.lr == 0.1

@@ -127,3 +127,8 @@ def test_features_and_target_of_different_lengths() -> None:
 def test_no_rows() -> None:
     with pytest.raises(GdflowError, match="no data rows"):
         make_dataset(np.empty((0, 1)), [], feature_names=["x"], target_name="y", source="s")
+
+
+def test_duplicate_features_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(GdflowError, match="--features names a more than once"):
+        load_dataset(_csv(tmp_path, "a,b,y\n1,2,3\n4,5,6\n"), features=["a", "a"])

@@ -279,3 +279,9 @@ def test_cuda_run_matches_the_cpu_run() -> None:
     _, losses, params = _collect(chunks)
     assert losses == pytest.approx(cpu_losses, rel=1e-4, abs=1e-9)
     assert params == pytest.approx(cpu_params, rel=1e-6)
+
+
+def test_an_overflowing_parameter_is_named_in_the_verdict() -> None:
+    result, chunks = _seed_run(lr=1e38)
+    assert result.stop_reason == "diverged" and chunks == []
+    assert result.verdict_detail == "a parameter became NaN or infinite at epoch 1"
