@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 from xml.sax.saxutils import escape as xml_escape
 
@@ -120,6 +120,51 @@ def _plottable(
     return pairs, log_scale
 
 
+def _axes(
+    points: Sequence[tuple[float, float]],
+    log_scale: bool,
+    box: tuple[float, float, float, float],
+) -> tuple[list[str], Callable[[float], float], Callable[[float], float]]:
+    """Grid lines and tick labels for `points` (y already log10 on a log axis) inside `box`,
+    and the functions that map data coordinates to SVG coordinates."""
+    left, right, top, bottom = box
+    x_lo, x_hi = min(x for x, _ in points), max(x for x, _ in points)
+    x_ticks = _x_ticks(x_lo, x_hi)
+    if x_lo == x_hi:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    ys = [y for _, y in points]
+    y_ticks: list[tuple[float, str]]
+    if log_scale:
+        y_lo, y_hi = float(math.floor(min(ys))), float(math.ceil(max(ys)))
+        if y_lo == y_hi:
+            y_hi += 1
+        exponents = _log_ticks(int(y_lo), int(y_hi), max(2, int(bottom - top) // 22))
+        y_ticks = [(float(k), f"1e{k:+03d}") for k in exponents]
+    else:
+        y_lo, y_hi, values = _linear_ticks(min(ys), max(ys))
+        step = values[1] - values[0]
+        y_ticks = [(t, _linear_label(t, y_lo, y_hi, step)) for t in values]
+
+    def sx(x: float) -> float:
+        return left + (x - x_lo) / (x_hi - x_lo) * (right - left)
+
+    def sy(y: float) -> float:
+        return bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
+
+    parts: list[str] = []
+    for value, label in y_ticks:
+        y = sy(value)
+        parts.append(f'<line x1="{left}" y1="{y:.2f}" x2="{right}" y2="{y:.2f}" stroke="#e5e5e5"/>')
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 4:.2f}" text-anchor="end">{xml_escape(label)}</text>'
+        )
+    for tick in x_ticks:
+        x = sx(tick)
+        parts.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{bottom}" stroke="#e5e5e5"/>')
+        parts.append(f'<text x="{x:.2f}" y="{bottom + 16}" text-anchor="middle">{tick}</text>')
+    return parts, sx, sy
+
+
 def _curve_svg(
     xs: Sequence[float],
     losses: Sequence[Optional[float]],
@@ -168,47 +213,14 @@ def _curve_svg(
 
     if len(pairs) > MAX_CURVE_POINTS:
         pairs = [pairs[i] for i in downsample_indices(len(pairs), MAX_CURVE_POINTS)]
-    x_values = [x for x, _ in pairs]
-    x_lo, x_hi = min(x_values), max(x_values)
-    x_ticks = _x_ticks(x_lo, x_hi)
-    if x_lo == x_hi:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-
-    y_ticks: list[tuple[float, str]]
-    if log_scale:
-        logs = [math.log10(v) for _, v in pairs]
-        y_lo, y_hi = float(math.floor(min(logs))), float(math.ceil(max(logs)))
-        if y_lo == y_hi:
-            y_hi += 1
-        exponents = _log_ticks(int(y_lo), int(y_hi), max(2, (bottom - top) // 22))
-        y_ticks = [(float(k), f"1e{k:+03d}") for k in exponents]
-    else:
-        logs = [v for _, v in pairs]
-        y_lo, y_hi, values = _linear_ticks(min(logs), max(logs))
-        step = values[1] - values[0]
-        y_ticks = [(t, _linear_label(t, y_lo, y_hi, step)) for t in values]
-
-    def sx(x: float) -> float:
-        return left + (x - x_lo) / (x_hi - x_lo) * (right - left)
-
-    def sy(y: float) -> float:
-        return bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
-
-    for value, label in y_ticks:
-        y = sy(value)
-        parts.append(f'<line x1="{left}" y1="{y:.2f}" x2="{right}" y2="{y:.2f}" stroke="#e5e5e5"/>')
-        parts.append(
-            f'<text x="{left - 6}" y="{y + 4:.2f}" text-anchor="end">{xml_escape(label)}</text>'
-        )
-    for tick in x_ticks:
-        x = sx(tick)
-        parts.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{bottom}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{x:.2f}" y="{bottom + 16}" text-anchor="middle">{tick}</text>')
+    plotted = [(x, math.log10(v) if log_scale else v) for x, v in pairs]
+    grid, sx, sy = _axes(plotted, log_scale, (left, right, top, bottom))
+    parts.extend(grid)
     parts.append(
         f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
         'fill="none" stroke="#999"/>'
     )
-    points = [(sx(x), sy(y)) for x, y in zip(x_values, logs)]
+    points = [(sx(x), sy(y)) for x, y in plotted]
     coordinates = " ".join(f"{x:.2f},{y:.2f}" for x, y in points)
     parts.append(
         '<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" stroke-linejoin="round" '
@@ -501,41 +513,7 @@ def _overlay(
     box: tuple[float, float, float, float],
 ) -> list[str]:
     """Grid, ticks and one polyline per curve with points (y already log10 on a log axis)."""
-    left, right, top, bottom = box
-    x_lo, x_hi = min(x for x, _ in points), max(x for x, _ in points)
-    x_ticks = _x_ticks(x_lo, x_hi)
-    if x_lo == x_hi:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    ys = [y for _, y in points]
-    y_ticks: list[tuple[float, str]]
-    if log_scale:
-        y_lo, y_hi = float(math.floor(min(ys))), float(math.ceil(max(ys)))
-        if y_lo == y_hi:
-            y_hi += 1
-        exponents = _log_ticks(int(y_lo), int(y_hi), max(2, int(bottom - top) // 22))
-        y_ticks = [(float(k), f"1e{k:+03d}") for k in exponents]
-    else:
-        y_lo, y_hi, values = _linear_ticks(min(ys), max(ys))
-        step = values[1] - values[0]
-        y_ticks = [(t, _linear_label(t, y_lo, y_hi, step)) for t in values]
-
-    def sx(x: float) -> float:
-        return left + (x - x_lo) / (x_hi - x_lo) * (right - left)
-
-    def sy(y: float) -> float:
-        return bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
-
-    parts: list[str] = []
-    for value, label in y_ticks:
-        y = sy(value)
-        parts.append(f'<line x1="{left}" y1="{y:.2f}" x2="{right}" y2="{y:.2f}" stroke="#e5e5e5"/>')
-        parts.append(
-            f'<text x="{left - 6}" y="{y + 4:.2f}" text-anchor="end">{xml_escape(label)}</text>'
-        )
-    for tick in x_ticks:
-        x = sx(tick)
-        parts.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{bottom}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{x:.2f}" y="{bottom + 16}" text-anchor="middle">{tick}</text>')
+    parts, sx, sy = _axes(points, log_scale, box)
     for index, (_, pairs) in enumerate(curves):
         if not pairs:
             continue
