@@ -226,3 +226,20 @@ def served(
         yield Served(server=prefect_server, database=database, workdir=workdir)
     finally:
         stop_process(process)
+
+
+def latest_run(database_url: str):  # type: ignore[no-untyped-def]
+    """The most recent run in the database and its epoch rows, detached from any session."""
+    from sqlalchemy.orm import Session
+
+    from storage import get_metrics, get_run, latest_run_id, make_engine
+
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        run_id = latest_run_id(session)
+        assert run_id is not None, "no run recorded"
+        run = get_run(session, run_id=run_id)
+        metrics = get_metrics(session, run_id=run_id)
+        session.expunge_all()
+    engine.dispose()
+    return run, metrics

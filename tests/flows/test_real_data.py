@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session
 
 from flows.train import train_flow
-from storage import get_metrics, get_run, latest_run_id, make_engine
 from tasks.config import TrainConfig
+from tests.flows.conftest import latest_run
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -24,16 +23,6 @@ def diabetes_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _latest(database_url: str):  # type: ignore[no-untyped-def]
-    engine = make_engine(database_url)
-    with Session(engine) as session:
-        run = get_run(session, run_id=latest_run_id(session))  # type: ignore[arg-type]
-        metrics = get_metrics(session, run_id=run.id)  # type: ignore[union-attr]
-        session.expunge_all()
-    engine.dispose()
-    return run, metrics
-
-
 def test_defaults_plus_standardize_reach_least_squares(
     database_url: str, diabetes_csv: Path
 ) -> None:
@@ -41,7 +30,7 @@ def test_defaults_plus_standardize_reach_least_squares(
     assert config.bias and config.lr == "auto" and config.epochs == 100
     state = train_flow(config=config, return_state=True)
     assert state.is_completed(), state.message
-    run, metrics = _latest(database_url)
+    run, metrics = latest_run(database_url)
     evaluation = run.evaluation
     assert evaluation["relative_loss_gap"] < 0.01  # within 1% of the least-squares MSE
     assert evaluation["train"]["r2"] > 0.5
@@ -59,7 +48,7 @@ def test_plain_gradient_descent_on_raw_features_is_warned_about(
 ) -> None:
     config = TrainConfig(data=str(diabetes_csv), bias=True, database_url=database_url)
     state = train_flow(config=config, return_state=True)
-    run, _ = _latest(database_url)
+    run, _ = latest_run(database_url)
     assert run.condition_number > 1e3
     assert any("--standardize" in warning for warning in run.warnings)
     assert run.status in {"completed", "diverged"} and (state.is_failed() or run.evaluation)
@@ -74,7 +63,7 @@ def test_validation_split_is_reported(database_url: str, diabetes_csv: Path) -> 
         database_url=database_url,
     )
     assert train_flow(config=config, return_state=True).is_completed()
-    run, metrics = _latest(database_url)
+    run, metrics = latest_run(database_url)
     validation = run.evaluation["validation"]
     assert set(validation) == {"mse", "rmse", "mae", "r2"}
     assert validation["rmse"] == pytest.approx(validation["mse"] ** 0.5)

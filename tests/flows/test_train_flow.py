@@ -9,30 +9,19 @@ import pytest
 from sqlalchemy.orm import Session
 
 from flows.train import train_flow
-from storage import get_metrics, get_run, latest_run_id, make_engine
+from storage import latest_run_id, make_engine
 from tasks.config import TrainConfig
 from tests.conftest import read_trajectory
+from tests.flows.conftest import latest_run
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
-
-
-def _latest(database_url: str):  # type: ignore[no-untyped-def]
-    engine = make_engine(database_url)
-    with Session(engine) as session:
-        run_id = latest_run_id(session)
-        assert run_id is not None
-        run = get_run(session, run_id=run_id)
-        metrics = get_metrics(session, run_id=run_id)
-        session.expunge_all()
-    engine.dispose()
-    return run, metrics
 
 
 def test_default_flow_records_the_seed_run(database_url: str) -> None:
     state = train_flow(config=TrainConfig(database_url=database_url), return_state=True)
     assert state.is_completed()
     summary = state.result()
-    run, metrics = _latest(database_url)
+    run, metrics = latest_run(database_url)
     assert summary["run_id"] == run.id and summary["status"] == "completed"
     assert (run.status, run.stop_reason, run.epochs_done, run.device) == (
         "completed",
@@ -71,7 +60,7 @@ def test_file_data_with_bias_and_tolerance(database_url: str, tmp_path: Path) ->
     )
     state = train_flow(config=config, return_state=True)
     assert state.is_completed(), state.message
-    run, metrics = _latest(database_url)
+    run, metrics = latest_run(database_url)
     assert run.stop_reason == "converged" and run.epochs_done == len(metrics) < 5000
     assert run.parameter_names == ["w_a", "w_b", "b"]
     assert run.final_params == {
@@ -87,7 +76,7 @@ def test_bad_data_fails_the_flow_and_records_the_run(database_url: str, tmp_path
     config = TrainConfig(data=str(tmp_path / "missing.csv"), database_url=database_url)
     state = train_flow(config=config, return_state=True)
     assert state.is_failed()
-    run, metrics = _latest(database_url)
+    run, metrics = latest_run(database_url)
     assert run.status == "failed" and run.stop_reason == "error" and metrics == []
     assert "not found" in run.error and run.finished_at is not None
 
@@ -96,7 +85,7 @@ def test_divergence_is_recorded_with_the_epochs_before_it(database_url: str) -> 
     state = train_flow(config=TrainConfig(lr=1.0, database_url=database_url), return_state=True)
     assert state.is_failed()
     assert "learning rate 1 is too large" in str(state.result(raise_on_failure=False))
-    run, metrics = _latest(database_url)
+    run, metrics = latest_run(database_url)
     assert run.status == "diverged" and run.stop_reason == "diverged"
     # Loss 11, 4851, 2.1e6, then 9.4e8 > 1e6 x the first loss: diverged at epoch 4.
     assert run.epochs_done == len(metrics) == 3

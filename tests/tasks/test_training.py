@@ -32,16 +32,20 @@ def _collect(chunks: list[EpochChunk]) -> tuple[list[int], list[float], list[lis
 
 
 def _seed_run(
-    device: torch.device = CPU, chunk_epochs: int = 4096, **options: Any
+    device: torch.device = CPU,
+    chunk_epochs: int = 4096,
+    initial: float = 1.0,
+    dtype: str = "float32",
+    **options: Any,
 ) -> tuple[TrainResult, list[EpochChunk]]:
     """The seed's run (lr 0.01, 100 epochs, w = 1) on `device`, with its chunks."""
-    data = load_toy()
+    data = load_toy(dtype)
     chunks: list[EpochChunk] = []
     opt = Optimization(**{"lr": 0.01, "epochs": 100, **options})
     result = fit(
         data.x,
         data.y,
-        {"w": 1.0},
+        {"w": initial},
         opt,
         device=device,
         on_chunk=chunks.append,
@@ -115,16 +119,7 @@ def test_verdict_diverged_once_the_loss_grows_past_the_threshold() -> None:
 
 
 def test_divergence_on_the_first_epoch_records_nothing() -> None:
-    data = load_toy()
-    chunks: list[EpochChunk] = []
-    result = fit(
-        data.x,
-        data.y,
-        {"w": 1e30},
-        Optimization(lr=0.01, epochs=10),
-        device=CPU,
-        on_chunk=chunks.append,
-    )
+    result, chunks = _seed_run(initial=1e30, epochs=10)
     assert result.stop_reason == "diverged" and result.diverged_at == 1
     assert chunks == [] and result.epochs_done == 0 and result.final_params == {"w": 1e30}
 
@@ -246,16 +241,7 @@ def test_validation_loss_is_recorded_after_each_update() -> None:
 
 
 def test_float64_data_trains_in_float64() -> None:
-    data = load_toy("float64")
-    chunks: list[EpochChunk] = []
-    fit(
-        data.x,
-        data.y,
-        {"w": 1.0},
-        Optimization(lr=0.01, epochs=3),
-        device=CPU,
-        on_chunk=chunks.append,
-    )
+    _, chunks = _seed_run(dtype="float64", epochs=3)
     assert chunks[0].losses.dtype == np.float64
 
 
