@@ -139,7 +139,22 @@ def _add_sweep_parser(commands: Any) -> None:
         "--max-concurrency",
         default=argparse.SUPPRESS,
         metavar="N",
-        help="how many runs train at the same time, at most (default: 2)",
+        help="how many runs train at the same time, at most (default: 2); with --runner dask, "
+        "the local cluster's number of worker processes",
+    )
+    sweep.add_argument(
+        "--runner",
+        choices=["threads", "dask"],
+        default=argparse.SUPPRESS,
+        help="where the runs train: threads of this process (default), or Dask worker "
+        "processes (a local cluster, or the scheduler given by --dask-address)",
+    )
+    sweep.add_argument(
+        "--dask-address",
+        default=argparse.SUPPRESS,
+        metavar="ADDRESS",
+        help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786: its workers train the runs "
+        "(implies --runner dask)",
     )
 
 
@@ -233,7 +248,8 @@ def cmd_run(values: dict[str, Any]) -> int:
 
 def cmd_sweep(values: dict[str, Any]) -> int:
     """Run the sweep flow; print the comparison and the best run; exit 0 if any run completed."""
-    options = {k: values.pop(k) for k in ("lrs", "lr_range", "max_concurrency") if k in values}
+    names = ("lrs", "lr_range", "max_concurrency", "runner", "dask_address")
+    options = {k: values.pop(k) for k in names if k in values}
     if "lr" in values:
         raise CliError(
             "--lr does not apply to a sweep: give the learning rates with --lrs LR [LR ...] "

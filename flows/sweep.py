@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger, task
@@ -9,10 +11,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as current_run
-from prefect.task_runners import ThreadPoolTaskRunner
 from sqlalchemy.orm import Session
 
 from flows.report import format_number, table
+from flows.runners import describe, sweep_runner
 from flows.train import train_flow
 from storage import (
     RunStatus,
@@ -70,19 +72,39 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
     return table(headers, cells, [h not in ("status", "stop reason") for h in headers])
 
 
-@task(name="train-one", task_run_name="train-one-lr{config.lr:g}", cache_policy=NO_CACHE)
-def train_one(config: TrainConfig, sweep_id: int) -> dict[str, Any]:
-    """Run the `train` flow as a subflow; report how it ended instead of raising."""
+def train_and_report(config: TrainConfig, sweep_id: int, database: str) -> dict[str, Any]:
+    """Run the `train` flow as a subflow; report how it ended, and where, instead of raising.
+
+    `database` is the sweep's (masked) database URL: a worker that would record elsewhere
+    (its own GDFLOW_DATABASE_URL) refuses to train rather than scatter the sweep's runs.
+    """
+    where = f"{socket.gethostname()} pid {os.getpid()}"
+    report = {"lr": config.lr, "worker": where}
+    mine = mask_url(config.database_url or default_database_url())
+    if mine != database:
+        message = (
+            f"the worker on {where} records to {mine}, not to the sweep's database "
+            f"{database}: set GDFLOW_DATABASE_URL to the sweep's database on every worker"
+        )
+        return {**report, "status": "failed", "message": message}
     state = train_flow(config=config, sweep_id=sweep_id, return_state=True)
     if state.is_completed():
-        return {"lr": config.lr, "status": "completed", "message": ""}
+        return {**report, "status": "completed", "message": ""}
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
         message = str(outcome) or type(outcome).__name__
     else:
         message = state.message or state.name or "the run failed"
     status = "diverged" if isinstance(outcome, DivergedError) else "failed"
-    return {"lr": config.lr, "status": status, "message": message.splitlines()[0]}
+    return {**report, "status": status, "message": message.splitlines()[0]}
+
+
+#: The task around train_and_report. The function keeps its own module-level name so that
+#: Dask workers unpickle it by reference, with this module's globals (a function pickled by
+#: value loses the names its annotations use, and the `train` flow's validation with them).
+train_one = task(
+    name="train-one", task_run_name="train-one-lr{config.lr:g}", cache_policy=NO_CACHE
+)(train_and_report)
 
 
 def _outcome(future: PrefectFuture[dict[str, Any]], lr: float) -> dict[str, Any]:
@@ -92,19 +114,21 @@ def _outcome(future: PrefectFuture[dict[str, Any]], lr: float) -> dict[str, Any]
         return future.result()
     error = future.state.result(raise_on_failure=False)
     message = str(error) if isinstance(error, BaseException) else future.state.message
-    return {"lr": lr, "status": "failed", "message": (message or "the run failed").splitlines()[0]}
+    message = (message or "the run failed").splitlines()[0]
+    return {"lr": lr, "worker": None, "status": "failed", "message": message}
 
 
 def _train_all(
-    configs: list[TrainConfig], sweep_id: int, max_concurrency: int
+    configs: list[TrainConfig], sweep_id: int, sweep: SweepConfig, url: str
 ) -> list[dict[str, Any]]:
-    """Train every config as a subflow, at most `max_concurrency` at a time, in threads."""
-    workers = max(1, min(max_concurrency, len(configs)))
-    runner: ThreadPoolTaskRunner[dict[str, Any]]
-    with ThreadPoolTaskRunner(max_workers=workers) as runner:
+    """Train every config as a subflow on the sweep's runner (threads or Dask workers)."""
+    with sweep_runner(sweep, len(configs)) as runner:
         futures: list[PrefectFuture[dict[str, Any]]] = [
             # Prefect 3.9's overloads of submit() mistype sync tasks on a typed runner.
-            runner.submit(train_one, {"config": c, "sweep_id": sweep_id})  # type: ignore[arg-type]
+            runner.submit(
+                train_one,  # type: ignore[arg-type]
+                {"config": c, "sweep_id": sweep_id, "database": mask_url(url)},
+            )
             for c in configs
         ]
         return [_outcome(future, float(config.lr)) for future, config in zip(futures, configs)]
@@ -184,15 +208,15 @@ def sweep_flow(
     configs = sweep_configs(sweep)
     sweep_id = _start(url, sweep)
     logger.info(
-        "Sweep %d: %d learning rates (%s), %d at a time, recording to %s",
+        "Sweep %d: %d learning rates (%s) on %s, recording to %s",
         sweep_id,
         len(configs),
         ", ".join(f"{float(c.lr):g}" for c in configs),
-        min(sweep.max_concurrency, len(configs)),
+        describe(sweep, len(configs)),
         mask_url(url),
     )
     try:
-        outcomes = _train_all(configs, sweep_id, sweep.max_concurrency)
+        outcomes = _train_all(configs, sweep_id, sweep, url)
         report = _read_back(url, sweep_id)
         best_id = report["best_run_id"]
         _finish(url, sweep_id, RunStatus.COMPLETED if best_id else RunStatus.FAILED, best_id)
@@ -205,8 +229,13 @@ def sweep_flow(
     rows = report["rows"]
     logger.info("Sweep %d comparison:\n%s", sweep_id, comparison_table(rows))
     for outcome in outcomes:
-        if outcome["status"] != "completed":
-            logger.warning("lr %g %s: %s", outcome["lr"], outcome["status"], outcome["message"])
+        where = outcome["worker"] or "an unknown worker"
+        if outcome["status"] == "completed":
+            logger.info("lr %g completed on %s", outcome["lr"], where)
+        else:
+            logger.warning(
+                "lr %g %s on %s: %s", outcome["lr"], outcome["status"], where, outcome["message"]
+            )
     _publish(sweep_id, report)
     if best_id is None:
         errors = [o["message"] for o in outcomes if o["status"] == "failed"]
@@ -219,5 +248,6 @@ def sweep_flow(
         "best_run_id": best_id,
         "best_lr": report["best_lr"],
         "rows": rows,
+        "outcomes": outcomes,
         "database_url": mask_url(url),
     }

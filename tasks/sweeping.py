@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Optional, Protocol, TypeVar
+from typing import Annotated, Any, Literal, Optional, Protocol, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.config import TrainConfig
 
@@ -52,8 +53,41 @@ class SweepConfig(BaseModel):
         "included (give this or lrs).",
     )
     max_concurrency: int = Field(
-        default=2, ge=1, description="How many runs train at the same time, at most."
+        default=2,
+        ge=1,
+        description="How many runs train at the same time, at most (with runner 'dask' and "
+        "no dask_address: the local cluster's number of worker processes).",
     )
+    runner: Literal["threads", "dask"] = Field(
+        default="threads",
+        description="Where the runs train: 'threads' in the sweep's own process, or 'dask' in "
+        "Dask worker processes (a local cluster, or the scheduler at dask_address).",
+    )
+    dask_address: Optional[str] = Field(
+        default=None,
+        description="Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; its "
+        "workers train the runs (implies runner 'dask').",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address_implies_dask(cls, data: Any) -> Any:
+        """A scheduler address without a runner means runner 'dask'."""
+        if isinstance(data, dict) and data.get("dask_address") and data.get("runner") is None:
+            return {**data, "runner": "dask"}
+        return data
+
+    @field_validator("dask_address", mode="before")
+    @classmethod
+    def _check_address(cls, value: Any) -> Any:
+        """Blank means none; otherwise [scheme://]host:port, e.g. tcp://10.0.0.5:8786."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str) or scheduler_host(value) is None:
+            raise ValueError(
+                "give the Dask scheduler as [tcp://]HOST:PORT, e.g. tcp://10.0.0.5:8786"
+            )
+        return value.strip()
 
     @model_validator(mode="after")
     def _one_source(self) -> SweepConfig:
@@ -68,10 +102,27 @@ class SweepConfig(BaseModel):
                 f"the maximum of lr_range (--lr-range MIN MAX COUNT) must be greater than its "
                 f"minimum, got {low:g} and {high:g}"
             )
+        if self.dask_address is not None and self.runner != "dask":
+            raise ValueError("dask_address (--dask-address) needs runner 'dask' (--runner dask)")
         count = self.lr_range[2] if self.lr_range is not None else len(self.lrs or [])
         if count > MAX_RUNS:
             raise ValueError(f"a sweep runs at most {MAX_RUNS} learning rates, got {count}")
         return self
+
+
+def scheduler_host(address: str) -> Optional[str]:
+    """The host of a Dask scheduler address ([scheme://]host:port), or None if malformed."""
+    text = address.strip()
+    if not text or any(c.isspace() for c in text):
+        return None
+    try:
+        parts = urlsplit(text if "://" in text else f"tcp://{text}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or port is None or parts.path not in ("", "/"):
+        return None
+    return parts.hostname
 
 
 def _round_lr(value: float) -> float:

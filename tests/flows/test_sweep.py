@@ -120,6 +120,8 @@ def test_gdflow_sweep_prints_the_comparison_and_the_best(
         (["--max-concurrency", "0"], "invalid --max-concurrency 0"),
         (["--lr", "0.1"], "--lr does not apply to a sweep"),
         (["--epochs", "0"], "invalid --epochs 0: .*; see 'gdflow sweep --help'"),
+        (["--runner", "dask", "--dask-address", "nohost"], "invalid --dask-address nohost: give"),
+        (["--runner", "threads", "--dask-address", "h:1"], "needs runner 'dask'"),
     ],
 )
 def test_gdflow_sweep_rejects_bad_options_in_one_line(

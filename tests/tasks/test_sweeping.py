@@ -20,6 +20,7 @@ from tasks.sweeping import (
     comparison_rows,
     failure_message,
     learning_rates,
+    scheduler_host,
     sweep_configs,
     sweep_name,
 )
@@ -86,6 +87,28 @@ def test_config_round_trips_through_json() -> None:
     assert SweepConfig.model_json_schema()["properties"]["max_concurrency"]["description"]
 
 
+def test_a_scheduler_address_implies_the_dask_runner() -> None:
+    assert SweepConfig(lrs=[0.1]).runner == "threads"
+    sweep = SweepConfig(lrs=[0.1], dask_address=" tcp://10.0.0.5:8786 ")
+    assert (sweep.runner, sweep.dask_address) == ("dask", "tcp://10.0.0.5:8786")
+    assert SweepConfig(lrs=[0.1], runner="dask", dask_address="").dask_address is None
+
+
+@pytest.mark.parametrize(
+    ("address", "host"),
+    [
+        ("tcp://10.0.0.5:8786", "10.0.0.5"),
+        ("gpu-box:8786", "gpu-box"),
+        ("tls://[::1]:8786", "::1"),
+        ("tcp://gpu-box", None),
+        ("gpu box:1", None),
+        ("host:port", None),
+    ],
+)
+def test_scheduler_host(address: str, host: Optional[str]) -> None:
+    assert scheduler_host(address) == host
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -104,6 +127,10 @@ def test_config_round_trips_through_json() -> None:
         ({"lrs": [0.1], "max_concurrency": 0}, "greater than or equal to 1"),
         ({"lrs": [0.1], "base": {"epochs": 0}}, "greater than or equal to 1"),
         ({"lrs": [0.1], "colour": "red"}, "Extra inputs"),
+        ({"lrs": [0.1], "runner": "ray"}, "'threads' or 'dask'"),
+        ({"lrs": [0.1], "dask_address": "scheduler"}, r"\[tcp://\]HOST:PORT"),
+        ({"lrs": [0.1], "dask_address": "tcp://h:8786/x"}, r"\[tcp://\]HOST:PORT"),
+        ({"lrs": [0.1], "runner": "threads", "dask_address": "h:1"}, "needs runner 'dask'"),
     ],
 )
 def test_invalid_sweeps_are_rejected(values: dict[str, Any], message: str) -> None:
