@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,6 +181,20 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         )
     finally:
         stop_process(server)
+
+
+def copy_project(root: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the repository in root/project to `prefect deploy` from, and the environment
+    that deploys from there and records to root/metrics.db."""
+    from tests.conftest import REPO
+
+    project = root / "project"
+    shutil.copytree(
+        REPO,
+        project,
+        ignore=shutil.ignore_patterns(".venv", ".git", "*.db", "__pycache__", "test-artifacts"),
+    )
+    return project, {"PWD": str(project), "GDFLOW_DATABASE_URL": f"sqlite:///{root / 'metrics.db'}"}
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.flows.conftest import PrefectServer, Served, venv_command, wait_for
+from tests.flows.conftest import PrefectServer, Served, copy_project, venv_command, wait_for
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -192,14 +190,8 @@ def test_cancelling_a_run_records_it_cancelled_with_its_partial_metrics(served: 
 def test_prefect_yaml_deploys_and_a_worker_runs_it(
     prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(
-        REPO,
-        project,
-        ignore=shutil.ignore_patterns(".venv", ".git", "*.db", "__pycache__", "test-artifacts"),
-    )
+    project, env = copy_project(tmp_path)
     database = tmp_path / "metrics.db"
-    env = {"PWD": str(project), "GDFLOW_DATABASE_URL": f"sqlite:///{database}"}
     prefect = venv_command("prefect")
 
     created = prefect_server.cli(
@@ -214,7 +206,15 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(
     )
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = prefect_server.cli(
-        prefect, "--no-prompt", "deploy", "--all", cwd=project, extra_env=env
+        prefect,
+        "--no-prompt",
+        "deploy",
+        "--name",
+        "gdflow-nightly",
+        "--name",
+        "gdflow-on-demand",
+        cwd=project,
+        extra_env=env,
     )
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
