@@ -213,7 +213,10 @@ def _run_flow(flow_fn: Any, database_url: Optional[str], **parameters: Any) -> t
     if not api_url:
         from flows.ephemeral import start_ephemeral_server
 
-        start_ephemeral_server()
+        try:
+            start_ephemeral_server()
+        except GdflowError as exc:
+            raise CliError(str(exc)) from None
     with temporary_settings(updates=updates):
         state = flow_fn(**parameters, return_state=True)
     if api_url:

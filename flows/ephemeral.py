@@ -18,7 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import get_current_settings
 
+from tasks.errors import GdflowError
+
+#: Seconds to wait for the temporary server at least: Prefect's default (20 s) is too short
+#: when several runs start at once on a busy machine (seen with 8 runs on 2 cores).
+STARTUP_TIMEOUT_SECONDS = 120
 #: prctl(2) option: the signal a child receives when its parent thread dies (Linux).
 PR_SET_PDEATHSIG = 1
 
@@ -61,4 +67,13 @@ def start_ephemeral_server() -> None:
     it up by port, None for the ephemeral one), unless one is already running."""
     if os.name != "posix":
         return  # process groups and prctl are POSIX/Linux: keep Prefect's own behaviour
-    DetachedEphemeralServer().start()
+    configured = get_current_settings().server.ephemeral.startup_timeout_seconds
+    timeout = max(STARTUP_TIMEOUT_SECONDS, configured)
+    try:
+        DetachedEphemeralServer().start(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any start failure: one line, not a traceback
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GdflowError(
+            f"Prefect's temporary server did not start within {timeout} s ({reason}); "
+            "start one with 'gdflow server' (runs then share it) or set PREFECT_API_URL"
+        ) from None
