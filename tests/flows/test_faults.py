@@ -14,7 +14,7 @@ import pytest
 
 from flows.train import train_flow
 from tasks.config import TrainConfig
-from tests.flows.conftest import PrefectServer, latest_run, stop_process, wait_for
+from tests.flows.conftest import PrefectServer, latest_run, stop_process, venv_command, wait_for
 from tests.flows.reliability import (
     check_every_epoch_once,
     ephemeral_env,
@@ -66,7 +66,7 @@ def test_sigkill_keeps_the_flushed_epochs_and_the_run_is_reconciled_as_crashed(
     assert query(database, "SELECT status FROM runs") == [("running",)]
     runs = check_every_epoch_once(database)  # also PRAGMA integrity_check
     assert runs[0][2] == flushed > 0
-    listing = prefect_server.cli("gdflow", "runs", cwd=tmp_path, extra_env=env)
+    listing = prefect_server.cli(venv_command("gdflow"), "runs", cwd=tmp_path, extra_env=env)
     assert listing.returncode == 0, listing.stderr
     assert "recorded it as crashed" in listing.stderr
     assert " crashed " in listing.stdout
@@ -88,9 +88,10 @@ def test_sigterm_ends_the_run_cancelled_with_every_epoch_written(
     ((_id, status, epochs, reason),) = runs
     assert (status, reason) == ("cancelled", "cancelled") and epochs > 0
     assert f"its {epochs} epoch(s) are recorded" in line
+    ((flow_run_id,),) = query(database, "SELECT flow_run_id FROM runs")
     with prefect_server.client() as client:
-        (flow_run,) = client.read_flow_runs()
-        assert flow_run.state is not None and flow_run.state.is_cancelled()
+        state = client.read_flow_run(flow_run_id).state
+        assert state is not None and state.is_cancelled()
     print(f"\nobserved (SIGTERM): 1 run cancelled, {epochs} epoch rows, exit 143")
 
 
