@@ -28,7 +28,7 @@ RELIABILITY_TESTS := tests/flows/test_concurrency.py tests/flows/test_faults.py 
 
 reliability: setup  ## the fault-injection tests of RELIABILITY.md, printing what they observe
 	$(BIN)/python -m pytest -q -s $(RELIABILITY_TESTS) > reliability.log 2>&1; \
-	status=$$?; grep -E '^observed|passed|failed' reliability.log; exit $$status
+	status=$$?; grep -E '^observed|^FAILED|^[0-9]+ (passed|failed)' reliability.log; exit $$status
 
 clean:
 	rm -rf $(VENV)

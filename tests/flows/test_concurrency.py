@@ -3,6 +3,7 @@ a reader polling throughout: every run completes, every epoch is stored once, no
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from tests.flows.reliability import (
 
 RUNS = 8
 EPOCHS = 6000  # with a flush every 2 s or 4096 epochs: several chunks per run, interleaved
+#: A temporary Prefect server's failed start as it logs it (its own traceback included).
+SERVER_START_FAILURE = (
+    r"Traceback \(most recent call last\):.*?Application startup failed\. Exiting\."
+)
 
 
 def _run_all(env: dict[str, str], workdir: Path, database: Path, timeout: float) -> tuple[int, int]:
@@ -49,9 +54,10 @@ def _run_all(env: dict[str, str], workdir: Path, database: Path, timeout: float)
         # Eight ephemeral Prefect servers on a fresh PREFECT_HOME race to create Prefect's own
         # tables; a loser logs a traceback, exits, and Prefect starts it again on another port.
         # Any other traceback (gdflow's included) fails the test.
-        failed_starts = output.count("Application startup failed. Exiting.")
-        assert output.count("Traceback") == failed_starts, output[-3000:]
-        restarts += failed_starts
+        server_failures = re.findall(SERVER_START_FAILURE, output, flags=re.DOTALL)
+        rest = re.sub(SERVER_START_FAILURE, "", output, flags=re.DOTALL)
+        assert "Traceback" not in rest, rest[-3000:]
+        restarts += len(server_failures)
     return reader.polls, restarts
 
 
