@@ -121,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest'")
     metrics.add_argument("--format", choices=["table", "csv"], default="table")
     metrics.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
+    db = commands.add_parser(
+        "db",
+        help="show or upgrade the metrics database's schema version",
+        description="Every gdflow command upgrades an older database when it opens it; "
+        "`gdflow db upgrade` does it on its own (e.g. before starting workers), "
+        "`gdflow db current` only reports.",
+    )
+    db.add_argument("action", choices=["upgrade", "current"])
+    db.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
     return parser
 
 
@@ -407,6 +416,41 @@ def cmd_metrics(run_ref: str, fmt: str, database_url: Optional[str]) -> int:
     return 0
 
 
+def cmd_db(action: str, database_url: Optional[str]) -> int:
+    """Report the schema revision of the database, or bring it to the newest one."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage import DatabaseError, default_database_url, make_engine, mask_url
+    from storage.migrate import MigrationError, current_revision, ensure_current, head_revision
+
+    url = database_url or default_database_url()
+    shown = mask_url(url)
+    try:
+        engine = make_engine(url, create_schema=False)
+        try:
+            if action == "current":
+                with engine.connect() as connection:
+                    current = current_revision(connection) or "none"
+                head = head_revision()
+                state = "up to date" if current == head else "upgrade with: gdflow db upgrade"
+                print(f"database {shown}: revision {current} (newest {head}, {state})")
+                return 0
+            before, after = ensure_current(engine)
+        finally:
+            engine.dispose()
+    except (DatabaseError, MigrationError) as exc:
+        raise CliError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CliError(
+            f"cannot open database {shown} ({str(getattr(exc, 'orig', exc)).splitlines()[0]})"
+        ) from None
+    if before == after:
+        print(f"database {shown}: already at revision {after}")
+    else:
+        print(f"database {shown}: upgraded from revision {before or 'none'} to {after}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `gdflow` console script."""
     args = vars(build_parser().parse_args(argv))
@@ -424,6 +468,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_server(args["host"], args["port"])
         if command == "runs":
             return cmd_runs(args["limit"], args["source"], args["database_url"])
+        if command == "db":
+            return cmd_db(args["action"], args["database_url"])
         return cmd_metrics(args["run_id"], args["format"], args["database_url"])
     except CliError as exc:
         _fail(str(exc), code=exc.code)

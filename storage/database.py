@@ -1,15 +1,15 @@
-"""Engines from a URL: SQLite in WAL mode with a busy timeout, the schema created on first use."""
+"""Engines from a URL: SQLite in WAL mode with a busy timeout, the schema migrated on first use."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from storage.models import Base
+from storage.migrate import MigrationError, ensure_current
 
 #: Environment variable that overrides the default database URL.
 DATABASE_URL_ENV = "GDFLOW_DATABASE_URL"
@@ -100,51 +100,21 @@ def _connect_args(backend: str) -> dict[str, object]:
 
 
 def _create_schema(engine: Engine, shown: str) -> None:
-    """Create missing tables; a concurrent creator winning the race is not an error."""
-    for attempt in range(3):
-        try:
-            Base.metadata.create_all(engine)
-            _add_missing_columns(engine, shown)
-            return
-        except OperationalError as exc:
-            if "already exists" in str(exc) and attempt < 2:
-                continue
-            engine.dispose()
-            raise DatabaseError(
-                f"cannot open database {shown} ({_first_line(exc)}); check the path is "
-                "writable or pass another --database-url"
-            ) from None
-        except SQLAlchemyError as exc:
-            engine.dispose()
-            raise DatabaseError(
-                f"cannot open database {shown} ({_first_line(exc)}); check --database-url"
-            ) from None
-
-
-def _add_missing_columns(engine: Engine, shown: str) -> None:
-    """Add nullable columns that a database made by an earlier gdflow lacks (rows are kept).
-
-    Only additive, nullable changes are made here; anything else is reported, not guessed.
-    """
-    existing = inspect(engine)
-    for table in Base.metadata.sorted_tables:
-        present = {column["name"] for column in existing.get_columns(table.name)}
-        missing = [column for column in table.columns if column.name not in present]
-        for column in missing:
-            if not column.nullable or column.primary_key:
-                raise DatabaseError(
-                    f"database {shown} was made by an incompatible gdflow (table "
-                    f"{table.name} lacks {column.name}); use a new --database-url"
-                )
-            kind = column.type.compile(dialect=engine.dialect)
-            with engine.begin() as connection:
-                try:
-                    connection.execute(
-                        text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
-                    )
-                except OperationalError as exc:
-                    if "duplicate column" not in str(exc).lower():
-                        raise  # another process adding it at the same time is fine
+    """Create or upgrade the schema with the Alembic revisions; failures become one line."""
+    try:
+        ensure_current(engine)
+    except MigrationError as exc:
+        engine.dispose()
+        raise DatabaseError(f"database {shown}: {exc}") from None
+    except RuntimeError as exc:  # a revision refusing to adopt an incompatible table
+        engine.dispose()
+        raise DatabaseError(f"cannot upgrade database {shown} ({_first_line(exc)})") from None
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseError(
+            f"cannot open database {shown} ({_first_line(exc)}); check the path is "
+            "writable or pass another --database-url"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

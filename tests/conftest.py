@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.pg_server import PostgresServer, postgres_server
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -22,6 +25,28 @@ def database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     url = f"sqlite:///{tmp_path / 'metrics.db'}"
     monkeypatch.setenv("GDFLOW_DATABASE_URL", url)
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on loopback for the whole session (skipped only outside CI)."""
+    try:
+        with postgres_server() as server:
+            yield server
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise  # .ci/run installs PostgreSQL: missing there is a failure, not a skip
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A database of its own on the test server, dropped afterwards; also GDFLOW_DATABASE_URL."""
+    name = postgres.create_database()
+    url = postgres.url(name)
+    monkeypatch.setenv("GDFLOW_DATABASE_URL", url)
+    yield url
+    postgres.drop_database(name)
 
 
 def read_trajectory(path: Path = SEED_TRAJECTORY) -> list[dict[str, float]]:

@@ -144,3 +144,23 @@ def test_metrics_of_an_unknown_run(database_url: str, capsys: pytest.CaptureFixt
         with pytest.raises(SystemExit):
             main(["metrics", ref])
         assert expected in capsys.readouterr().err
+
+
+def test_db_upgrade_and_current_report_the_schema_revision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from storage.migrate import head_revision
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    assert main(["db", "current", "--database-url", url]) == 0
+    assert "revision none" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--database-url", url]) == 0
+    assert f"upgraded from revision none to {head_revision()}" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--database-url", url]) == 0
+    assert f"already at revision {head_revision()}" in capsys.readouterr().out
+    assert main(["db", "current", "--database-url", url]) == 0
+    assert "up to date" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["db", "upgrade", "--database-url", f"sqlite:///{tmp_path}"])
+    assert info.value.code == 1
+    assert capsys.readouterr().err.startswith("gdflow: error: database path")

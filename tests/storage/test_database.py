@@ -16,7 +16,8 @@ def test_sqlite_engine_uses_wal_and_busy_timeout(tmp_path: Path) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
-    assert set(inspect(engine).get_table_names()) == {"runs", "epoch_metrics", "sweeps"}
+    tables = set(inspect(engine).get_table_names())
+    assert tables == {"runs", "epoch_metrics", "sweeps", "alembic_version"}
     engine.dispose()
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -158,9 +158,9 @@ def test_tables_are_readable_with_pandas(engine: Engine) -> None:
             rows=[MetricRow(e, 1.0 / e, {"w": float(e)}) for e in range(1, 4)],
         )
     frame = pd.read_sql(
-        "SELECT epoch, loss, params FROM epoch_metrics WHERE run_id = ? ORDER BY epoch",
+        text("SELECT epoch, loss, params FROM epoch_metrics WHERE run_id = :run ORDER BY epoch"),
         engine,
-        params=(run_id,),
+        params={"run": run_id},
     )
     assert frame["epoch"].tolist() == [1, 2, 3]
     assert frame["loss"].tolist() == [1.0, 0.5, pytest.approx(1 / 3)]

@@ -1,0 +1,1 @@
+"""Alembic migrations of gdflow's schema; `storage.migrate` applies them."""
