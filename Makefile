@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test setup clean
+.PHONY: run test reliability setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 
 test: setup  ## run the test suite
 	$(BIN)/python -m pytest
+
+RELIABILITY_TESTS := tests/flows/test_concurrency.py tests/flows/test_faults.py \
+	tests/storage/test_retry.py tests/tasks/test_recording.py tests/tasks/test_stopping.py
+
+reliability: setup  ## the fault-injection tests of RELIABILITY.md, printing what they observe
+	$(BIN)/python -m pytest -q -s $(RELIABILITY_TESTS) > reliability.log 2>&1; \
+	status=$$?; grep -E '^observed|^FAILED|^[0-9]+ (passed|failed)' reliability.log; exit $$status
 
 clean:
 	rm -rf $(VENV)

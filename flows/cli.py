@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, Optional
@@ -19,7 +20,20 @@ PROG = "gdflow"
 
 
 class CliError(Exception):
-    """A problem to report as one line on stderr with a non-zero exit."""
+    """A problem to report as one line on stderr with a non-zero exit (1 unless given)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training: stop like Ctrl-C does, with exit status 143."""
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    """SIGTERM handler of `gdflow run` and `gdflow sweep` (training itself stops cleanly)."""
+    raise Terminated()
 
 
 def _flag(field: str) -> str:
@@ -213,16 +227,27 @@ def _run_flow(flow_fn: Any, database_url: Optional[str], **parameters: Any) -> t
     from flows.deploy import find_api_url, ui_url
     from storage import default_database_url
     from tasks.errors import GdflowError
+    from tasks.stopping import requested_signal
 
     url = database_url or default_database_url()
     _open_existing(url).dispose()
     _quiet_expected_errors()
     api_url = find_api_url()
     updates = {PREFECT_API_URL: api_url} if api_url else {}
+    if not api_url:
+        from flows.ephemeral import start_ephemeral_server
+
+        try:
+            start_ephemeral_server()
+        except GdflowError as exc:
+            raise CliError(str(exc)) from None
     with temporary_settings(updates=updates):
         state = flow_fn(**parameters, return_state=True)
     if api_url:
         print(f"watch it at {ui_url(api_url)}/runs/flow-run/{state.state_details.flow_run_id}")
+    stopped_by = requested_signal()
+    if state.is_cancelled() and stopped_by is not None:
+        raise CliError(state.message or "cancelled", code=128 + int(stopped_by))
     if not state.is_completed():
         outcome = state.result(raise_on_failure=False)
         if isinstance(outcome, BaseException):
@@ -294,6 +319,7 @@ def cmd_serve(values: dict[str, Any]) -> int:
 
     from flows.deploy import build_deployments, find_api_url, ui_url
 
+    _open_existing(config.database_url).dispose()
     api_url = find_api_url()
     if api_url is None:
         raise CliError(
@@ -333,15 +359,25 @@ def cmd_server(host: str, port: int) -> int:
 
 
 def _open_existing(database_url: Optional[str]) -> Any:
-    """An engine on the metrics database (created if missing); errors become CliError."""
+    """An engine on the metrics database (created if missing), after marking `crashed` the runs
+    whose process is gone (each said on stderr); errors become CliError."""
     from storage import default_database_url
     from tasks.errors import GdflowError
-    from tasks.recording import open_database
+    from tasks.recording import open_database, reconcile_runs
 
+    url = database_url or default_database_url()
     try:
-        return open_database(database_url or default_database_url())
+        engine = open_database(url)
+        crashed = reconcile_runs(url)
     except GdflowError as exc:
         raise CliError(str(exc)) from None
+    for run_id in crashed:
+        print(
+            f"{PROG}: run {run_id} was left 'running' by a process that is gone; "
+            "recorded it as crashed",
+            file=sys.stderr,
+        )
+    return engine
 
 
 def cmd_runs(limit: int, source: Optional[str], database_url: Optional[str]) -> int:
@@ -435,6 +471,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `gdflow` console script."""
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    if command in ("run", "sweep"):
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if command == "run":
             return cmd_run(args)
@@ -450,9 +488,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_db(args["action"], args["database_url"])
         return cmd_metrics(args["run_id"], args["format"], args["database_url"])
     except CliError as exc:
-        _fail(str(exc))
+        _fail(str(exc), code=exc.code)
+    except Terminated:
+        _fail("terminated (SIGTERM)", code=128 + signal.SIGTERM)
     except KeyboardInterrupt:
-        _fail("interrupted", code=130)
+        _fail("interrupted", code=128 + signal.SIGINT)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run as current_run
-from prefect.states import State
+from prefect.states import Cancelled, State
 
 from storage import RunStatus, default_database_url, mask_url
 from tasks.artifacts import publish_run_report
@@ -92,11 +92,12 @@ def _record_failure(url: str, run_id: int, exc: BaseException) -> None:
 def train_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - a frozen model, safe as a default
     sweep_id: Optional[int] = None,
-) -> dict[str, Any]:
-    """Train a linear model by gradient descent and record every epoch in the database."""
+) -> dict[str, Any] | State[Any]:
+    """Train a linear model by gradient descent and record every epoch in the database;
+    return the run's summary, or a Cancelled state when a signal stopped training."""
     logger = get_run_logger()
     url = config.database_url or default_database_url()
-    run_id = start_run(
+    run_id, restarted = start_run(
         url,
         config=config.model_dump(mode="json"),
         data_source=config.data_source,
@@ -104,6 +105,10 @@ def train_flow(
         flow_run_name=current_run.name,
         sweep_id=sweep_id,
     )
+    if restarted:
+        logger.info(
+            "Run %d restarts for a retry of this flow run; its epochs are rewritten", run_id
+        )
     logger.info("Run %d recording to %s", run_id, mask_url(url))
     seconds: Optional[float] = None
     try:
@@ -116,7 +121,7 @@ def train_flow(
         result = train(config, dataset, initial, device=device, run_id=run_id, database_url=url)
         seconds = result.seconds
         evaluation = None
-        if result.stop_reason != "diverged":
+        if result.stop_reason not in ("diverged", "cancelled"):
             evaluation = evaluate_prediction(config, dataset, result.final_params)
         status = persist(run_id=run_id, database_url=url, result=result, evaluation=evaluation)
         if status is RunStatus.DIVERGED:
@@ -136,6 +141,13 @@ def train_flow(
             publish_run_report(url, run_id, seconds=seconds)
         raise
     publish_run_report(url, run_id, seconds=seconds)
+    if status is RunStatus.CANCELLED:
+        message = (
+            f"run {run_id} cancelled: {result.verdict_detail}; its {result.epochs_done} "
+            f"epoch(s) are recorded: gdflow metrics {run_id}"
+        )
+        logger.warning(message[0].upper() + message[1:])
+        return Cancelled(message=message)
     logger.info(
         "Run %d completed: %d epochs (%s), final loss %.6g; metrics: gdflow metrics %d",
         run_id,

@@ -20,9 +20,12 @@ from storage.repository import (
     get_sweep,
     latest_run_id,
     list_runs,
+    restart_run,
+    running_runs,
     sweep_runs,
     update_run,
 )
+from storage.retry import is_transient, retry_transient
 
 __all__ = [
     "Base",
@@ -43,8 +46,12 @@ __all__ = [
     "get_metrics_sample",
     "get_run",
     "get_sweep",
+    "is_transient",
     "latest_run_id",
     "list_runs",
+    "restart_run",
+    "retry_transient",
+    "running_runs",
     "sweep_runs",
     "make_engine",
     "mask_url",

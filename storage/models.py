@@ -57,6 +57,11 @@ class Run(Base):
     sweep_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL"), index=True
     )
+    # The process that executes the run, so a run left `running` by a killed process can be
+    # told apart from one still training (`pid_started` tells a reused pid from the original).
+    host: Mapped[Optional[str]] = mapped_column(String(255))
+    pid: Mapped[Optional[int]] = mapped_column(Integer)
+    pid_started: Mapped[Optional[str]] = mapped_column(String(80))
 
     __table_args__ = (Index("ix_runs_started_at", "started_at"),)
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Optional
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import Insert, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import EpochMetric, Run, Sweep
@@ -56,8 +56,10 @@ def create_run(
     flow_run_name: Optional[str] = None,
     started_at: Optional[datetime] = None,
     sweep_id: Optional[int] = None,
+    owner: Optional[dict[str, Any]] = None,
 ) -> int:
-    """Insert a run in status `running` and return its id."""
+    """Insert a run in status `running` and return its id; `owner` sets host, pid and
+    pid_started (the process executing it)."""
     run = Run(
         flow_run_id=flow_run_id,
         flow_run_name=flow_run_name,
@@ -69,10 +71,43 @@ def create_run(
         config=config,
         epochs_done=0,
         sweep_id=sweep_id,
+        **(owner or {}),
     )
     session.add(run)
     session.flush()
     return run.id
+
+
+def restart_run(session: Session, *, run_id: int, owner: Optional[dict[str, Any]] = None) -> None:
+    """Start a recorded run over (a retry of its flow run): status `running`, its epoch rows
+    and outcome cleared, so the retry writes every epoch exactly once."""
+    session.execute(delete(EpochMetric).where(EpochMetric.run_id == run_id))
+    cleared = dict.fromkeys(_OUTCOME_COLUMNS)
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(status=RunStatus.RUNNING.value, epochs_done=0, **cleared, **(owner or {}))
+    )
+
+
+#: Columns a run fills in as it trains and ends; a restarted run has none of them.
+_OUTCOME_COLUMNS = (
+    "finished_at",
+    "final_loss",
+    "final_params",
+    "stop_reason",
+    "error",
+    "evaluation",
+    "best_epoch",
+    "best_loss",
+)
+
+
+def running_runs(session: Session) -> list[Run]:
+    """Return every run still in status `running`, oldest first."""
+    return list(
+        session.scalars(select(Run).where(Run.status == RunStatus.RUNNING.value).order_by(Run.id))
+    )
 
 
 def update_run(session: Session, *, run_id: int, **fields: Any) -> None:
@@ -80,8 +115,23 @@ def update_run(session: Session, *, run_id: int, **fields: Any) -> None:
     session.execute(update(Run).where(Run.id == run_id).values(**fields))
 
 
+def insert_ignoring_duplicates(session: Session, model: type[EpochMetric]) -> Insert:
+    """An INSERT that skips rows whose primary key is already stored (SQLite, PostgreSQL)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(model).on_conflict_do_nothing()
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(model).on_conflict_do_nothing()
+    return insert(model)
+
+
 def append_metrics(session: Session, *, run_id: int, rows: Iterable[MetricRow]) -> int:
-    """Insert epoch rows in one executemany and return how many were written."""
+    """Insert epoch rows in one executemany and return how many were given; epochs already
+    stored are skipped, so writing a chunk again (a retry) never duplicates or fails."""
     values = [
         {
             "run_id": run_id,
@@ -95,7 +145,7 @@ def append_metrics(session: Session, *, run_id: int, rows: Iterable[MetricRow]) 
         for row in rows
     ]
     if values:
-        session.execute(insert(EpochMetric), values)
+        session.execute(insert_ignoring_duplicates(session, EpochMetric), values)
         session.execute(update(Run).where(Run.id == run_id).values(epochs_done=values[-1]["epoch"]))
     return len(values)
 

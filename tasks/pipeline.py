@@ -19,6 +19,7 @@ from tasks.errors import GdflowError
 from tasks.evaluation import check_predict_rows, evaluate, prediction_line
 from tasks.preprocessing import TrainingProblem
 from tasks.recording import MetricWriter, end_run, open_database
+from tasks.stopping import stop_on_signals, stop_requested
 from tasks.training import (
     EpochChunk,
     Optimization,
@@ -118,15 +119,17 @@ def train(
             _log_progress(logger, chunk, config.log_every)
             progress.update(int(chunk.epochs[-1]))
 
-        result = fit(
-            problem.x,
-            problem.y,
-            problem.initial,
-            optimization(config, lr),
-            device=resolve_device(device),
-            validation=problem.validation,
-            on_chunk=on_chunk,
-        )
+        with stop_on_signals():
+            result = fit(
+                problem.x,
+                problem.y,
+                problem.initial,
+                optimization(config, lr),
+                device=resolve_device(device),
+                validation=problem.validation,
+                on_chunk=on_chunk,
+                should_stop=stop_requested,
+            )
     finally:
         engine.dispose()
     result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
@@ -209,8 +212,13 @@ def persist(
     evaluation: Optional[dict[str, Any]],
 ) -> RunStatus:
     """Record the run's outcome, summary and evaluation in one transaction."""
-    status = RunStatus.DIVERGED if result.stop_reason == "diverged" else RunStatus.COMPLETED
-    error = f"diverged: {result.verdict_detail}" if status is RunStatus.DIVERGED else None
+    status = {
+        "diverged": RunStatus.DIVERGED,
+        "cancelled": RunStatus.CANCELLED,
+    }.get(result.stop_reason, RunStatus.COMPLETED)
+    error = None
+    if status is not RunStatus.COMPLETED:
+        error = f"{status.value}: {result.verdict_detail}"
     end_run(
         database_url,
         run_id=run_id,

@@ -18,8 +18,12 @@ from storage import (
     finish_run,
     get_run,
     make_engine,
+    restart_run,
+    retry_transient,
+    running_runs,
 )
 from tasks.errors import GdflowError
+from tasks.liveness import current_owner, owner_alive
 from tasks.training import EpochChunk
 
 
@@ -39,12 +43,18 @@ def start_run(
     flow_run_id: Optional[str],
     flow_run_name: Optional[str],
     sweep_id: Optional[int] = None,
-) -> int:
-    """Insert the run in status `running` (committed at once) and return its id."""
-    engine = open_database(url)
-    try:
+) -> tuple[int, bool]:
+    """Record the run in status `running` (committed at once); return its id and whether it
+    restarts a run already recorded for this flow run (a retry: its epochs are cleared)."""
+    owner = current_owner()
+
+    def write() -> tuple[int, bool]:
         with Session(engine) as session, session.begin():
-            return create_run(
+            existing = find_run_id(session, flow_run_id=flow_run_id) if flow_run_id else None
+            if existing is not None:
+                restart_run(session, run_id=existing, owner=owner)
+                return existing, True
+            run_id = create_run(
                 session,
                 config=config,
                 data_source=data_source,
@@ -52,7 +62,13 @@ def start_run(
                 flow_run_id=flow_run_id,
                 flow_run_name=flow_run_name,
                 sweep_id=sweep_id,
+                owner=owner,
             )
+            return run_id, False
+
+    engine = open_database(url)
+    try:
+        return retry_transient(write, what="recording the run's start")
     finally:
         engine.dispose()
 
@@ -71,7 +87,7 @@ class MetricWriter:
         val_losses = (
             chunk.val_losses.tolist() if chunk.val_losses is not None else [None] * len(chunk)
         )
-        rows = (
+        rows = [
             MetricRow(
                 epoch=int(epoch),
                 loss=float(loss),
@@ -88,17 +104,26 @@ class MetricWriter:
                 chunk.lrs.tolist(),
                 val_losses,
             )
-        )
-        with Session(self.engine) as session, session.begin():
-            self.written += append_metrics(session, run_id=self.run_id, rows=rows)
+        ]
+
+        def write() -> int:
+            with Session(self.engine) as session, session.begin():
+                return append_metrics(session, run_id=self.run_id, rows=rows)
+
+        first, last = rows[0].epoch if rows else 0, rows[-1].epoch if rows else 0
+        self.written += retry_transient(write, what=f"writing epochs {first}-{last}")
 
 
 def end_run(url: str, *, run_id: int, status: RunStatus, **fields: Any) -> None:
     """Record the run's outcome and summary in one transaction."""
     engine = open_database(url)
-    try:
+
+    def write() -> None:
         with Session(engine) as session, session.begin():
             finish_run(session, run_id=run_id, status=status, **fields)
+
+    try:
+        retry_transient(write, what="recording the run's outcome")
     finally:
         engine.dispose()
 
@@ -134,5 +159,29 @@ def mark_unfinished(url: str, *, flow_run_id: str, state_type: str, message: str
                 stop_reason="error" if status is RunStatus.FAILED else status.value,
                 error=message,
             )
+    finally:
+        engine.dispose()
+
+
+def reconcile_runs(url: str) -> list[int]:
+    """Mark `crashed` every run left `running` by a process of this host that is gone (killed,
+    or died without recording its end); return their ids. Runs of other hosts are left alone."""
+    engine = open_database(url)
+    try:
+        with Session(engine) as session, session.begin():
+            crashed = []
+            for run in running_runs(session):
+                if owner_alive(run.host, run.pid, run.pid_started):
+                    continue
+                finish_run(
+                    session,
+                    run_id=run.id,
+                    status=RunStatus.CRASHED,
+                    stop_reason=RunStatus.CRASHED.value,
+                    error=f"crashed: its process {run.pid} on {run.host} ended without "
+                    f"recording an outcome (killed?) after {run.epochs_done} epoch(s)",
+                )
+                crashed.append(run.id)
+            return crashed
     finally:
         engine.dispose()

@@ -5,7 +5,9 @@ a validation split, the validation loss after the update) are written into a buf
 training device and copied to the host in chunks, so a GPU run does not synchronise every epoch.
 Stop rules (divergence, convergence, plateau) are checked on each copied chunk; training state
 past a stop is discarded, so the recorded run ends at the converged or plateaued epoch, or at
-the last epoch before divergence (the diverging epoch is named in the verdict).
+the last epoch before divergence (the diverging epoch is named in the verdict). A stop asked
+for from outside (`should_stop`, e.g. on SIGTERM) ends training after the current epoch, with
+every epoch so far handed on, as `cancelled`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 #: Why training stopped: the run's verdict.
-StopReason = Literal["max_epochs", "converged", "diverged", "plateaued"]
+StopReason = Literal["max_epochs", "converged", "diverged", "plateaued", "cancelled"]
 
 #: Epochs recorded on the device before a copy to the host, at most.
 CHUNK_EPOCHS = 4096
@@ -136,8 +138,10 @@ def fit(
     on_chunk: Optional[Callable[[EpochChunk], None]] = None,
     chunk_epochs: int = CHUNK_EPOCHS,
     flush_seconds: float = FLUSH_SECONDS,
+    should_stop: Optional[Callable[[], Optional[str]]] = None,
 ) -> TrainResult:
-    """Train y ~ x @ w (+ b) with MSE loss on `device` and return how it ended."""
+    """Train y ~ x @ w (+ b) with MSE loss on `device` and return how it ended; `should_stop`
+    is asked after every epoch and returns why to stop (e.g. "SIGTERM"), or None to go on."""
     names = tuple(initial)
     has_bias = names[-1:] == ("b",)
     dtype = torch.float64 if x.dtype == np.float64 else torch.float32
@@ -186,11 +190,21 @@ def fit(
         if scheduler is not None:
             scheduler.step()
         row += 1
-        if row == rows or epoch == opt.epochs or time.monotonic() - last_flush >= flush_seconds:
+        asked = should_stop() if should_stop is not None else None
+        if (
+            asked
+            or row == rows
+            or epoch == opt.epochs
+            or time.monotonic() - last_flush >= flush_seconds
+        ):
             host = buffer[:row].to("cpu", copy=True).numpy()  # never a view of the buffer
             stop = state.flush(host, lrs[:row].copy(), first_epoch=epoch - row + 1)
             row = 0
             last_flush = time.monotonic()
+            if not stop and asked and epoch < opt.epochs:
+                state.stop_reason = "cancelled"
+                state.detail = f"stopped by {asked} after epoch {epoch}"
+                stop = True
             if stop:
                 break
     return state.result(str(device), time.perf_counter() - started)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage import (
+    EpochMetric,
     MetricRow,
     RunStatus,
     append_metrics,
@@ -98,11 +99,29 @@ def test_an_epoch_is_stored_once_per_run(engine: Engine) -> None:
     with Session(engine) as session, session.begin():
         run_id = _new_run(session)
         append_metrics(session, run_id=run_id, rows=[MetricRow(1, 1.0, {"w": 1.0})])
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError):  # the schema refuses a second row for an epoch
         with Session(engine) as session, session.begin():
-            append_metrics(session, run_id=run_id, rows=[MetricRow(1, 2.0, {"w": 2.0})])
+            session.add(EpochMetric(run_id=run_id, epoch=1, loss=2.0, params={"w": 2.0}))
     with Session(engine) as session:
         assert [m.loss for m in get_metrics(session, run_id=run_id)] == [1.0]
+
+
+def test_writing_a_chunk_again_keeps_one_row_per_epoch(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        run_id = _new_run(session)
+    chunk = [MetricRow(epoch, 1.0 / epoch, {"w": float(epoch)}) for epoch in (1, 2, 3)]
+    for rows in (chunk, chunk, [*chunk[1:], MetricRow(4, 0.25, {"w": 4.0})]):
+        with Session(engine) as session, session.begin():  # a retry re-sends what was sent
+            append_metrics(session, run_id=run_id, rows=rows)
+    with Session(engine) as session:
+        assert [(m.epoch, m.loss) for m in get_metrics(session, run_id=run_id)] == [
+            (1, 1.0),
+            (2, 0.5),
+            (3, 1 / 3),
+            (4, 0.25),
+        ]
+        run = get_run(session, run_id=run_id)
+        assert run is not None and run.epochs_done == 4
 
 
 def test_metrics_need_an_existing_run(engine: Engine) -> None:

@@ -1,0 +1,111 @@
+"""Helpers of the reliability tests: start `gdflow` processes, read the database behind them."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.flows.conftest import PrefectServer, start_background, venv_command
+
+
+def server_env(server: PrefectServer, database: Path) -> dict[str, str]:
+    """Environment of a `gdflow` command that records on `server` into `database`."""
+    return {**server.env, "GDFLOW_DATABASE_URL": f"sqlite:///{database}"}
+
+
+def ephemeral_env(home: Path, database: Path) -> dict[str, str]:
+    """Environment of a `gdflow` command with no Prefect server configured (ephemeral mode)."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "GDFLOW_DATABASE_URL": f"sqlite:///{database}",
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+
+
+def start_gdflow(
+    args: list[str], *, env: dict[str, str], cwd: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """`gdflow ARGS` in its own process group (as a terminal runs it), output to `log`."""
+    return start_background([venv_command("gdflow"), *args], env=env, cwd=cwd, log=log)
+
+
+def query(database: Path, sql: str, *args: object) -> list[tuple]:
+    """Rows of one query on a short-lived connection of its own (a reader beside the runs)."""
+    connection = sqlite3.connect(database, timeout=30)
+    try:
+        return connection.execute(sql, args).fetchall()
+    finally:
+        connection.close()
+
+
+def epoch_rows(database: Path) -> int:
+    """Epoch rows stored so far (0 before the schema exists)."""
+    try:
+        return int(query(database, "SELECT count(*) FROM epoch_metrics")[0][0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+@dataclass
+class Reader:
+    """A thread polling the database through gdflow's storage layer while runs write to it."""
+
+    database: Path
+    polls: int = 0
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        from sqlalchemy.orm import Session
+
+        from storage import get_metrics, latest_run_id, list_runs, make_engine
+
+        engine = make_engine(f"sqlite:///{self.database}")
+        try:
+            while not self._stop.wait(0.2):
+                try:
+                    with Session(engine) as session:
+                        list_runs(session, limit=50)
+                        run_id = latest_run_id(session)
+                        if run_id is not None:
+                            get_metrics(session, run_id=run_id)
+                    self.polls += 1
+                except Exception as exc:  # noqa: BLE001 - every failure is a finding
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            engine.dispose()
+
+    def __enter__(self) -> Reader:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=30)
+
+
+def check_every_epoch_once(database: Path) -> list[tuple]:
+    """Assert each run's epochs are exactly 1..epochs_done, once each; return the runs."""
+    runs = query(database, "SELECT id, status, epochs_done, stop_reason FROM runs ORDER BY id")
+    for run_id, _status, epochs_done, _reason in runs:
+        count, distinct, low, high = query(
+            database,
+            "SELECT count(*), count(DISTINCT epoch), min(epoch), max(epoch) "
+            "FROM epoch_metrics WHERE run_id = ?",
+            run_id,
+        )[0]
+        assert count == distinct == epochs_done, (run_id, count, distinct, epochs_done)
+        if epochs_done:
+            assert (low, high) == (1, epochs_done), (run_id, low, high)
+    assert query(database, "PRAGMA integrity_check") == [("ok",)]
+    return runs

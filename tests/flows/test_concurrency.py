@@ -1,0 +1,117 @@
+"""Eight `gdflow run` processes on one SQLite file at once, and a sweep's concurrent runs, with
+a reader polling throughout: every run completes, every epoch is stored once, nothing locks."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import PrefectServer, stop_process
+from tests.flows.reliability import (
+    Reader,
+    check_every_epoch_once,
+    ephemeral_env,
+    epoch_rows,
+    server_env,
+    start_gdflow,
+)
+
+RUNS = 8
+EPOCHS = 6000  # with a flush every 2 s or 4096 epochs: several chunks per run, interleaved
+#: A temporary Prefect server's failed start as it logs it (its own traceback included).
+SERVER_START_FAILURE = (
+    r"Traceback \(most recent call last\):.*?Application startup failed\. Exiting\."
+)
+
+
+def _run_all(env: dict[str, str], workdir: Path, database: Path, timeout: float) -> tuple[int, int]:
+    """Start RUNS `gdflow run` at once, poll while they train; return the reader's polls and
+    how many ephemeral Prefect servers had to be started again."""
+    args = ["run", "--epochs", str(EPOCHS), "--log-every", "1000"]
+    processes = [
+        start_gdflow(args, env=env, cwd=workdir, log=workdir / f"run{i}.log") for i in range(RUNS)
+    ]
+    deadline = time.monotonic() + timeout
+    try:
+        with Reader(database) as reader:
+            for process in processes:
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            rows_seen = epoch_rows(database)
+    finally:
+        for process in processes:
+            stop_process(process)
+    outputs = [(workdir / f"run{i}.log").read_text() for i in range(RUNS)]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    assert reader.polls > 0 and reader.errors == [], reader.errors[:5]
+    assert rows_seen == RUNS * EPOCHS
+    restarts = 0
+    for output in outputs:
+        assert "database is locked" not in output.lower(), output[-3000:]
+        # Eight ephemeral Prefect servers on a fresh PREFECT_HOME race to create Prefect's own
+        # tables; a loser logs a traceback, exits, and Prefect starts it again on another port.
+        # Any other traceback (gdflow's included) fails the test.
+        server_failures = re.findall(SERVER_START_FAILURE, output, flags=re.DOTALL)
+        rest = re.sub(SERVER_START_FAILURE, "", output, flags=re.DOTALL)
+        assert "Traceback" not in rest, rest[-3000:]
+        restarts += len(server_failures)
+    return reader.polls, restarts
+
+
+@pytest.mark.parametrize("mode", ["server", "ephemeral"])
+def test_eight_runs_at_once_store_every_epoch_once(
+    mode: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    database = tmp_path / "metrics.db"
+    if mode == "server":
+        server: PrefectServer = request.getfixturevalue("prefect_server")
+        env = server_env(server, database)
+    else:
+        from flows.deploy import local_api_url, server_is_healthy
+
+        if server_is_healthy(local_api_url()):
+            pytest.skip("a Prefect server listens on 127.0.0.1:4200: gdflow run would use it")
+        env = ephemeral_env(tmp_path / "prefect-home", database)
+    started = time.monotonic()
+    polls, restarts = _run_all(env, tmp_path, database, timeout=420)
+    runs = check_every_epoch_once(database)
+    print(
+        f"\nobserved ({mode}): {len(runs)} runs, {epoch_rows(database)} epoch rows, "
+        f"{polls} reader polls, 0 errors, {restarts} Prefect server restarts, "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    assert [(status, epochs, reason) for _id, status, epochs, reason in runs] == [
+        ("completed", EPOCHS, "max_epochs")
+    ] * RUNS
+
+
+def test_a_sweeps_concurrent_runs_store_every_epoch_once(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    database = tmp_path / "metrics.db"
+    lrs = ["0.001", "0.002", "0.005", "0.01"]
+    args = ["sweep", "--lrs", *lrs, "--max-concurrency", "4", "--epochs", str(EPOCHS)]
+    log = tmp_path / "sweep.log"
+    process = start_gdflow(
+        [*args, "--log-every", "0"], env=server_env(prefect_server, database), cwd=tmp_path, log=log
+    )
+    try:
+        with Reader(database) as reader:
+            process.wait(timeout=300)
+    finally:
+        stop_process(process)
+    output = log.read_text()
+    assert process.returncode == 0, output[-3000:]
+    assert reader.polls > 0 and reader.errors == [], reader.errors[:5]
+    assert "database is locked" not in output.lower() and "Traceback" not in output
+    runs = check_every_epoch_once(database)
+    print(
+        f"\nobserved (sweep): {len(runs)} runs, {epoch_rows(database)} epoch rows, "
+        f"{reader.polls} reader polls, 0 errors"
+    )
+    assert sorted((status, epochs) for _id, status, epochs, _reason in runs) == [
+        ("completed", EPOCHS)
+    ] * len(lrs)
