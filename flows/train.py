@@ -13,7 +13,7 @@ from prefect.states import State
 
 from storage import RunStatus, default_database_url, mask_url
 from tasks.artifacts import publish_run_report
-from tasks.config import TrainConfig
+from tasks.config import TrainConfig, safe_label
 from tasks.devices import resolve_device
 from tasks.errors import DivergedError
 from tasks.pipeline import evaluate_prediction, initialize_weight, load_data, persist, train
@@ -35,7 +35,7 @@ def _flow_run_name() -> str:
 
 def run_tags(config: TrainConfig, device: str) -> list[str]:
     """Tags that tell runs apart in the Prefect UI: data source, learning rate, device."""
-    data = Path(config.data).name if config.data else "toy"
+    data = safe_label(Path(config.data).name) if config.data else "toy"
     return [f"data:{data}", f"lr:{config.lr_label}", f"device:{device}", "gdflow"]
 
 
@@ -98,7 +98,7 @@ def train_flow(
     url = config.database_url or default_database_url()
     run_id = start_run(
         url,
-        config=config.model_dump(mode="json"),
+        config=config.public_dict(),
         data_source=config.data_source,
         flow_run_id=current_run.id,
         flow_run_name=current_run.name,

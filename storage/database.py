@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
@@ -15,6 +16,8 @@ from storage.models import Base
 DATABASE_URL_ENV = "GDFLOW_DATABASE_URL"
 #: How long a SQLite writer waits for a lock held by another run before failing (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Query parameters of a URL whose values are secrets.
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|secret|token|api_?key)=)([^&]*)", re.I)
 
 
 class DatabaseError(RuntimeError):
@@ -30,19 +33,56 @@ def default_database_url() -> str:
 
 
 def mask_url(url: str) -> str:
-    """Return the URL with any password replaced by `***`, safe to log or display."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    """Return the URL with any password replaced by `***`, safe to log or display.
+
+    Plain string work, not SQLAlchemy's parser, so a URL it cannot parse (a bad port, an
+    unescaped `@` in the password) is masked too: everything between the user name and the
+    last `@` goes, as do `password=`-like query values.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    user, password, host = _credentials(rest)
+    if password:
+        rest = f"{user}:***@{host}"
+    return scheme + sep + _SECRET_QUERY.sub(r"\1***", rest)
+
+
+def _credentials(rest: str) -> tuple[str, str, str]:
+    """User, password and the rest after the last `@` of a URL without its scheme; no password
+    when there is no `user:` before it (a file path such as `//tmp/a:b@c.db` has none)."""
+    credentials, at, host = rest.rpartition("@")
+    user, colon, password = credentials.partition(":")
+    if not at or not colon or "/" in user:
+        return "", "", rest
+    return user, password, host
+
+
+def hide_password(text: str, url: str) -> str:
+    """`text` with the URL's password (as written and percent-decoded) replaced by `***`."""
+    from urllib.parse import unquote
+
+    _, sep, rest = url.partition("://")
+    found = [_credentials(rest if sep else url)[1], *(m[2] for m in _SECRET_QUERY.finditer(url))]
+    for secret in {*found, *map(unquote, found)} - {""}:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _sqlite_file(url: str) -> Path | None:
     """Return the file behind a SQLite URL, or None for memory databases and other back ends."""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    database = parsed.database
+    if str(parsed.query.get("uri", "")).lower() in {"true", "1"} and database:
+        from urllib.parse import unquote, urlparse
+
+        # A URI filename (`sqlite:///file:/path/x.db?mode=ro&uri=true`): the path is in it.
+        uri = urlparse(database)
+        memory = parsed.query.get("mode") == "memory" or "mode=memory" in uri.query
+        database = None if memory else unquote(uri.path)
+    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
         return None
-    return Path(parsed.database).expanduser()
+    return Path(database).expanduser()
 
 
 def _set_sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -60,7 +100,7 @@ def make_engine(url: str, *, create_schema: bool = True) -> Engine:
     shown = mask_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise DatabaseError(
             f"invalid database URL {shown!r}; pass a SQLAlchemy URL such as "
             "sqlite:///path/to/gdflow.db with --database-url or GDFLOW_DATABASE_URL"
@@ -82,9 +122,15 @@ def make_engine(url: str, *, create_schema: bool = True) -> Engine:
         engine = create_engine(parsed, connect_args=_connect_args(parsed.get_backend_name()))
     except (ArgumentError, ImportError, SQLAlchemyError) as exc:
         raise DatabaseError(
-            f"cannot use database {shown!r} ({_first_line(exc)}); check --database-url "
+            f"cannot use database {shown!r} ({_first_line(exc, url)}); check --database-url "
             "and that its driver is installed"
         ) from None
+    if engine.dialect.is_async:
+        engine.dispose()
+        raise DatabaseError(
+            f"cannot use database {shown!r}: its driver {parsed.get_driver_name()!r} is "
+            "asynchronous; use a synchronous one, e.g. postgresql+psycopg://"
+        )
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _set_sqlite_pragmas)
     if create_schema:
@@ -109,15 +155,17 @@ def _create_schema(engine: Engine, shown: str) -> None:
         except OperationalError as exc:
             if "already exists" in str(exc) and attempt < 2:
                 continue
+            url = engine.url.render_as_string(hide_password=False)
             engine.dispose()
             raise DatabaseError(
-                f"cannot open database {shown} ({_first_line(exc)}); check the path is "
+                f"cannot open database {shown} ({_first_line(exc, url)}); check the path is "
                 "writable or pass another --database-url"
             ) from None
         except SQLAlchemyError as exc:
+            url = engine.url.render_as_string(hide_password=False)
             engine.dispose()
             raise DatabaseError(
-                f"cannot open database {shown} ({_first_line(exc)}); check --database-url"
+                f"cannot open database {shown} ({_first_line(exc, url)}); check --database-url"
             ) from None
 
 
@@ -147,8 +195,9 @@ def _add_missing_columns(engine: Engine, shown: str) -> None:
                         raise  # another process adding it at the same time is fine
 
 
-def _first_line(exc: BaseException) -> str:
-    """The driver's own message without SQLAlchemy's SQL echo and background links."""
+def _first_line(exc: BaseException, url: str = "") -> str:
+    """The driver's own message without SQLAlchemy's SQL echo, links, or the URL's password."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return hide_password(line, url)
