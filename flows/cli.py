@@ -96,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     server = commands.add_parser(
         "server", help="start a local Prefect server (loopback, analytics off) and its UI"
     )
-    server.add_argument("--host", default=DEFAULT_HOST, help=f"address (default: {DEFAULT_HOST})")
+    server.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address (default: {DEFAULT_HOST}, loopback only); before any other, set "
+        "PREFECT_SERVER_API_AUTH_STRING=user:password (see README)",
+    )
     server.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
     )
@@ -321,9 +326,12 @@ def cmd_server(host: str, port: int) -> int:
     """Run `prefect server start` on loopback with analytics off, until interrupted."""
     import subprocess
 
-    from flows.deploy import local_api_url, server_command
+    from flows.deploy import exposure_warning, local_api_url, server_command
 
     command, env = server_command(host, port)
+    warning = exposure_warning(host, env)
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
     print(
         f"Prefect server and UI at http://{host}:{port}; gdflow run/serve use it automatically "
         f"(elsewhere: export PREFECT_API_URL={local_api_url(host, port)})",

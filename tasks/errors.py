@@ -23,3 +23,11 @@ class GdflowError(Exception):
 
 class DivergedError(GdflowError):
     """Training produced a NaN or infinite loss; the run is recorded as diverged."""
+
+
+def features_too_large(largest: float) -> GdflowError:
+    """The error for features whose squares overflow float64 (|x| above about 1e154)."""
+    return GdflowError(
+        f"the features are too large to train on: their squares overflow float64 (largest "
+        f"|value| {largest:.3g}); divide those columns by a power of ten"
+    )
