@@ -90,6 +90,19 @@ def database_state(url: str) -> dict[str, int]:
     return state
 
 
+def train_on(
+    path: Path, *options: str, epochs: int, api_url: str, database_url: str
+) -> tuple[str | None, dict[str, int]]:
+    """`gdflow run --data PATH`: its error line (None: exit 0) and the database's state."""
+    error = gdflow(
+        ["run", "--data", str(path), "--epochs", str(epochs), "--log-every", "0", *options],
+        api_url=api_url,
+        database_url=database_url,
+        cwd=path.parent,
+    )
+    return error, database_state(database_url)
+
+
 #: The files named in issue #6, end to end (tests/tasks/test_hostile_input.py loads them all).
 END_TO_END = [
     "empty.csv",
@@ -112,13 +125,7 @@ def test_hostile_file_trains_or_fails_in_one_line(
     content, expected = CURATED[name]
     path = tmp_path / name
     path.write_bytes(content)
-    error = gdflow(
-        ["run", "--data", str(path), "--epochs", "20", "--log-every", "0"],
-        api_url=prefect_api_url,
-        database_url=database_url,
-        cwd=tmp_path,
-    )
-    state = database_state(database_url)
+    error, state = train_on(path, epochs=20, api_url=prefect_api_url, database_url=database_url)
     OBSERVED["cases"][name] = {"error": error, **state}
     assert (error is None) == (expected is None), error
     if error is None:
@@ -133,13 +140,8 @@ def test_a_directory_as_data_fails_in_one_line(
 ) -> None:
     folder = tmp_path / "folder.csv"
     folder.mkdir()
-    error = gdflow(
-        ["run", "--data", str(folder)],
-        api_url=prefect_api_url,
-        database_url=database_url,
-        cwd=tmp_path,
-    )
-    OBSERVED["cases"]["directory"] = {"error": error, **database_state(database_url)}
+    error, state = train_on(folder, epochs=20, api_url=prefect_api_url, database_url=database_url)
+    OBSERVED["cases"]["directory"] = {"error": error, **state}
     assert error is not None and "is a directory" in error
 
 
@@ -160,13 +162,9 @@ def test_huge_values_in_float64_fail_with_what_to_change(
 ) -> None:
     path = tmp_path / "huge.csv"
     path.write_text(content)
-    error = gdflow(
-        ["run", "--data", str(path), "--dtype", "float64", "--epochs", "20", "--log-every", "0"],
-        api_url=prefect_api_url,
-        database_url=database_url,
-        cwd=tmp_path,
+    error, state = train_on(
+        path, "--dtype", "float64", epochs=20, api_url=prefect_api_url, database_url=database_url
     )
-    state = database_state(database_url)
     OBSERVED["cases"][f"huge-1e300-float64-{status}"] = {"error": error, **state}
     assert error is not None and message in error
     assert state == {"runs": 1, status: 1, "epoch_rows": 0}
@@ -203,14 +201,10 @@ def test_hostile_names_are_stored_verbatim_and_shown_escaped(
     writer.writerow([*HOSTILE_NAMES, "y"])
     writer.writerows([[i, i + 1, i * 2, 1 - i, 3 * i + 1] for i in range(6)])
     path.write_text(out.getvalue())
-    error = gdflow(
-        ["run", "--data", str(path), "--bias", "--epochs", "30", "--log-every", "0"],
-        api_url=prefect_api_url,
-        database_url=database_url,
-        cwd=tmp_path,
+    error, state = train_on(
+        path, "--bias", epochs=30, api_url=prefect_api_url, database_url=database_url
     )
     assert error is None
-    state = database_state(database_url)
     OBSERVED["cases"]["hostile-names-end-to-end"] = {"error": error, **state}
     weights = [f"w_{name}" for name in HOSTILE_NAMES]
 
@@ -356,11 +350,5 @@ def test_generated_files_end_to_end(
     path = folder / "generated.csv"
     path.write_bytes(content)
     url = f"sqlite:///{folder / 'metrics.db'}"
-    error = gdflow(
-        ["run", "--data", str(path), "--epochs", "10", "--log-every", "0"],
-        api_url=prefect_api_url,
-        database_url=url,
-        cwd=folder,
-    )
-    state = database_state(url)
+    error, state = train_on(path, epochs=10, api_url=prefect_api_url, database_url=url)
     OBSERVED["cases"].setdefault("generated", []).append({"error": error, **state})

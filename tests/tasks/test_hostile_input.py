@@ -260,3 +260,23 @@ def test_a_file_name_with_a_line_break_stays_one_line(tmp_path: Path) -> None:
     path.write_bytes(b"a,y\n1,\n")
     message = str(load_or_one_line(path))
     assert "two\\nlines.csv" in message
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_features_whose_squares_overflow_float64_fail_in_one_line(standardize: bool) -> None:
+    from tasks.conditioning import analyse
+    from tasks.data import make_dataset
+    from tasks.preprocessing import TrainingProblem
+
+    data = make_dataset(
+        [[1e300], [3.0], [5.0]],
+        [1.0, 2.0, 3.0],
+        feature_names=["a"],
+        target_name="y",
+        source="huge",
+        dtype="float64",
+    )
+    with pytest.raises(GdflowError, match="too large to train on") as caught:
+        problem = TrainingProblem.prepare(data, {"w": 1.0, "b": 0.0}, standardize=standardize)
+        analyse(problem.x, bias=True, lr=0.01)
+    assert_one_line(str(caught.value))
