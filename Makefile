@@ -24,7 +24,10 @@ test: setup  ## run the test suite
 	$(BIN)/python -m pytest
 
 RELIABILITY_TESTS := tests/flows/test_concurrency.py tests/flows/test_faults.py \
-	tests/storage/test_retry.py tests/tasks/test_recording.py tests/tasks/test_stopping.py
+	tests/storage/test_retry.py tests/tasks/test_recording.py tests/tasks/test_stopping.py \
+	tests/storage/test_migrate.py tests/storage/test_database.py tests/flows/test_postgres.py \
+	tests/tasks/test_hostile_input.py tests/storage/test_secrets.py \
+	tests/flows/test_hostile_cli.py tests/flows/test_network_exposure.py
 
 reliability: setup  ## the fault-injection tests of RELIABILITY.md, printing what they observe
 	$(BIN)/python -m pytest -q -s $(RELIABILITY_TESTS) > reliability.log 2>&1; \

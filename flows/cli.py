@@ -7,13 +7,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NoReturn, Optional
 
 from pydantic import ValidationError
 
 from flows.deploy import DEFAULT_HOST, DEFAULT_PORT, ON_DEMAND, SCHEDULED
 from tasks.config import TrainConfig
+from tasks.errors import one_line
 from tasks.sweeping import DEFAULT_LRS, SweepConfig
 
 PROG = "gdflow"
@@ -108,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     server = commands.add_parser(
         "server", help="start a local Prefect server (loopback, analytics off) and its UI"
     )
-    server.add_argument("--host", default=DEFAULT_HOST, help=f"address (default: {DEFAULT_HOST})")
+    server.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address (default: {DEFAULT_HOST}, loopback only); before any other, set "
+        "PREFECT_SERVER_API_AUTH_STRING=user:password (see README)",
+    )
     server.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
     )
@@ -197,8 +204,9 @@ def describe_validation_error(exc: ValidationError, *, command: str = "run") -> 
         field = str(error["loc"][0])
         value = error.get("input")
         shown = value if isinstance(value, str) else repr(value)
-        return f"invalid {_flag(field)} {shown}: {message}; see '{PROG} {command} --help'"
-    return f"invalid options: {message}"
+        text = f"invalid {_flag(field)} {shown}: {message}; see '{PROG} {command} --help'"
+        return one_line(text)
+    return one_line(f"invalid options: {message}")
 
 
 def _quiet_expected_errors() -> None:
@@ -260,13 +268,34 @@ def _run_flow(flow_fn: Any, database_url: Optional[str], **parameters: Any) -> t
     return state.result(), url
 
 
+@contextmanager
+def _database_in_environment(config: TrainConfig) -> Iterator[TrainConfig]:
+    """Hand --database-url to the flow through GDFLOW_DATABASE_URL, not as a flow parameter:
+    Prefect stores and shows parameters, and the URL may hold a password."""
+    from storage.database import DATABASE_URL_ENV
+
+    if config.database_url is None:
+        yield config
+        return
+    before = os.environ.get(DATABASE_URL_ENV)
+    os.environ[DATABASE_URL_ENV] = config.database_url
+    try:
+        yield config.model_copy(update={"database_url": None})
+    finally:
+        if before is None:
+            os.environ.pop(DATABASE_URL_ENV, None)
+        else:
+            os.environ[DATABASE_URL_ENV] = before
+
+
 def cmd_run(values: dict[str, Any]) -> int:
     """Run the training flow once; print the outcome; exit 0 only when it completed."""
     config = config_from_args(values)
     from flows.train import train_flow
     from storage import mask_url
 
-    summary, url = _run_flow(train_flow, config.database_url, config=config)
+    with _database_in_environment(config) as config:
+        summary, url = _run_flow(train_flow, config.database_url, config=config)
     run_id = summary["run_id"]
     print(
         f"run {run_id} {summary['status']}: {summary['epochs_done']} epochs "
@@ -292,14 +321,15 @@ def cmd_sweep(values: dict[str, Any]) -> int:
     config = config_from_args(values, command="sweep")
     if "lrs" not in options and "lr_range" not in options:
         options["lrs"] = list(DEFAULT_LRS)
-    try:
-        sweep = SweepConfig(base=config, **options)
-    except ValidationError as exc:
-        raise CliError(describe_validation_error(exc, command="sweep")) from None
     from flows.sweep import comparison_table, sweep_flow
     from storage import mask_url
 
-    summary, url = _run_flow(sweep_flow, config.database_url, sweep=sweep)
+    with _database_in_environment(config) as config:
+        try:
+            sweep = SweepConfig(base=config, **options)
+        except ValidationError as exc:
+            raise CliError(describe_validation_error(exc, command="sweep")) from None
+        summary, url = _run_flow(sweep_flow, config.database_url, sweep=sweep)
     rows = summary["rows"]
     best = next(row for row in rows if row["run"] == summary["best_run_id"])
     print(f"sweep {summary['sweep_id']}: {len(rows)} runs in {mask_url(url)}")
@@ -330,7 +360,10 @@ def cmd_serve(values: dict[str, Any]) -> int:
         raise CliError(f"invalid --interval {options['interval']:g}: must be positive seconds")
     from prefect import serve
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        _database_in_environment(config) as config,  # the runs it starts inherit the environment
+    ):
         try:
             deployments = build_deployments(config, **options)
         except ValueError as exc:
@@ -344,9 +377,12 @@ def cmd_server(host: str, port: int) -> int:
     """Run `prefect server start` on loopback with analytics off, until interrupted."""
     import subprocess
 
-    from flows.deploy import local_api_url, server_command
+    from flows.deploy import exposure_warning, local_api_url, server_command
 
     command, env = server_command(host, port)
+    warning = exposure_warning(host, env)
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
     print(
         f"Prefect server and UI at http://{host}:{port}; gdflow run/serve use it automatically "
         f"(elsewhere: export PREFECT_API_URL={local_api_url(host, port)})",
@@ -473,6 +509,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = args.pop("command")
     if command in ("run", "sweep"):
         signal.signal(signal.SIGTERM, _raise_terminated)
+    urls = [str(args.get("database_url") or ""), os.environ.get("GDFLOW_DATABASE_URL", "")]
     try:
         if command == "run":
             return cmd_run(args)
@@ -488,7 +525,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_db(args["action"], args["database_url"])
         return cmd_metrics(args["run_id"], args["format"], args["database_url"])
     except CliError as exc:
-        _fail(str(exc), code=exc.code)
+        from storage.database import hide_password
+
+        message = str(exc)
+        for url in urls:
+            message = hide_password(message, url)
+        _fail(message, code=exc.code)
     except Terminated:
         _fail("terminated (SIGTERM)", code=128 + signal.SIGTERM)
     except KeyboardInterrupt:
@@ -497,7 +539,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _fail(message: str, code: int = 1) -> NoReturn:
     """Print `gdflow: error: MESSAGE` on stderr and exit with `code`."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 

@@ -67,6 +67,29 @@ def server_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
     return [prefect, "server", "start", "--host", host, "--port", str(port)], env
 
 
+def is_loopback(host: str) -> bool:
+    """True for a host name or address that only this machine can reach."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, env: dict[str, str]) -> Optional[str]:
+    """A warning when `gdflow server` would listen beyond loopback without basic auth."""
+    if is_loopback(host) or env.get("PREFECT_SERVER_API_AUTH_STRING"):
+        return None
+    return (
+        f"--host {host} exposes the Prefect API and UI (runs, parameters, logs) beyond this "
+        "machine with no authentication; set PREFECT_SERVER_API_AUTH_STRING=user:password "
+        "for the server and PREFECT_API_AUTH_STRING for its clients first"
+    )
+
+
 def build_deployments(
     config: TrainConfig,
     *,

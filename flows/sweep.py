@@ -142,7 +142,7 @@ def _start(url: str, sweep: SweepConfig) -> int:
             return create_sweep(
                 session,
                 name=sweep_name(sweep),
-                config=sweep.model_dump(mode="json"),
+                config={**sweep.model_dump(mode="json"), "base": sweep.base.public_dict()},
                 flow_run_id=str(current_run.id) if current_run.id else None,
             )
     finally:

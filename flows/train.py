@@ -13,11 +13,12 @@ from prefect.states import Cancelled, State
 
 from storage import RunStatus, default_database_url, mask_url
 from tasks.artifacts import publish_run_report
-from tasks.config import TrainConfig
+from tasks.config import TrainConfig, safe_label
 from tasks.devices import resolve_device
 from tasks.errors import DivergedError
 from tasks.pipeline import evaluate_prediction, initialize_weight, load_data, persist, train
 from tasks.recording import end_run, mark_unfinished, start_run, status_for
+from tasks.training import TrainResult
 
 
 def _config_of(parameters: dict[str, Any]) -> TrainConfig:
@@ -35,7 +36,7 @@ def _flow_run_name() -> str:
 
 def run_tags(config: TrainConfig, device: str) -> list[str]:
     """Tags that tell runs apart in the Prefect UI: data source, learning rate, device."""
-    data = Path(config.data).name if config.data else "toy"
+    data = safe_label(Path(config.data).name) if config.data else "toy"
     return [f"data:{data}", f"lr:{config.lr_label}", f"device:{device}", "gdflow"]
 
 
@@ -81,6 +82,21 @@ def _record_failure(url: str, run_id: int, exc: BaseException) -> None:
         get_run_logger().warning("Could not record run %d as failed: %s", run_id, bookkeeping)
 
 
+def _diverged_message(run_id: int, result: TrainResult, dtype: str) -> str:
+    """What diverged and what to change: the data when the very first loss overflows (it is
+    the initial parameters' loss, before any step), else the learning rate."""
+    head = f"run {run_id} diverged ({result.verdict_detail})"
+    if result.diverged_at == 1 and result.verdict_detail.startswith("loss NaN or infinite"):
+        return (
+            f"{head}: the loss of the initial parameters overflows {dtype}, before any step; "
+            "divide the data's large columns by a power of ten or use a smaller --init"
+        )
+    advice = f"e.g. --lr {result.lr / 10:g}"
+    if result.max_stable_lr and result.max_stable_lr < result.lr:
+        advice = f"below {result.max_stable_lr:.3g}, its stability bound on this data"
+    return f"{head}: the learning rate {result.lr:g} is too large; lower --lr ({advice})"
+
+
 @flow(
     name="train",
     flow_run_name=_flow_run_name,
@@ -99,7 +115,7 @@ def train_flow(
     url = config.database_url or default_database_url()
     run_id, restarted = start_run(
         url,
-        config=config.model_dump(mode="json"),
+        config=config.public_dict(),
         data_source=config.data_source,
         flow_run_id=current_run.id,
         flow_run_name=current_run.name,
@@ -125,13 +141,7 @@ def train_flow(
             evaluation = evaluate_prediction(config, dataset, result.final_params)
         status = persist(run_id=run_id, database_url=url, result=result, evaluation=evaluation)
         if status is RunStatus.DIVERGED:
-            advice = f"e.g. --lr {result.lr / 10:g}"
-            if result.max_stable_lr is not None and result.max_stable_lr < result.lr:
-                advice = f"below {result.max_stable_lr:.3g}, its stability bound on this data"
-            raise DivergedError(
-                f"run {run_id} diverged ({result.verdict_detail}): the learning rate "
-                f"{result.lr:g} is too large; lower --lr ({advice})"
-            )
+            raise DivergedError(_diverged_message(run_id, result, config.dtype))
     except DivergedError:
         publish_run_report(url, run_id, seconds=seconds)
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -15,6 +16,8 @@ from storage.migrate import MigrationError, ensure_current
 DATABASE_URL_ENV = "GDFLOW_DATABASE_URL"
 #: How long a SQLite writer waits for a lock held by another run before failing (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Query parameters of a URL whose values are secrets.
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|secret|token|api_?key)=)([^&]*)", re.I)
 
 
 class DatabaseError(RuntimeError):
@@ -30,19 +33,59 @@ def default_database_url() -> str:
 
 
 def mask_url(url: str) -> str:
-    """Return the URL with any password replaced by `***`, safe to log or display."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    """Return the URL with any password replaced by `***`, safe to log or display.
+
+    Plain string work, not SQLAlchemy's parser, so a URL it cannot parse (a bad port, an
+    unescaped `@` in the password) is masked too: everything between the user name and the
+    last `@` goes, as do `password=`-like query values.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    user, password, host = _credentials(rest)
+    if password:
+        rest = f"{user}:***@{host}"
+    return scheme + sep + _SECRET_QUERY.sub(r"\1***", rest)
+
+
+def _credentials(rest: str) -> tuple[str, str, str]:
+    """User, password and the rest after the last `@` of a URL without its scheme; no password
+    when there is no `user:` before it (a file path such as `//tmp/a:b@c.db` has none)."""
+    credentials, at, host = rest.rpartition("@")
+    user, colon, password = credentials.partition(":")
+    if not at or not colon or "/" in user:
+        return "", "", rest
+    return user, password, host
+
+
+def hide_password(text: str, url: str) -> str:
+    """`text` with the URL's password (as written and percent-decoded) replaced by `***`."""
+    from urllib.parse import unquote
+
+    _, sep, rest = url.partition("://")
+    found = [_credentials(rest if sep else url)[1], *(m[2] for m in _SECRET_QUERY.finditer(url))]
+    # A driver may split a password with an unescaped `@` elsewhere and quote only a piece of it.
+    pieces = [piece for secret in found for piece in secret.split("@")[1:] if len(piece) >= 4]
+    secrets = {*found, *pieces}
+    for secret in sorted({*secrets, *map(unquote, secrets)} - {""}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _sqlite_file(url: str) -> Path | None:
     """Return the file behind a SQLite URL, or None for memory databases and other back ends."""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    database = parsed.database
+    if str(parsed.query.get("uri", "")).lower() in {"true", "1"} and database:
+        from urllib.parse import unquote, urlparse
+
+        # A URI filename (`sqlite:///file:/path/x.db?mode=ro&uri=true`): the path is in it.
+        uri = urlparse(database)
+        memory = parsed.query.get("mode") == "memory" or "mode=memory" in uri.query
+        database = None if memory else unquote(uri.path)
+    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
         return None
-    return Path(parsed.database).expanduser()
+    return Path(database).expanduser()
 
 
 def _set_sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -60,7 +103,7 @@ def make_engine(url: str, *, create_schema: bool = True) -> Engine:
     shown = mask_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise DatabaseError(
             f"invalid database URL {shown!r}; pass a SQLAlchemy URL such as "
             "sqlite:///path/to/gdflow.db with --database-url or GDFLOW_DATABASE_URL"
@@ -82,9 +125,15 @@ def make_engine(url: str, *, create_schema: bool = True) -> Engine:
         engine = create_engine(parsed, connect_args=_connect_args(parsed.get_backend_name()))
     except (ArgumentError, ImportError, SQLAlchemyError) as exc:
         raise DatabaseError(
-            f"cannot use database {shown!r} ({_first_line(exc)}); check --database-url "
+            f"cannot use database {shown!r} ({_first_line(exc, url)}); check --database-url "
             "and that its driver is installed"
         ) from None
+    if engine.dialect.is_async:
+        engine.dispose()
+        raise DatabaseError(
+            f"cannot use database {shown!r}: its driver {parsed.get_driver_name()!r} is "
+            "asynchronous; use a synchronous one, e.g. postgresql+psycopg://"
+        )
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _set_sqlite_pragmas)
     if create_schema:
@@ -101,6 +150,7 @@ def _connect_args(backend: str) -> dict[str, object]:
 
 def _create_schema(engine: Engine, shown: str) -> None:
     """Create or upgrade the schema with the Alembic revisions; failures become one line."""
+    url = engine.url.render_as_string(hide_password=False)
     try:
         ensure_current(engine)
     except MigrationError as exc:
@@ -108,17 +158,18 @@ def _create_schema(engine: Engine, shown: str) -> None:
         raise DatabaseError(f"database {shown}: {exc}") from None
     except RuntimeError as exc:  # a revision refusing to adopt an incompatible table
         engine.dispose()
-        raise DatabaseError(f"cannot upgrade database {shown} ({_first_line(exc)})") from None
+        raise DatabaseError(f"cannot upgrade database {shown} ({_first_line(exc, url)})") from None
     except SQLAlchemyError as exc:
         engine.dispose()
         raise DatabaseError(
-            f"cannot open database {shown} ({_first_line(exc)}); check the path is "
+            f"cannot open database {shown} ({_first_line(exc, url)}); check the path is "
             "writable or pass another --database-url"
         ) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    """The driver's own message without SQLAlchemy's SQL echo and background links."""
+def _first_line(exc: BaseException, url: str = "") -> str:
+    """The driver's own message without SQLAlchemy's SQL echo, links, or the URL's password."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return hide_password(line, url)

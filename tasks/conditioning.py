@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from tasks.errors import features_too_large
+
 #: Above this condition number plain gradient descent is slow enough to warn about.
 SLOW_CONDITION = 1e3
 
@@ -32,11 +34,14 @@ def hessian_eigenvalues(x: np.ndarray, *, bias: bool) -> np.ndarray:
     x64 = np.asarray(x, dtype=np.float64)
     n, d = x64.shape
     gram = np.empty((d + bias, d + bias))
-    gram[:d, :d] = x64.T @ x64
-    if bias:
-        sums = x64.sum(axis=0)
-        gram[:d, d] = gram[d, :d] = sums
-        gram[d, d] = n
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        gram[:d, :d] = x64.T @ x64
+        if bias:
+            sums = x64.sum(axis=0)
+            gram[:d, d] = gram[d, :d] = sums
+            gram[d, d] = n
+    if not np.isfinite(gram).all():
+        raise features_too_large(float(np.abs(x64).max()))
     return np.linalg.eigvalsh(2.0 / n * gram)
 
 

@@ -10,6 +10,17 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+#: Characters of a file name kept in run names and tags; others become `_`.
+_UNSAFE_LABEL = re.compile(r"[^\w.+-]")
+#: The largest seed torch's generators take.
+MAX_SEED = 2**64 - 1
+
+
+def safe_label(text: str, limit: int = 40) -> str:
+    """`text` for a Prefect run name or tag: letters, digits and `._+-` only, at most `limit`
+    characters, so markup or control characters in a file name are never interpreted."""
+    label = _UNSAFE_LABEL.sub("_", text)[:limit]
+    return label or "data"
 
 
 class TrainConfig(BaseModel):
@@ -109,6 +120,7 @@ class TrainConfig(BaseModel):
     seed: int = Field(
         default=0,
         ge=0,
+        le=MAX_SEED,
         description="Seed of random init, the validation split and mini-batch shuffling.",
     )
     predict: Optional[list[list[float]]] = Field(
@@ -153,6 +165,8 @@ class TrainConfig(BaseModel):
         """Accept 'a,b' as well as ['a', 'b'] (or ['a,b'] from the command line)."""
         if value is None:
             return None
+        if not isinstance(value, (str, list, tuple)):
+            raise ValueError("must be column names, e.g. 'a,b'")
         items = [value] if isinstance(value, str) else list(value)
         names = [part.strip() for item in items for part in str(item).split(",")]
         names = [name for name in names if name]
@@ -239,8 +253,17 @@ class TrainConfig(BaseModel):
 
     def run_name(self) -> str:
         """A flow-run name that tells runs apart in a list: data, lr, device, epochs."""
-        stem = Path(self.data).stem if self.data else "toy"
+        stem = safe_label(Path(self.data).stem) if self.data else "toy"
         return f"{stem}-lr{self.lr_label}-{self.device}-{self.epochs}ep"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as JSON values, with any password in the database URL masked."""
+        from storage import mask_url
+
+        values = self.model_dump(mode="json")
+        if self.database_url:
+            values["database_url"] = mask_url(self.database_url)
+        return values
 
     @property
     def lr_label(self) -> str:

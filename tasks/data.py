@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +20,12 @@ TOY_X = (1.0, 2.0, 3.0, 4.0, 5.0)
 TOY_Y = (2.0, 4.0, 6.0, 8.0, 10.0)
 
 _READERS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
+#: Columns a data file may have, at most: wider files (a "CSV bomb") are refused before parsing.
+MAX_COLUMNS = 10_000
+#: Feature columns a model may have, at most (the Hessian and least squares are d x d).
+MAX_FEATURES = 1_000
+#: Bytes of a CSV header row, at most (the parser's block: a longer row cannot be read).
+MAX_HEADER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -129,16 +138,74 @@ def read_table(path: str) -> pd.DataFrame:
             f"cannot read data file {path!r}: permission denied; make it readable"
         ) from None
     except pd.errors.EmptyDataError:
-        raise GdflowError(f"data file {path!r} is empty; add a header row and data rows") from None
+        raise GdflowError(
+            f"data file {path!r} has no header row or no data rows; add a header row and data rows"
+        ) from None
     except UnicodeDecodeError:
         raise GdflowError(
             f"data file {path!r} is not UTF-8 text; re-save it as UTF-8 CSV"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed file
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "straddl" in detail:  # pyarrow: a row longer than its 1 MiB block
+            detail = f"a row is longer than {MAX_HEADER_BYTES >> 20} MiB"
         raise GdflowError(
             f"cannot parse {path!r} as {kind} ({detail}); check the file is valid {kind}"
         ) from None
+
+
+def check_header(path: str) -> None:
+    """Check a data file's column names before parsing it: UTF-8, at most MAX_COLUMNS, no
+    duplicates (which pandas would silently rename `x.1`). Missing files are read_table's."""
+    file = Path(path).expanduser()
+    kind = _READERS.get(file.suffix.lower())
+    if kind is None or not file.is_file() or file.stat().st_size == 0:
+        return
+    try:
+        names = _csv_header(file, path) if kind == "CSV" else _parquet_header(file)
+    except (OSError, ValueError):
+        return  # unreadable or not Parquet: read_table says so
+    if len(names) > MAX_COLUMNS:
+        raise GdflowError(
+            f"data file {path!r} has {len(names)} columns, more than the {MAX_COLUMNS} gdflow "
+            "reads; keep only the columns to train on"
+        )
+    dupes = sorted({name for name in names if names.count(name) > 1})
+    if dupes:
+        raise GdflowError(
+            f"data file {path!r} has duplicate column names {dupes}; give each column its own name"
+        )
+
+
+def _csv_header(file: Path, path: str) -> list[str]:
+    """The first record of a CSV file, decoded as UTF-8 (an optional BOM is dropped)."""
+    with file.open("rb") as handle:
+        head = handle.read(MAX_HEADER_BYTES + 1)
+    try:
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        raise GdflowError(
+            f"data file {path!r} is not UTF-8 text (byte 0x{head[exc.start]:02x} at offset "
+            f"{exc.start}); re-save it as UTF-8 CSV"
+        ) from None
+    if len(head) > MAX_HEADER_BYTES and "\n" not in text and "\r" not in text:
+        raise GdflowError(
+            f"data file {path!r} has a header row longer than {MAX_HEADER_BYTES >> 20} MiB "
+            f"(at most {MAX_COLUMNS} columns are read); keep only the columns to train on"
+        )
+    try:
+        return next(csv.reader(io.StringIO(text)), [])
+    except csv.Error as exc:
+        raise GdflowError(
+            f"cannot parse {path!r} as CSV ({exc}); check the file is valid CSV"
+        ) from None
+
+
+def _parquet_header(file: Path) -> list[str]:
+    """The column names in a Parquet file's schema (read from the footer only)."""
+    import pyarrow.parquet as pq
+
+    return [str(name) for name in pq.read_schema(file).names]
 
 
 def select_columns(
@@ -176,6 +243,11 @@ def select_columns(
         )
     if not feature_names:
         raise GdflowError(f"{source} has no feature columns besides the target {target_name!r}")
+    if len(feature_names) > MAX_FEATURES:
+        raise GdflowError(
+            f"{source}: {len(feature_names)} feature columns, more than the {MAX_FEATURES} "
+            "gdflow trains on; choose some with --features"
+        )
     for name in [*feature_names, target_name]:
         _check_numeric(frame[name], name, source)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
@@ -199,6 +271,11 @@ def _check_numeric(column: pd.Series, name: str, source: str) -> None:
     bad = coerced.isna() & column.notna()
     if bad.any():
         row = int(np.argmax(bad.to_numpy())) + 1
+        if isinstance(column[bad].iloc[0], bytes):
+            raise GdflowError(
+                f"column {name!r} in {source} is not UTF-8 text (data row {row}); "
+                "re-save the file as UTF-8"
+            )
         raise GdflowError(
             f"column {name!r} in {source} is not numeric (value {column[bad].iloc[0]!r} in "
             f"data row {row}); use numeric columns for --features and --target"
@@ -219,6 +296,7 @@ def load_dataset(
     """Load the toy data (no path) or the chosen columns of a CSV or Parquet file."""
     if path is None:
         return load_toy(dtype)
+    check_header(path)
     frame = read_table(path)
     if frame.shape[0] == 0:
         raise GdflowError(f"data file {path!r} has a header but no data rows; add data rows")

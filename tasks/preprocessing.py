@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 
 from tasks.data import Dataset
+from tasks.errors import features_too_large
 from tasks.training import EpochChunk, TrainResult
 
 
@@ -30,9 +31,12 @@ class Standardizer:
         """Fit on training rows: centre and divide by the standard deviation with a bias, else
         divide by the root mean square (no centring is possible without an intercept)."""
         x64 = np.asarray(x, dtype=np.float64)
-        scale = x64.std(axis=0) if bias else np.sqrt(np.mean(x64**2, axis=0))
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+            scale = x64.std(axis=0) if bias else np.sqrt(np.mean(x64**2, axis=0))
+            mean = x64.mean(axis=0) if bias else np.zeros(x64.shape[1])
+        if not (np.isfinite(scale).all() and np.isfinite(mean).all()):
+            raise features_too_large(float(np.abs(x64).max()))
         scale[~(scale > 0)] = 1.0
-        mean = x64.mean(axis=0) if bias else np.zeros(x64.shape[1])
         y_mean = float(np.mean(y, dtype=np.float64)) if bias else 0.0
         return cls(mean=mean, scale=scale, y_mean=y_mean, bias=bias)
 
