@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import import_module
+from operator import itemgetter
 from typing import Any, Optional
 
 from sqlalchemy import func, insert, or_, select, update
@@ -156,7 +157,9 @@ def _json_objects(names: Sequence[str], rows: Sequence[Sequence[float]]) -> list
         # repr() of a finite float is what json.dumps writes for it: format once per row.
         template = "{" + ", ".join(json.dumps(n).replace("%", "%%") + ": %r" for n in names) + "}"
         return [template % tuple(row) for row in rows]
-    return [json.dumps({k: _finite_or_none(float(v)) for k, v in zip(names, row)}) for row in rows]
+    return [
+        json.dumps({k: _finite_or_none(float(v)) for k, v in zip(names, row)}) for row in rows
+    ]
 
 
 def _insert_rows(session: Session, *, run_id: int, rows: list[tuple[Any, ...]]) -> int:
@@ -171,7 +174,7 @@ def _insert_rows(session: Session, *, run_id: int, rows: list[tuple[Any, ...]]) 
     else:
         dicts = [dict(zip(_COLUMNS, row), params=json.loads(row[3])) for row in rows]
         session.execute(_insert_ignoring_duplicates(bind.dialect.name), dicts)
-    last = max(row[1] for row in rows)
+    last = max(map(itemgetter(1), rows))
     session.execute(
         update(Run).where(Run.id == run_id, Run.epochs_done < last).values(epochs_done=last)
     )

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.errors import GdflowError
+from tasks.reading import read_numeric
 
 #: The seed tutorial's toy data: y is twice x.
 TOY_X = (1.0, 2.0, 3.0, 4.0, 5.0)
@@ -219,6 +220,12 @@ def load_dataset(
     """Load the toy data (no path) or the chosen columns of a CSV or Parquet file."""
     if path is None:
         return load_toy(dtype)
+    fast = read_numeric(path, features=features, target=target, dtype=dtype)
+    if fast is not None:
+        x, y, feature_names, target_name = fast
+        return make_dataset(
+            x, y, feature_names=feature_names, target_name=target_name, source=path, dtype=dtype
+        )
     frame = read_table(path)
     if frame.shape[0] == 0:
         raise GdflowError(f"data file {path!r} has a header but no data rows; add data rows")

@@ -19,8 +19,9 @@ import torch
 #: Training data with at least this many elements (rows x features) takes the fused path.
 FUSED_MIN_ELEMENTS = 1 << 18
 #: Rows per block on the CPU: a block of x is read for the residual and again for the gradient
-#: while it is still in cache. Measured in benchmarks/training.py (1M x 16 float32, 2 cores).
-CPU_BLOCK_ROWS = 65_536
+#: while it is still in cache. Small blocks also keep each BLAS call single-threaded, which
+#: stays fast when other processes share the cores (benchmarks/training.py, 1M x 16 float32).
+CPU_BLOCK_ROWS = 4096
 
 
 class _FusedMSE(torch.autograd.Function):
