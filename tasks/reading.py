@@ -1,9 +1,8 @@
 """Fast read path for numeric CSV and Parquet files: pyarrow batches straight into NumPy.
 
-Only the chosen columns are read, one record batch at a time, each converted into a small
-(rows, columns) block of the training dtype; the blocks are then copied into the final C-ordered
-arrays and freed as they go. Peak memory stays near one copy of the data, and no pandas frame,
-float64 intermediate or strided copy is made.
+Only the chosen columns are read, one record batch at a time, each copied (and cast to the
+training dtype) straight into the final C-ordered arrays. Peak memory stays near one copy of
+the data plus a batch: no pandas frame, whole-file float64 table or second copy is made.
 
 Anything unusual (missing or duplicate names, a non-numeric column, empty cells, a parse error)
 returns None, and `tasks.data` reads the file the general way, which reports the problem.
@@ -46,14 +45,16 @@ def read_numeric(
         chosen = _choose(names, features, target)
         if chosen is None:
             return None
-        batches = _csv_batches(file, chosen) if suffix == ".csv" else _parquet_batches(file, chosen)
-        blocks = _blocks(batches, chosen, np.dtype(dtype))
+        if suffix == ".csv":
+            batches, rows_hint = _csv_batches(file, chosen), BATCH_ROWS
+        else:
+            batches, rows_hint = _parquet_batches(file, chosen), _parquet_rows(file)
+        arrays = _fill(batches, chosen, np.dtype(dtype), rows_hint)
     except Exception:  # noqa: BLE001 - the general path reads the file again and says why
         return None
-    if blocks is None or not blocks:
+    if arrays is None or arrays[0].shape[0] == 0:
         return None
-    x, y = _assemble(blocks, len(chosen) - 1, np.dtype(dtype))
-    return x, y, chosen[:-1], chosen[-1]
+    return arrays[0], arrays[1], chosen[:-1], chosen[-1]
 
 
 def _choose(
@@ -84,12 +85,17 @@ def _csv_batches(file: Path, chosen: list[str]) -> Iterator[Any]:
     convert = pacsv.ConvertOptions(
         include_columns=chosen, column_types={name: pa.float64() for name in chosen}
     )
-    # About BATCH_ROWS rows of up to ~20 bytes a value per block.
-    block = max(1 << 20, min(BATCH_ROWS * 20 * len(chosen), 1 << 28))
+    # 16 MiB blocks: the reader's buffers stay small beside the arrays being filled.
     with pacsv.open_csv(
-        file, read_options=pacsv.ReadOptions(block_size=block), convert_options=convert
+        file, read_options=pacsv.ReadOptions(block_size=1 << 24), convert_options=convert
     ) as reader:
         yield from reader
+
+
+def _parquet_rows(file: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(file).metadata.num_rows)
 
 
 def _parquet_batches(file: Path, chosen: list[str]) -> Iterator[Any]:
@@ -98,36 +104,39 @@ def _parquet_batches(file: Path, chosen: list[str]) -> Iterator[Any]:
     yield from pq.ParquetFile(file).iter_batches(batch_size=BATCH_ROWS, columns=chosen)
 
 
-def _blocks(batches: Iterator[Any], chosen: list[str], dtype: np.dtype) -> Optional[list[Any]]:
-    """Each batch as a (rows, columns) block of `dtype`; None on a non-numeric or empty cell."""
+def _fill(
+    batches: Iterator[Any], chosen: list[str], dtype: np.dtype, rows_hint: int
+) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Copy each batch's columns into x and y; None on a non-numeric or empty cell.
+
+    The arrays start at `rows_hint` rows and grow with `ndarray.resize` (realloc, which for
+    large arrays remaps pages instead of copying them); untouched pages are never resident.
+    """
     import pyarrow as pa
 
-    blocks = []
+    n_features = len(chosen) - 1
+    capacity = max(1, rows_hint)
+    x = np.empty((capacity, n_features), dtype=dtype)
+    y = np.empty(capacity, dtype=dtype)
+    start = 0
     for batch in batches:
-        block = np.empty((batch.num_rows, len(chosen)), dtype=dtype)
+        stop = start + batch.num_rows
+        if stop > capacity:
+            capacity = max(stop, 2 * capacity)
+            x.resize((capacity, n_features), refcheck=False)
+            y.resize(capacity, refcheck=False)
         for j, name in enumerate(chosen):
             column = batch.column(batch.schema.get_field_index(name))
             kind = column.type
             if column.null_count or not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
                 return None
             with np.errstate(over="ignore", invalid="ignore"):  # make_dataset reports overflow
-                block[:, j] = column.to_numpy()
-        blocks.append(block)
-    return blocks
-
-
-def _assemble(blocks: list[Any], n_features: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Copy the blocks into C-ordered x and y, freeing each block once copied."""
-    n = sum(block.shape[0] for block in blocks)
-    x = np.empty((n, n_features), dtype=dtype)
-    y = np.empty(n, dtype=dtype)
-    start = 0
-    blocks.reverse()
-    while blocks:
-        block = blocks.pop()
-        stop = start + block.shape[0]
-        x[start:stop] = block[:, :n_features]
-        y[start:stop] = block[:, n_features]
+                if j < n_features:
+                    x[start:stop, j] = column.to_numpy()
+                else:
+                    y[start:stop] = column.to_numpy()
         start = stop
-        del block
+    if start != capacity:
+        x.resize((start, n_features), refcheck=False)
+        y.resize(start, refcheck=False)
     return x, y
