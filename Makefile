@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test setup clean
+.PHONY: run test bench setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 
 test: setup  ## run the test suite
 	$(BIN)/python -m pytest
+
+bench: setup  ## run the four benchmarks (minutes; see BENCHMARKS.md)
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV)

@@ -6,7 +6,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, Optional
 
 from pydantic import ValidationError
@@ -180,7 +181,35 @@ def _quiet_expected_errors() -> None:
                 handler.addFilter(_DropTraceback())
 
 
-def _run_flow(flow_fn: Any, database_url: Optional[str], **parameters: Any) -> tuple[Any, str]:
+def start_temporary_server_early() -> Callable[[], None]:
+    """With no Prefect server to use, start Prefect's temporary one in a background thread now,
+    so that it boots while torch and the flow are imported (otherwise one waits for the other).
+    Returns a function that waits for it; the flow run then finds it started."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.deploy import find_api_url
+
+    if find_api_url() is not None:
+        return lambda: None
+
+    def start() -> None:
+        try:
+            from prefect.server.api.server import SubprocessASGIServer
+
+            SubprocessASGIServer().start()
+        except Exception:  # noqa: BLE001 - the flow run starts it again and reports problems
+            return
+
+    thread = threading.Thread(target=start, name="gdflow-temporary-server", daemon=True)
+    thread.start()
+    return thread.join
+
+
+def _run_flow(
+    flow_fn: Any,
+    database_url: Optional[str],
+    server_ready: Callable[[], None] = lambda: None,
+    **parameters: Any,
+) -> tuple[Any, str]:
     """Check the database, run a flow (on a running server when there is one), return its
     result and the database URL; a failed run becomes a one-line CliError."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -195,6 +224,7 @@ def _run_flow(flow_fn: Any, database_url: Optional[str], **parameters: Any) -> t
     _quiet_expected_errors()
     api_url = find_api_url()
     updates = {PREFECT_API_URL: api_url} if api_url else {}
+    server_ready()  # a temporary server started early must be up before the run asks for it
     with temporary_settings(updates=updates):
         state = flow_fn(**parameters, return_state=True)
     if api_url:
@@ -214,10 +244,11 @@ def _run_flow(flow_fn: Any, database_url: Optional[str], **parameters: Any) -> t
 def cmd_run(values: dict[str, Any]) -> int:
     """Run the training flow once; print the outcome; exit 0 only when it completed."""
     config = config_from_args(values)
+    server_ready = start_temporary_server_early()
     from flows.train import train_flow
     from storage import mask_url
 
-    summary, url = _run_flow(train_flow, config.database_url, config=config)
+    summary, url = _run_flow(train_flow, config.database_url, server_ready, config=config)
     run_id = summary["run_id"]
     print(
         f"run {run_id} {summary['status']}: {summary['epochs_done']} epochs "
