@@ -1,8 +1,9 @@
 """Fast read path for numeric CSV and Parquet files: pyarrow batches straight into NumPy.
 
-Only the chosen columns are read, one record batch at a time, each copied (and cast to the
-training dtype) straight into the final C-ordered arrays. Peak memory stays near one copy of
-the data plus a batch: no pandas frame, whole-file float64 table or second copy is made.
+Only the chosen columns are read, a block (CSV) or row group and column (Parquet) at a time,
+each copied (and cast to the training dtype) straight into the final C-ordered arrays. Peak
+memory stays near one copy of the data plus a block: no pandas frame, whole-file float64 table
+or second copy is made.
 
 Anything unusual (missing or duplicate names, a non-numeric column, empty cells, a parse error)
 returns None, and `tasks.data` reads the file the general way, which reports the problem.
@@ -78,7 +79,8 @@ def _csv_names(file: Path) -> list[str]:
         return list(reader.schema.names)
 
 
-def _csv_batches(file: Path, chosen: list[str]) -> Iterator[Any]:
+def _csv_batches(file: Path, chosen: list[str]) -> Iterator[tuple[int, Iterator[Any]]]:
+    """(rows, columns) of each CSV block, numbers parsed as float64."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -89,7 +91,8 @@ def _csv_batches(file: Path, chosen: list[str]) -> Iterator[Any]:
     with pacsv.open_csv(
         file, read_options=pacsv.ReadOptions(block_size=1 << 24), convert_options=convert
     ) as reader:
-        yield from reader
+        for batch in reader:
+            yield batch.num_rows, (batch.column(name) for name in chosen)
 
 
 def _parquet_rows(file: Path) -> int:
@@ -98,14 +101,19 @@ def _parquet_rows(file: Path) -> int:
     return int(pq.ParquetFile(file).metadata.num_rows)
 
 
-def _parquet_batches(file: Path, chosen: list[str]) -> Iterator[Any]:
+def _parquet_batches(file: Path, chosen: list[str]) -> Iterator[tuple[int, Iterator[Any]]]:
+    """(rows, columns) of each row group, one column decoded at a time (decoding a whole row
+    group at once holds several times its size in pyarrow's memory pool)."""
     import pyarrow.parquet as pq
 
-    yield from pq.ParquetFile(file).iter_batches(batch_size=BATCH_ROWS, columns=chosen)
+    parquet = pq.ParquetFile(file)
+    for group in range(parquet.metadata.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        yield rows, (parquet.read_row_group(group, columns=[name]).column(0) for name in chosen)
 
 
 def _fill(
-    batches: Iterator[Any], chosen: list[str], dtype: np.dtype, rows_hint: int
+    batches: Iterator[tuple[int, Iterator[Any]]], chosen: list[str], dtype: np.dtype, rows_hint: int
 ) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """Copy each batch's columns into x and y; None on a non-numeric or empty cell.
 
@@ -119,14 +127,13 @@ def _fill(
     x = np.empty((capacity, n_features), dtype=dtype)
     y = np.empty(capacity, dtype=dtype)
     start = 0
-    for batch in batches:
-        stop = start + batch.num_rows
+    for rows, columns in batches:
+        stop = start + rows
         if stop > capacity:
             capacity = max(stop, 2 * capacity)
             x.resize((capacity, n_features), refcheck=False)
             y.resize(capacity, refcheck=False)
-        for j, name in enumerate(chosen):
-            column = batch.column(batch.schema.get_field_index(name))
+        for j, column in enumerate(columns):
             kind = column.type
             if column.null_count or not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
                 return None

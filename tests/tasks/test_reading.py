@@ -45,8 +45,7 @@ def test_fast_path_arrays_equal_the_general_paths(tmp_path: Path, suffix: str, d
     assert np.array_equal(loaded.x, general.x) and loaded.feature_names == tuple(features)
 
 
-def test_fast_path_reads_many_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tasks.reading.BATCH_ROWS", 64)
+def test_fast_path_reads_many_row_groups(tmp_path: Path) -> None:
     path = tmp_path / "data.parquet"
     frame = _frame(1000).drop(columns="label")
     frame.to_parquet(path, row_group_size=100)
