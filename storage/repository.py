@@ -157,9 +157,7 @@ def _json_objects(names: Sequence[str], rows: Sequence[Sequence[float]]) -> list
         # repr() of a finite float is what json.dumps writes for it: format once per row.
         template = "{" + ", ".join(json.dumps(n).replace("%", "%%") + ": %r" for n in names) + "}"
         return [template % tuple(row) for row in rows]
-    return [
-        json.dumps({k: _finite_or_none(float(v)) for k, v in zip(names, row)}) for row in rows
-    ]
+    return [json.dumps({k: _finite_or_none(float(v)) for k, v in zip(names, row)}) for row in rows]
 
 
 def _insert_rows(session: Session, *, run_id: int, rows: list[tuple[Any, ...]]) -> int:
