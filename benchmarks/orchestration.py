@@ -65,6 +65,8 @@ def _environment(folder: Path) -> dict[str, str]:
         PREFECT_HOME=str(folder / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         GDFLOW_DATABASE_URL=f"sqlite:///{folder / 'gdflow.db'}",
+        # Prefect gives its temporary server 10 s to start: too little on a loaded machine.
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
     )
     return env
 
