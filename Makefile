@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test reliability setup clean
+.PHONY: run test reliability bench setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ RELIABILITY_TESTS := tests/flows/test_concurrency.py tests/flows/test_faults.py 
 reliability: setup  ## the fault-injection tests of RELIABILITY.md, printing what they observe
 	$(BIN)/python -m pytest -q -s $(RELIABILITY_TESTS) > reliability.log 2>&1; \
 	status=$$?; grep -E '^observed|^FAILED|^[0-9]+ (passed|failed)' reliability.log; exit $$status
+
+bench: setup  ## run the four benchmarks (minutes; see BENCHMARKS.md)
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV)

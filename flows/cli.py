@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any, NoReturn, Optional
 
 from pydantic import ValidationError
@@ -226,7 +227,57 @@ def _quiet_expected_errors() -> None:
                 handler.addFilter(_DropTraceback())
 
 
-def _run_flow(flow_fn: Any, database_url: Optional[str], **parameters: Any) -> tuple[Any, str]:
+def _start_temporary_server() -> None:
+    """Start Prefect's temporary server (out of reach of Ctrl-C); failures are one line."""
+    from flows.ephemeral import start_ephemeral_server
+    from tasks.errors import GdflowError
+
+    try:
+        start_ephemeral_server()
+    except GdflowError as exc:
+        raise CliError(str(exc)) from None
+
+
+def start_temporary_server_early() -> Callable[[], None]:
+    """With no Prefect server to use, start Prefect's temporary one in a background thread now,
+    so that it boots while torch and the flow are imported (otherwise one waits for the other).
+    Returns a function that waits for it and raises its start failure, if any."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.deploy import find_api_url
+
+    if find_api_url() is not None:
+        return lambda: None
+    failures: list[CliError] = []
+    started = threading.Event()
+
+    def start() -> None:
+        try:
+            _start_temporary_server()
+        except CliError as exc:
+            failures.append(exc)
+        finally:
+            started.set()
+        # The server is told to stop when the thread that started it ends (PR_SET_PDEATHSIG
+        # follows the thread, not the process): keep this one for the life of the process.
+        threading.Event().wait()
+
+    thread = threading.Thread(target=start, name="gdflow-temporary-server", daemon=True)
+    thread.start()
+
+    def ready() -> None:
+        started.wait()
+        if failures:
+            raise failures[0]
+
+    return ready
+
+
+def _run_flow(
+    flow_fn: Any,
+    database_url: Optional[str],
+    server_ready: Callable[[], None] = _start_temporary_server,
+    **parameters: Any,
+) -> tuple[Any, str]:
     """Check the database, run a flow (on a running server when there is one), return its
     result and the database URL; a failed run becomes a one-line CliError."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -243,12 +294,7 @@ def _run_flow(flow_fn: Any, database_url: Optional[str], **parameters: Any) -> t
     api_url = find_api_url()
     updates = {PREFECT_API_URL: api_url} if api_url else {}
     if not api_url:
-        from flows.ephemeral import start_ephemeral_server
-
-        try:
-            start_ephemeral_server()
-        except GdflowError as exc:
-            raise CliError(str(exc)) from None
+        server_ready()  # the temporary server (started early by `gdflow run`) must be up
     with temporary_settings(updates=updates):
         state = flow_fn(**parameters, return_state=True)
     if api_url:
@@ -291,11 +337,12 @@ def _database_in_environment(config: TrainConfig) -> Iterator[TrainConfig]:
 def cmd_run(values: dict[str, Any]) -> int:
     """Run the training flow once; print the outcome; exit 0 only when it completed."""
     config = config_from_args(values)
+    server_ready = start_temporary_server_early()
     from flows.train import train_flow
     from storage import mask_url
 
     with _database_in_environment(config) as config:
-        summary, url = _run_flow(train_flow, config.database_url, config=config)
+        summary, url = _run_flow(train_flow, config.database_url, server_ready, config=config)
     run_id = summary["run_id"]
     print(
         f"run {run_id} {summary['status']}: {summary['epochs_done']} epochs "
@@ -324,7 +371,10 @@ def cmd_sweep(values: dict[str, Any]) -> int:
     from flows.sweep import comparison_table, sweep_flow
     from storage import mask_url
 
-    with _database_in_environment(config) as config:
+    # Workers of a running Dask scheduler live elsewhere and do not share this environment:
+    # there the URL travels in the flow's parameters (README: prefer one without a password).
+    remote = options.get("dask_address") is not None
+    with nullcontext(config) if remote else _database_in_environment(config) as config:
         try:
             sweep = SweepConfig(base=config, **options)
         except ValidationError as exc:

@@ -6,8 +6,10 @@ This package knows nothing of Prefect or torch: it stores plain Python values.
 from storage.database import DatabaseError, default_database_url, make_engine, mask_url
 from storage.models import Base, EpochMetric, Run, Sweep
 from storage.repository import (
+    MetricBatch,
     MetricRow,
     RunStatus,
+    append_metric_batch,
     append_metrics,
     create_run,
     create_sweep,
@@ -31,10 +33,12 @@ __all__ = [
     "Base",
     "DatabaseError",
     "EpochMetric",
+    "MetricBatch",
     "MetricRow",
     "Run",
     "RunStatus",
     "Sweep",
+    "append_metric_batch",
     "append_metrics",
     "create_run",
     "create_sweep",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from importlib import import_module
+from operator import itemgetter
 from typing import Any, Optional
 
-from sqlalchemy import Insert, delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import EpochMetric, Run, Sweep
@@ -115,39 +118,108 @@ def update_run(session: Session, *, run_id: int, **fields: Any) -> None:
     session.execute(update(Run).where(Run.id == run_id).values(**fields))
 
 
-def insert_ignoring_duplicates(session: Session, model: type[EpochMetric]) -> Insert:
-    """An INSERT that skips rows whose primary key is already stored (SQLite, PostgreSQL)."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+@dataclass(frozen=True)
+class MetricBatch:
+    """Consecutive epochs' records as columns of plain Python numbers (e.g. from `.tolist()`).
 
-        return sqlite_insert(model).on_conflict_do_nothing()
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+    `params` holds one row of values per epoch, in the order of `names`; the optional columns
+    are None when not recorded.
+    """
 
-        return postgresql_insert(model).on_conflict_do_nothing()
-    return insert(model)
+    epochs: Sequence[int]
+    losses: Sequence[float]
+    names: Sequence[str]
+    params: Sequence[Sequence[float]]
+    grad_norms: Optional[Sequence[float]] = None
+    lrs: Optional[Sequence[float]] = None
+    val_losses: Optional[Sequence[float]] = None
+
+
+#: Columns of an epoch row, in the order of the tuples `_insert_rows` takes.
+_COLUMNS = ("run_id", "epoch", "loss", "params", "grad_norm", "lr", "val_loss")
+_SQLITE_INSERT = (
+    f"INSERT INTO {EpochMetric.__tablename__} ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT (run_id, epoch) DO NOTHING"
+)
 
 
 def append_metrics(session: Session, *, run_id: int, rows: Iterable[MetricRow]) -> int:
-    """Insert epoch rows in one executemany and return how many were given; epochs already
-    stored are skipped, so writing a chunk again (a retry) never duplicates or fails."""
+    """Insert epoch rows (an epoch already stored is left as it is); return how many were given."""
     values = [
-        {
-            "run_id": run_id,
-            "epoch": row.epoch,
-            "loss": _finite_or_none(row.loss),
-            "params": {k: _finite_or_none(v) for k, v in row.params.items()},
-            "grad_norm": _finite_or_none(row.grad_norm),
-            "lr": row.lr,
-            "val_loss": _finite_or_none(row.val_loss),
-        }
+        (
+            run_id,
+            row.epoch,
+            _finite_or_none(row.loss),
+            json.dumps({k: _finite_or_none(v) for k, v in row.params.items()}),
+            _finite_or_none(row.grad_norm),
+            row.lr,
+            _finite_or_none(row.val_loss),
+        )
         for row in rows
     ]
-    if values:
-        session.execute(insert_ignoring_duplicates(session, EpochMetric), values)
-        session.execute(update(Run).where(Run.id == run_id).values(epochs_done=values[-1]["epoch"]))
-    return len(values)
+    return _insert_rows(session, run_id=run_id, rows=values)
+
+
+def append_metric_batch(session: Session, *, run_id: int, batch: MetricBatch) -> int:
+    """Insert a batch of epoch rows like `append_metrics`, without a Python object per row."""
+    n = len(batch.epochs)
+    missing: Sequence[None] = (None,) * n
+    values = list(
+        zip(
+            (run_id,) * n,
+            batch.epochs,
+            _finite_column(batch.losses),
+            _json_objects(batch.names, batch.params),
+            missing if batch.grad_norms is None else _finite_column(batch.grad_norms),
+            missing if batch.lrs is None else batch.lrs,
+            missing if batch.val_losses is None else _finite_column(batch.val_losses),
+        )
+    )
+    return _insert_rows(session, run_id=run_id, rows=values)
+
+
+def _finite_column(values: Sequence[float]) -> Sequence[Optional[float]]:
+    """The column itself when every value is finite (one C-level sum), else NaN/inf as None."""
+    if math.isfinite(sum(values)):
+        return values
+    return [_finite_or_none(v) for v in values]
+
+
+def _json_objects(names: Sequence[str], rows: Sequence[Sequence[float]]) -> list[str]:
+    """Each row as the JSON object {name: value}, written as json.dumps writes it."""
+    plain = all(type(v) is float for v in rows[0]) if len(rows) else True
+    if plain and math.isfinite(sum(map(sum, rows))):
+        # repr() of a finite float is what json.dumps writes for it: format once per row.
+        template = "{" + ", ".join(json.dumps(n).replace("%", "%%") + ": %r" for n in names) + "}"
+        return [template % tuple(row) for row in rows]
+    return [json.dumps({k: _finite_or_none(float(v)) for k, v in zip(names, row)}) for row in rows]
+
+
+def _insert_rows(session: Session, *, run_id: int, rows: list[tuple[Any, ...]]) -> int:
+    """Insert (run_id, epoch, loss, params JSON, grad_norm, lr, val_loss) tuples, skipping
+    epochs already stored (so a retried chunk neither fails nor duplicates), and advance the
+    run's `epochs_done`. SQLite gets one DBAPI executemany; other databases SQLAlchemy Core."""
+    if not rows:
+        return 0
+    bind = session.get_bind()
+    if bind.dialect.name == "sqlite" and bind.dialect.driver == "pysqlite":
+        session.connection().exec_driver_sql(_SQLITE_INSERT, rows)
+    else:
+        dicts = [dict(zip(_COLUMNS, row), params=json.loads(row[3])) for row in rows]
+        session.execute(_insert_ignoring_duplicates(bind.dialect.name), dicts)
+    last = max(map(itemgetter(1), rows))
+    session.execute(
+        update(Run).where(Run.id == run_id, Run.epochs_done < last).values(epochs_done=last)
+    )
+    return len(rows)
+
+
+def _insert_ignoring_duplicates(dialect: str) -> Any:
+    """An INSERT into epoch_metrics that skips rows whose (run_id, epoch) is already stored."""
+    if dialect in ("sqlite", "postgresql"):
+        module = import_module(f"sqlalchemy.dialects.{dialect}")
+        return module.insert(EpochMetric).on_conflict_do_nothing(index_elements=["run_id", "epoch"])
+    return insert(EpochMetric)
 
 
 def finish_run(

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.errors import GdflowError
+from tasks.reading import read_numeric
 
 #: The seed tutorial's toy data: y is twice x.
 TOY_X = (1.0, 2.0, 3.0, 4.0, 5.0)
@@ -297,6 +298,12 @@ def load_dataset(
     if path is None:
         return load_toy(dtype)
     check_header(path)
+    fast = read_numeric(path, features=features, target=target, dtype=dtype)
+    if fast is not None and len(fast[2]) <= MAX_FEATURES:  # else the general path says why
+        x, y, feature_names, target_name = fast
+        return make_dataset(
+            x, y, feature_names=feature_names, target_name=target_name, source=path, dtype=dtype
+        )
     frame = read_table(path)
     if frame.shape[0] == 0:
         raise GdflowError(f"data file {path!r} has a header but no data rows; add data rows")

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from storage import (
     DatabaseError,
-    MetricRow,
+    MetricBatch,
     RunStatus,
-    append_metrics,
+    append_metric_batch,
     create_run,
     find_run_id,
     finish_run,
@@ -82,35 +82,22 @@ class MetricWriter:
     written: int = 0
 
     def __call__(self, chunk: EpochChunk) -> None:
-        """Insert one row per epoch of the chunk."""
-        names = chunk.names
-        val_losses = (
-            chunk.val_losses.tolist() if chunk.val_losses is not None else [None] * len(chunk)
+        """Insert one row per epoch of the chunk (epochs already stored are skipped)."""
+        batch = MetricBatch(
+            epochs=chunk.epochs.tolist(),
+            losses=chunk.losses.tolist(),
+            names=chunk.names,
+            params=chunk.params.tolist(),
+            grad_norms=chunk.grad_norms.tolist(),
+            lrs=chunk.lrs.tolist(),
+            val_losses=None if chunk.val_losses is None else chunk.val_losses.tolist(),
         )
-        rows = [
-            MetricRow(
-                epoch=int(epoch),
-                loss=float(loss),
-                params=dict(zip(names, (float(v) for v in params))),
-                grad_norm=float(grad_norm),
-                lr=float(lr),
-                val_loss=val_loss,
-            )
-            for epoch, loss, grad_norm, params, lr, val_loss in zip(
-                chunk.epochs.tolist(),
-                chunk.losses,
-                chunk.grad_norms,
-                chunk.params,
-                chunk.lrs.tolist(),
-                val_losses,
-            )
-        ]
 
         def write() -> int:
             with Session(self.engine) as session, session.begin():
-                return append_metrics(session, run_id=self.run_id, rows=rows)
+                return append_metric_batch(session, run_id=self.run_id, batch=batch)
 
-        first, last = rows[0].epoch if rows else 0, rows[-1].epoch if rows else 0
+        first, last = (batch.epochs[0], batch.epochs[-1]) if batch.epochs else (0, 0)
         self.written += retry_transient(write, what=f"writing epochs {first}-{last}")
 
 

@@ -1,8 +1,10 @@
 """The seed's gradient-descent loop in PyTorch: a linear model, MSE loss, a torch.optim optimizer.
 
 Per-epoch records (loss before the update, gradient norm, parameters after the update and, with
-a validation split, the validation loss after the update) are written into a buffer on the
-training device and copied to the host in chunks, so a GPU run does not synchronise every epoch.
+a validation split, the validation loss after the update) are kept as tensors on the training
+device and copied to the host in chunks, so a GPU run does not synchronise every epoch. Large
+full-batch problems compute the loss with `tasks.fused_loss` (one pass over the data for the loss
+and its gradient); the seed's toy data keeps the seed's exact operations.
 Stop rules (divergence, convergence, plateau) are checked on each copied chunk; training state
 past a stop is discarded, so the recorded run ends at the converged or plateaued epoch, or at
 the last epoch before divergence (the diverging epoch is named in the verdict). A stop asked
@@ -20,6 +22,8 @@ from typing import Literal, Optional, Union
 
 import numpy as np
 import torch
+
+from tasks.fused_loss import fused_mse, use_fused
 
 #: Why training stopped: the run's verdict.
 StopReason = Literal["max_epochs", "converged", "diverged", "plateaued", "cancelled"]
@@ -162,44 +166,44 @@ def fit(
     def model(inputs: torch.Tensor) -> torch.Tensor:
         return inputs @ w + b if has_bias else inputs @ w
 
-    width = 2 + len(names) + (val is not None)  # loss, grad norm, parameters[, val loss]
+    fused = use_fused(x_t, full_batch=batches.full)
     rows = max(1, min(chunk_epochs, opt.epochs))
-    buffer = torch.empty((rows, width), dtype=dtype, device=device)
-    lrs = np.empty(rows)
+    records = _Records(rows)
     state = _Progress(names=names, initial=dict(initial), opt=opt, has_val=val is not None)
     state.on_chunk = on_chunk
     started = time.perf_counter()
     last_flush = time.monotonic()
-    row = 0
     for epoch in range(1, opt.epochs + 1):
-        lrs[row] = optimizer.param_groups[0]["lr"]
+        records.lrs[records.count] = optimizer.param_groups[0]["lr"]
         if batches.full:
-            loss = ((model(x_t) - y_t) ** 2).mean()
+            if fused:
+                loss = fused_mse(x_t, y_t, w, b if has_bias else None)
+            else:
+                loss = ((model(x_t) - y_t) ** 2).mean()
             loss.backward()
-            with torch.no_grad():
-                grads = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
-                optimizer.step()
+            # zero_grad() below sets .grad to None, so keeping these tensors copies nothing.
+            grads = [p.grad for p in params]
+            optimizer.step()
             optimizer.zero_grad()
         else:
-            loss, grads = batches.epoch(x_t, y_t, model, params, optimizer)
+            loss, grad = batches.epoch(x_t, y_t, model, params, optimizer)
+            grads = [grad]
         with torch.no_grad():
-            record = [loss.reshape(1), torch.linalg.vector_norm(grads).reshape(1), *params]
-            if val is not None:
-                record.append(((model(val[0]) - val[1]) ** 2).mean().reshape(1))
-            buffer[row] = torch.cat(record)
+            val_loss = None if val is None else ((model(val[0]) - val[1]) ** 2).mean()
+            records.add(loss.detach(), grads, [p.detach().clone() for p in params], val_loss)
         if scheduler is not None:
             scheduler.step()
-        row += 1
         asked = should_stop() if should_stop is not None else None
         if (
             asked
-            or row == rows
+            or records.count == rows
             or epoch == opt.epochs
             or time.monotonic() - last_flush >= flush_seconds
         ):
-            host = buffer[:row].to("cpu", copy=True).numpy()  # never a view of the buffer
-            stop = state.flush(host, lrs[:row].copy(), first_epoch=epoch - row + 1)
-            row = 0
+            count = records.count
+            stop = state.flush(
+                records.to_host(), records.lrs[:count].copy(), first_epoch=epoch - count + 1
+            )
             last_flush = time.monotonic()
             if not stop and asked and epoch < opt.epochs:
                 state.stop_reason = "cancelled"
@@ -208,6 +212,53 @@ def fit(
             if stop:
                 break
     return state.result(str(device), time.perf_counter() - started)
+
+
+class _Records:
+    """Per-epoch records kept as device tensors, stacked and copied to the host once per chunk.
+
+    Appending references (and one small copy of the parameters) is all an epoch costs; the
+    gradient norms and the host copy are computed for the whole chunk at once.
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.lrs = np.empty(rows)
+        self.count = 0
+        self.losses: list[torch.Tensor] = []
+        self.grads: list[list[torch.Tensor]] = []
+        self.params: list[list[torch.Tensor]] = []
+        self.val_losses: list[torch.Tensor] = []
+
+    def add(
+        self,
+        loss: torch.Tensor,
+        grads: list[Optional[torch.Tensor]],
+        params: list[torch.Tensor],
+        val_loss: Optional[torch.Tensor],
+    ) -> None:
+        """Keep one epoch's loss, gradients, parameters after the update and validation loss."""
+        self.losses.append(loss)
+        self.grads.append(grads)  # type: ignore[arg-type]  # set by backward()
+        self.params.append(params)
+        if val_loss is not None:
+            self.val_losses.append(val_loss)
+        self.count += 1
+
+    def to_host(self) -> np.ndarray:
+        """Rows of (loss, grad norm, parameters..., [val loss]) on the host; then start afresh."""
+        with torch.no_grad():
+            grads = torch.cat([torch.stack(g).reshape(self.count, -1) for g in zip(*self.grads)], 1)
+            columns = [
+                torch.stack(self.losses).reshape(-1, 1),
+                torch.linalg.vector_norm(grads, dim=1).reshape(-1, 1),
+                *(torch.stack(p).reshape(self.count, -1) for p in zip(*self.params)),
+            ]
+            if self.val_losses:
+                columns.append(torch.stack(self.val_losses).reshape(-1, 1))
+            host = torch.cat(columns, 1).to("cpu", copy=True).numpy()  # never a device view
+        self.losses, self.grads, self.params, self.val_losses = [], [], [], []
+        self.count = 0
+        return host
 
 
 class _Batches:

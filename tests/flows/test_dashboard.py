@@ -25,6 +25,9 @@ if not Path(CHROMIUM).exists():
         "Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True
     )
 
+#: How long the UI may take to render or navigate: generous, CI machines are busy (ms).
+UI_TIMEOUT_MS = 90_000
+
 
 @pytest.fixture(scope="module")
 def browser():  # type: ignore[no-untyped-def]
@@ -86,19 +89,19 @@ def test_run_page_shows_the_loss_curve_and_summary(
 
     page = _open(browser, run_url)
     page.get_by_text("Artifacts", exact=True).first.click()
-    page.get_by_text("gdflow run 1: loss curve").wait_for(timeout=30_000)
-    page.get_by_text("gdflow run 1: summary").wait_for(timeout=30_000)
+    page.get_by_text("gdflow run 1: loss curve").wait_for(timeout=UI_TIMEOUT_MS)
+    page.get_by_text("gdflow run 1: summary").wait_for(timeout=UI_TIMEOUT_MS)
     page.screenshot(path=str(SCREENSHOTS / "flow-run-artifacts.png"), full_page=True)
     page.close()
 
     curve = artifacts["gdflow run 1: loss curve"]
     page = _open(browser, f"{prefect_server.ui_url}/artifacts/artifact/{curve.id}")
     image = page.locator("img[src^='data:image/svg+xml']")
-    image.wait_for(timeout=30_000)
+    image.wait_for(timeout=UI_TIMEOUT_MS)
     page.wait_for_function(
         "() => [...document.images]"
         ".some(i => i.src.startsWith('data:image/svg') && i.naturalWidth > 0)",
-        timeout=30_000,
+        timeout=UI_TIMEOUT_MS,
     )
     assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [640, 320]
     page.screenshot(path=str(SCREENSHOTS / "loss-curve.png"), full_page=True)
@@ -106,7 +109,7 @@ def test_run_page_shows_the_loss_curve_and_summary(
 
     summary = artifacts["gdflow run 1: summary"]
     page = _open(browser, f"{prefect_server.ui_url}/artifacts/artifact/{summary.id}")
-    page.get_by_text("Run 1: completed").wait_for(timeout=30_000)
+    page.get_by_text("Run 1: completed").wait_for(timeout=UI_TIMEOUT_MS)
     text = page.inner_text("body")
     assert "f(5) = 10.000" in text and "max_epochs" in text and "least squares" in text
     page.screenshot(path=str(SCREENSHOTS / "summary.png"), full_page=True)
@@ -117,7 +120,7 @@ def test_run_form_shows_the_config_and_starts_a_run(served: Served, browser) -> 
     with served.server.client() as client:
         deployment = client.read_deployment_by_name("train/gdflow-on-demand")
     page = _open(browser, f"{served.server.ui_url}/deployments/deployment/{deployment.id}/run")
-    page.get_by_text("Learning rate of the optimizer").wait_for(timeout=30_000)
+    page.get_by_text("Learning rate of the optimizer").wait_for(timeout=UI_TIMEOUT_MS)
     text = page.inner_text("body")
     for description in (
         "CSV or Parquet file to train on",
@@ -133,7 +136,9 @@ def test_run_form_shows_the_config_and_starts_a_run(served: Served, browser) -> 
     page.screenshot(path=str(SCREENSHOTS / "run-form.png"), full_page=True)
     page.get_by_role("button", name="Submit").click()
     # After submitting, the UI leaves the form for the deployment's page.
-    page.wait_for_url(re.compile(r".*/deployments/deployment/[0-9a-f-]+(\?.*)?$"), timeout=30_000)
+    page.wait_for_url(
+        re.compile(r".*/deployments/deployment/[0-9a-f-]+(\?.*)?$"), timeout=UI_TIMEOUT_MS
+    )
     page.close()
 
     def recorded():  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -13,8 +14,10 @@ from sqlalchemy.orm import Session
 
 from storage import (
     EpochMetric,
+    MetricBatch,
     MetricRow,
     RunStatus,
+    append_metric_batch,
     append_metrics,
     create_run,
     finish_run,
@@ -95,15 +98,107 @@ def test_non_finite_values_are_stored_as_null(engine: Engine) -> None:
         assert row.loss is None and row.params == {"w": None} and row.grad_norm is None
 
 
-def test_an_epoch_is_stored_once_per_run(engine: Engine) -> None:
+def test_an_epoch_is_stored_once_per_run_and_a_retry_is_not_an_error(engine: Engine) -> None:
     with Session(engine) as session, session.begin():
         run_id = _new_run(session)
         append_metrics(session, run_id=run_id, rows=[MetricRow(1, 1.0, {"w": 1.0})])
     with pytest.raises(IntegrityError):  # the schema refuses a second row for an epoch
         with Session(engine) as session, session.begin():
             session.add(EpochMetric(run_id=run_id, epoch=1, loss=2.0, params={"w": 2.0}))
+    with Session(engine) as session, session.begin():  # a retried chunk: epoch 1 again, and 2
+        append_metrics(
+            session,
+            run_id=run_id,
+            rows=[MetricRow(1, 2.0, {"w": 2.0}), MetricRow(2, 3.0, {"w": 3.0})],
+        )
     with Session(engine) as session:
-        assert [m.loss for m in get_metrics(session, run_id=run_id)] == [1.0]
+        assert [(m.epoch, m.loss) for m in get_metrics(session, run_id=run_id)] == [
+            (1, 1.0),
+            (2, 3.0),
+        ]
+        assert get_run(session, run_id=run_id).epochs_done == 2  # type: ignore[union-attr]
+
+
+def _batch(first: int, last: int, **overrides: object) -> MetricBatch:
+    epochs = list(range(first, last + 1))
+    fields: dict[str, object] = {
+        "epochs": epochs,
+        "losses": [1.0 / e for e in epochs],
+        "names": ["w_a", "b"],
+        "params": [[0.1 * e, -0.3 * e] for e in epochs],
+        "grad_norms": [2.0 / e for e in epochs],
+        "lrs": [0.01] * len(epochs),
+        "val_losses": None,
+        **overrides,
+    }
+    return MetricBatch(**fields)  # type: ignore[arg-type]
+
+
+def test_a_batch_is_stored_as_the_same_rows_and_json_as_metric_rows(engine: Engine) -> None:
+    batch = _batch(1, 50, val_losses=[0.5] * 50)
+    rows = [
+        MetricRow(e, loss, dict(zip(batch.names, p)), g, lr, v)
+        for e, loss, p, g, lr, v in zip(
+            batch.epochs, batch.losses, batch.params, batch.grad_norms, batch.lrs, [0.5] * 50
+        )
+    ]
+    with Session(engine) as session, session.begin():
+        by_batch, by_rows = _new_run(session), _new_run(session)
+        assert append_metric_batch(session, run_id=by_batch, batch=batch) == 50
+        assert append_metrics(session, run_id=by_rows, rows=rows) == 50
+    with engine.connect() as connection:
+        stored = connection.exec_driver_sql(
+            "SELECT run_id, epoch, loss, params, grad_norm, lr, val_loss FROM epoch_metrics "
+            "ORDER BY epoch, run_id"
+        ).all()
+    for mine, theirs in zip(stored[0::2], stored[1::2]):
+        assert mine[1:] == theirs[1:]
+    expected = {"w_a": 0.1 * 50, "b": -0.3 * 50}
+    params = stored[-2][3]  # JSON text on SQLite (as json.dumps writes it), decoded by psycopg
+    assert params == (json.dumps(expected) if isinstance(params, str) else expected)
+    with Session(engine) as session:
+        assert get_run(session, run_id=by_batch).epochs_done == 50  # type: ignore[union-attr]
+
+
+def test_non_finite_values_of_a_batch_are_stored_as_null(engine: Engine) -> None:
+    batch = _batch(
+        1,
+        2,
+        losses=[math.inf, 1.0],
+        params=[[math.nan, 1.0], [2.0, 3.0]],
+        grad_norms=[1.0, -math.inf],
+        val_losses=[math.nan, 0.5],
+    )
+    with Session(engine) as session, session.begin():
+        run_id = _new_run(session)
+        append_metric_batch(session, run_id=run_id, batch=batch)
+    with Session(engine) as session:
+        first, second = get_metrics(session, run_id=run_id)
+        assert (first.loss, first.params, first.val_loss) == (None, {"w_a": None, "b": 1.0}, None)
+        assert (second.grad_norm, second.params) == (None, {"w_a": 2.0, "b": 3.0})
+
+
+def test_a_retried_batch_neither_fails_nor_duplicates(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        run_id = _new_run(session)
+        append_metric_batch(session, run_id=run_id, batch=_batch(1, 10))
+    with Session(engine) as session, session.begin():
+        append_metric_batch(session, run_id=run_id, batch=_batch(5, 20))
+        append_metric_batch(session, run_id=run_id, batch=_batch(1, 3))  # late retry
+    with Session(engine) as session:
+        assert [m.epoch for m in get_metrics(session, run_id=run_id)] == list(range(1, 21))
+        assert get_run(session, run_id=run_id).epochs_done == 20  # type: ignore[union-attr]
+
+
+def test_a_failed_batch_leaves_no_rows(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        run_id = _new_run(session)
+    with pytest.raises(IntegrityError):
+        with Session(engine) as session, session.begin():
+            append_metric_batch(session, run_id=run_id, batch=_batch(1, 10))
+            append_metric_batch(session, run_id=999, batch=_batch(11, 12))
+    with Session(engine) as session:
+        assert get_metrics(session, run_id=run_id) == []
 
 
 def test_writing_a_chunk_again_keeps_one_row_per_epoch(engine: Engine) -> None:

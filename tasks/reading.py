@@ -1,0 +1,149 @@
+"""Fast read path for numeric CSV and Parquet files: pyarrow batches straight into NumPy.
+
+Only the chosen columns are read, a block (CSV) or row group and column (Parquet) at a time,
+each copied (and cast to the training dtype) straight into the final C-ordered arrays. Peak
+memory stays near one copy of the data plus a block: no pandas frame, whole-file float64 table
+or second copy is made.
+
+Anything unusual (missing or duplicate names, a non-numeric column, empty cells, a parse error)
+returns None, and `tasks.data` reads the file the general way, which reports the problem.
+Values are converted as the general path converts them (numbers parsed as float64, or read as
+stored from Parquet, then cast to the training dtype), so both paths give the same arrays
+(CSV integers beyond 2**53 aside).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+#: Rows per record batch read from a file (CSV blocks are sized to about this many rows).
+BATCH_ROWS = 1 << 18
+
+
+def read_numeric(
+    path: str,
+    *,
+    features: Optional[Sequence[str]],
+    target: Optional[str],
+    dtype: str,
+) -> Optional[tuple[np.ndarray, np.ndarray, list[str], str]]:
+    """(x, y, feature names, target name) of a numeric file, or None to use the general path."""
+    file = Path(path).expanduser()
+    suffix = file.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq") or not file.is_file():
+        return None
+    try:
+        if suffix == ".csv":
+            names = _csv_names(file)
+        else:
+            import pyarrow.parquet as pq
+
+            names = list(pq.ParquetFile(file).schema_arrow.names)
+        chosen = _choose(names, features, target)
+        if chosen is None:
+            return None
+        if suffix == ".csv":
+            batches, rows_hint = _csv_batches(file, chosen), BATCH_ROWS
+        else:
+            batches, rows_hint = _parquet_batches(file, chosen), _parquet_rows(file)
+        arrays = _fill(batches, chosen, np.dtype(dtype), rows_hint)
+    except Exception:  # noqa: BLE001 - the general path reads the file again and says why
+        return None
+    if arrays is None or arrays[0].shape[0] == 0:
+        return None
+    return arrays[0], arrays[1], chosen[:-1], chosen[-1]
+
+
+def _choose(
+    names: list[str], features: Optional[Sequence[str]], target: Optional[str]
+) -> Optional[list[str]]:
+    """Feature names then the target, as the general path picks them; None when in doubt."""
+    if not names or len(set(names)) != len(names):
+        return None
+    target_name = target if target is not None else names[-1]
+    feature_names = [n for n in names if n != target_name] if features is None else list(features)
+    chosen = [*feature_names, target_name]
+    if not feature_names or len(set(chosen)) != len(chosen) or not set(chosen) <= set(names):
+        return None
+    return chosen
+
+
+def _csv_names(file: Path) -> list[str]:
+    import pyarrow.csv as pacsv
+
+    with pacsv.open_csv(file) as reader:
+        return list(reader.schema.names)
+
+
+def _csv_batches(file: Path, chosen: list[str]) -> Iterator[tuple[int, Iterator[Any]]]:
+    """(rows, columns) of each CSV block, numbers parsed as float64."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    convert = pacsv.ConvertOptions(
+        include_columns=chosen, column_types={name: pa.float64() for name in chosen}
+    )
+    # 16 MiB blocks: the reader's buffers stay small beside the arrays being filled.
+    with pacsv.open_csv(
+        file, read_options=pacsv.ReadOptions(block_size=1 << 24), convert_options=convert
+    ) as reader:
+        for batch in reader:
+            yield batch.num_rows, (batch.column(name) for name in chosen)
+
+
+def _parquet_rows(file: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(file).metadata.num_rows)
+
+
+def _parquet_batches(file: Path, chosen: list[str]) -> Iterator[tuple[int, Iterator[Any]]]:
+    """(rows, columns) of each row group, one column decoded at a time (decoding a whole row
+    group at once holds several times its size in pyarrow's memory pool)."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(file)
+    for group in range(parquet.metadata.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        yield rows, (parquet.read_row_group(group, columns=[name]).column(0) for name in chosen)
+
+
+def _fill(
+    batches: Iterator[tuple[int, Iterator[Any]]], chosen: list[str], dtype: np.dtype, rows_hint: int
+) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Copy each batch's columns into x and y; None on a non-numeric or empty cell.
+
+    The arrays start at `rows_hint` rows and grow with `ndarray.resize` (realloc, which for
+    large arrays remaps pages instead of copying them); untouched pages are never resident.
+    """
+    import pyarrow as pa
+
+    n_features = len(chosen) - 1
+    capacity = max(1, rows_hint)
+    x = np.empty((capacity, n_features), dtype=dtype)
+    y = np.empty(capacity, dtype=dtype)
+    start = 0
+    for rows, columns in batches:
+        stop = start + rows
+        if stop > capacity:
+            capacity = max(stop, 2 * capacity)
+            x.resize((capacity, n_features), refcheck=False)
+            y.resize(capacity, refcheck=False)
+        for j, column in enumerate(columns):
+            kind = column.type
+            if column.null_count or not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+                return None
+            with np.errstate(over="ignore", invalid="ignore"):  # make_dataset reports overflow
+                if j < n_features:
+                    x[start:stop, j] = column.to_numpy()
+                else:
+                    y[start:stop] = column.to_numpy()
+        start = stop
+    if start != capacity:
+        x.resize((start, n_features), refcheck=False)
+        y.resize(start, refcheck=False)
+    return x, y
