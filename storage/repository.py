@@ -13,6 +13,7 @@ from operator import itemgetter
 from typing import Any, Optional
 
 from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from storage.models import EpochMetric, Run, Sweep
@@ -204,14 +205,51 @@ def _insert_rows(session: Session, *, run_id: int, rows: list[tuple[Any, ...]]) 
     bind = session.get_bind()
     if bind.dialect.name == "sqlite" and bind.dialect.driver == "pysqlite":
         session.connection().exec_driver_sql(_SQLITE_INSERT, rows)
+    elif bind.dialect.name == "postgresql" and bind.dialect.driver == "psycopg":
+        _copy_rows_postgresql(session, rows)
     else:
-        dicts = [dict(zip(_COLUMNS, row), params=json.loads(row[3])) for row in rows]
-        session.execute(_insert_ignoring_duplicates(bind.dialect.name), dicts)
+        statement = _insert_ignoring_duplicates(bind.dialect.name)
+        session.execute(statement, [_as_dict(row) for row in rows])
     last = max(map(itemgetter(1), rows))
     session.execute(
         update(Run).where(Run.id == run_id, Run.epochs_done < last).values(epochs_done=last)
     )
     return len(rows)
+
+
+#: Session-private staging table of PostgreSQL bulk writes, emptied at every commit.
+_PG_STAGING = "gdflow_epoch_staging"
+
+
+def _copy_rows_postgresql(session: Session, rows: list[tuple[Any, ...]]) -> None:
+    """COPY the rows into a temporary table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING:
+    PostgreSQL's bulk load, idempotent, inside the session's transaction (psycopg 3)."""
+    import psycopg
+
+    columns = ", ".join(_COLUMNS)
+    connection = session.connection()
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_PG_STAGING} "
+        f"(LIKE {EpochMetric.__tablename__}) ON COMMIT DELETE ROWS"
+    )
+    copy_sql = f"COPY {_PG_STAGING} ({columns}) FROM STDIN"
+    driver = connection.connection.driver_connection
+    try:
+        with driver.cursor() as cursor, cursor.copy(copy_sql) as copy:  # type: ignore[union-attr]
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:  # the driver's own error, wrapped as SQLAlchemy wraps others
+        raise DBAPIError.instance(copy_sql, None, exc, psycopg.Error) from exc
+    connection.exec_driver_sql(
+        f"INSERT INTO {EpochMetric.__tablename__} ({columns}) "
+        f"SELECT {columns} FROM {_PG_STAGING} ON CONFLICT (run_id, epoch) DO NOTHING"
+    )
+    connection.exec_driver_sql(f"TRUNCATE {_PG_STAGING}")  # several chunks in one transaction
+
+
+def _as_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row tuple as the column values SQLAlchemy binds (params decoded for the JSON type)."""
+    return dict(zip(_COLUMNS, row), params=json.loads(row[3]))
 
 
 def _insert_ignoring_duplicates(dialect: str) -> Any:
