@@ -120,6 +120,17 @@ def _plottable(
     return pairs, log_scale
 
 
+def _svg_head(width: int, height: int, title: str) -> list[str]:
+    """The opening of a chart: the <svg> element, a white background and the escaped title."""
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="{_FONT}" font-size="11" fill="#333">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{width / 2:.1f}" y="20" text-anchor="middle" font-size="14" '
+        f'font-weight="bold">{xml_escape(title)}</text>',
+    ]
+
+
 def _axes(
     points: Sequence[tuple[float, float]],
     log_scale: bool,
@@ -183,11 +194,7 @@ def _curve_svg(
     left, right = _MARGIN_LEFT, width - _MARGIN_RIGHT
     top, bottom = _MARGIN_TOP, height - _MARGIN_BOTTOM
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="{_FONT}" font-size="11" fill="#333">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
-        f'<text x="{width / 2:.1f}" y="20" text-anchor="middle" font-size="14" '
-        f'font-weight="bold">{xml_escape(title)}</text>',
+        *_svg_head(width, height, title),
     ]
     y_title = "loss (log scale)" if log_scale else "loss"
     mid_y = (top + bottom) / 2
@@ -474,11 +481,7 @@ def loss_curves_svg(
     top, bottom = _MARGIN_TOP, height - _MARGIN_BOTTOM
     mid_y = (top + bottom) / 2
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="{_FONT}" font-size="11" fill="#333">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
-        f'<text x="{width / 2:.1f}" y="20" text-anchor="middle" font-size="14" '
-        f'font-weight="bold">{xml_escape(title)}</text>',
+        *_svg_head(width, height, title),
         f'<text x="{(left + right) / 2:.1f}" y="{height - 8}" text-anchor="middle">epoch</text>',
         f'<text x="14" y="{mid_y:.1f}" text-anchor="middle" '
         f'transform="rotate(-90 14 {mid_y:.1f})">{"loss (log scale)" if log_scale else "loss"}'
