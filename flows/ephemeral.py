@@ -4,6 +4,11 @@ Prefect starts its ephemeral API server as a child in the caller's process group
 terminal's Ctrl-C (sent to the whole foreground group) stops the API while the run still has
 to report how it ended. Here the same server is started in its own process group, and on
 Linux it is told to stop when gdflow's process ends, whatever ends it (even SIGKILL).
+
+The server's own output (uvicorn's and Prefect's logs, tracebacks of its shutdown or of a race
+between servers starting on a new PREFECT_HOME) goes to `temporary-server.log` in
+PREFECT_HOME, not into the run's output: a run prints its own progress, and one line if the
+server does not start, naming that log.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import get_current_settings
@@ -27,6 +33,27 @@ from tasks.errors import GdflowError
 STARTUP_TIMEOUT_SECONDS = 120
 #: prctl(2) option: the signal a child receives when its parent thread dies (Linux).
 PR_SET_PDEATHSIG = 1
+#: The temporary servers' log, in PREFECT_HOME; moved to `<name>.1` once above this size.
+SERVER_LOG_NAME = "temporary-server.log"
+SERVER_LOG_MAX_BYTES = 5 * 1024 * 1024
+
+
+def server_log_path() -> Path:
+    """Where the temporary servers of this PREFECT_HOME write their output."""
+    return Path(get_current_settings().home).expanduser() / SERVER_LOG_NAME
+
+
+def _open_server_log() -> IO[bytes] | None:
+    """The server log opened for appending (several servers may share it), rolled over once
+    it grows past SERVER_LOG_MAX_BYTES; None if it cannot be written (output then inherited)."""
+    path = server_log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_size > SERVER_LOG_MAX_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
+        return path.open("ab")
+    except OSError:
+        return None
 
 
 def _stop_with_parent_hook() -> Callable[[], None] | None:
@@ -43,16 +70,21 @@ def _stop_with_parent_hook() -> Callable[[], None] | None:
 
 
 class DetachedEphemeralServer(SubprocessASGIServer):
-    """Prefect's SubprocessASGIServer, with its process in a process group of its own."""
+    """Prefect's SubprocessASGIServer, with its process in a process group of its own and
+    its output in the server log."""
 
     def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
         original = subprocess.Popen
         hook = _stop_with_parent_hook()
+        log = _open_server_log()
 
         def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
             kwargs.setdefault("process_group", 0)
             if hook is not None:
                 kwargs.setdefault("preexec_fn", hook)
+            if log is not None:
+                kwargs.setdefault("stdout", log)
+                kwargs.setdefault("stderr", subprocess.STDOUT)
             return original(*args, **kwargs)
 
         subprocess.Popen = popen  # type: ignore[assignment, misc]
@@ -60,6 +92,8 @@ class DetachedEphemeralServer(SubprocessASGIServer):
             return super()._run_uvicorn_command()
         finally:
             subprocess.Popen = original  # type: ignore[misc]
+            if log is not None:
+                log.close()  # the server holds its own copy of the descriptor
 
 
 def start_ephemeral_server() -> None:
@@ -74,6 +108,7 @@ def start_ephemeral_server() -> None:
     except Exception as exc:  # noqa: BLE001 - any start failure: one line, not a traceback
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GdflowError(
-            f"Prefect's temporary server did not start within {timeout} s ({reason}); "
-            "start one with 'gdflow server' (runs then share it) or set PREFECT_API_URL"
+            f"Prefect's temporary server did not start within {timeout} s ({reason}; its log: "
+            f"{server_log_path()}); start one with 'gdflow server' (runs then share it) or set "
+            "PREFECT_API_URL"
         ) from None

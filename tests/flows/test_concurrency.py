@@ -3,7 +3,6 @@ a reader polling throughout: every run completes, every epoch is stored once, no
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -21,15 +20,12 @@ from tests.flows.reliability import (
 
 RUNS = 8
 EPOCHS = 6000  # with a flush every 2 s or 4096 epochs: several chunks per run, interleaved
-#: A temporary Prefect server's failed start as it logs it (its own traceback included).
-SERVER_START_FAILURE = (
-    r"Traceback \(most recent call last\):.*?Application startup failed\. Exiting\."
-)
+#: A temporary Prefect server's failed start, as its log records it.
+SERVER_START_FAILURE = "Application startup failed. Exiting."
 
 
-def _run_all(env: dict[str, str], workdir: Path, database: Path, timeout: float) -> tuple[int, int]:
-    """Start RUNS `gdflow run` at once, poll while they train; return the reader's polls and
-    how many ephemeral Prefect servers had to be started again."""
+def _run_all(env: dict[str, str], workdir: Path, database: Path, timeout: float) -> int:
+    """Start RUNS `gdflow run` at once, poll while they train; return the reader's polls."""
     args = ["run", "--epochs", str(EPOCHS), "--log-every", "1000"]
     processes = [
         start_gdflow(args, env=env, cwd=workdir, log=workdir / f"run{i}.log") for i in range(RUNS)
@@ -48,17 +44,12 @@ def _run_all(env: dict[str, str], workdir: Path, database: Path, timeout: float)
         assert process.returncode == 0, output[-3000:]
     assert reader.polls > 0 and reader.errors == [], reader.errors[:5]
     assert rows_seen == RUNS * EPOCHS
-    restarts = 0
     for output in outputs:
+        # The temporary servers' own output (Prefect's shutdown noise included) goes to their
+        # log in PREFECT_HOME: a run's output has no traceback at all.
         assert "database is locked" not in output.lower(), output[-3000:]
-        # Eight ephemeral Prefect servers on a fresh PREFECT_HOME race to create Prefect's own
-        # tables; a loser logs a traceback, exits, and Prefect starts it again on another port.
-        # Any other traceback (gdflow's included) fails the test.
-        server_failures = re.findall(SERVER_START_FAILURE, output, flags=re.DOTALL)
-        rest = re.sub(SERVER_START_FAILURE, "", output, flags=re.DOTALL)
-        assert "Traceback" not in rest, rest[-3000:]
-        restarts += len(server_failures)
-    return reader.polls, restarts
+        assert "Traceback" not in output, output[-3000:]
+    return reader.polls
 
 
 def _initialise_prefect_home(env: dict[str, str], workdir: Path) -> None:
@@ -90,8 +81,12 @@ def test_eight_runs_at_once_store_every_epoch_once(
         env = ephemeral_env(tmp_path / "prefect-home", database)
         _initialise_prefect_home(env, tmp_path)
     started = time.monotonic()
-    polls, restarts = _run_all(env, tmp_path, database, timeout=420)
+    polls = _run_all(env, tmp_path, database, timeout=420)
     runs = check_every_epoch_once(database)
+    restarts = 0
+    if mode == "ephemeral":
+        server_log = (tmp_path / "prefect-home" / "temporary-server.log").read_text()
+        restarts = server_log.count(SERVER_START_FAILURE)
     print(
         f"\nobserved ({mode}): {len(runs)} runs, {epoch_rows(database)} epoch rows, "
         f"{polls} reader polls, 0 errors, {restarts} Prefect server restarts, "
