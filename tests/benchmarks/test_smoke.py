@@ -40,6 +40,7 @@ def test_benchmark_prints_its_rows(name: str, rows: list[str]) -> None:
         assert row in out
 
 
+@pytest.mark.heavy
 def test_orchestration_benchmark_runs_once_in_ephemeral_mode() -> None:
     out = _run("orchestration")  # about 20-40 s: one gdflow run and one seed run, plus a warm-up
     assert "orchestration, ephemeral" in out

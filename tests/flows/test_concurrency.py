@@ -65,6 +65,7 @@ def _initialise_prefect_home(env: dict[str, str], workdir: Path) -> None:
         stop_process(process)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("mode", ["server", "ephemeral"])
 def test_eight_runs_at_once_store_every_epoch_once(
     mode: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -97,6 +98,7 @@ def test_eight_runs_at_once_store_every_epoch_once(
     ] * RUNS
 
 
+@pytest.mark.heavy
 def test_a_sweeps_concurrent_runs_store_every_epoch_once(
     prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
