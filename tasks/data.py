@@ -40,6 +40,8 @@ class Dataset:
     source: str
     x_val: Optional[np.ndarray] = None
     y_val: Optional[np.ndarray] = None
+    #: Columns of the file left out as its row index (written by pandas' to_csv/to_parquet).
+    index_columns: tuple[str, ...] = ()
 
     @property
     def n_rows(self) -> int:
@@ -115,8 +117,9 @@ def load_toy(dtype: str = "float32") -> Dataset:
     )
 
 
-def read_table(path: str) -> pd.DataFrame:
-    """Read a CSV or Parquet file into a DataFrame; raise GdflowError with the fix on failure."""
+def read_table(path: str, *, csv_index: bool = False) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame; raise GdflowError with the fix on failure.
+    `csv_index`: the CSV's first column is its row index (Parquet's index is in its metadata)."""
     file = Path(path).expanduser()
     kind = _READERS.get(file.suffix.lower())
     if not file.exists():
@@ -132,7 +135,7 @@ def read_table(path: str) -> pd.DataFrame:
         raise GdflowError(f"data file {path!r} is empty; add a header row and data rows")
     try:
         if kind == "CSV":
-            return pd.read_csv(file, engine="pyarrow")
+            return pd.read_csv(file, engine="pyarrow", index_col=0 if csv_index else None)
         return pd.read_parquet(file)
     except PermissionError:
         raise GdflowError(
@@ -155,17 +158,26 @@ def read_table(path: str) -> pd.DataFrame:
         ) from None
 
 
-def check_header(path: str) -> None:
+def check_header(path: str) -> tuple[str, ...]:
     """Check a data file's column names before parsing it: UTF-8, at most MAX_COLUMNS, no
-    duplicates (which pandas would silently rename `x.1`). Missing files are read_table's."""
+    duplicates (which pandas would silently rename `x.1`), every column named. Return the
+    columns that hold the row index, which are not data: a CSV's first column when its name is
+    empty (as `DataFrame.to_csv` writes the index), a Parquet file's index columns named in its
+    pandas metadata (as `DataFrame.to_parquet` writes them). Missing files are read_table's."""
     file = Path(path).expanduser()
     kind = _READERS.get(file.suffix.lower())
     if kind is None or not file.is_file() or file.stat().st_size == 0:
-        return
+        return ()
+    index: tuple[str, ...] = ()
     try:
-        names = _csv_header(file, path) if kind == "CSV" else _parquet_header(file)
+        if kind == "CSV":
+            names = _csv_header(file, path)
+            if names[:1] == [""] and len(names) > 1:
+                names, index = names[1:], ("",)
+        else:
+            names, index = _parquet_header(file)
     except (OSError, ValueError):
-        return  # unreadable or not Parquet: read_table says so
+        return ()  # unreadable or not Parquet: read_table says so
     if len(names) > MAX_COLUMNS:
         raise GdflowError(
             f"data file {path!r} has {len(names)} columns, more than the {MAX_COLUMNS} gdflow "
@@ -176,6 +188,13 @@ def check_header(path: str) -> None:
         raise GdflowError(
             f"data file {path!r} has duplicate column names {dupes}; give each column its own name"
         )
+    if "" in names:
+        position = names.index("") + 1 + len(index)
+        raise GdflowError(
+            f"column {position} of data file {path!r} has no name; name every column in the "
+            "header row (or remove a trailing comma)"
+        )
+    return index
 
 
 def _csv_header(file: Path, path: str) -> list[str]:
@@ -202,11 +221,19 @@ def _csv_header(file: Path, path: str) -> list[str]:
         ) from None
 
 
-def _parquet_header(file: Path) -> list[str]:
-    """The column names in a Parquet file's schema (read from the footer only)."""
+def _parquet_header(file: Path) -> tuple[list[str], tuple[str, ...]]:
+    """The data columns and the index columns of a Parquet file (read from the footer only)."""
     import pyarrow.parquet as pq
 
-    return [str(name) for name in pq.read_schema(file).names]
+    schema = pq.read_schema(file)
+    names = [str(name) for name in schema.names]
+    try:
+        stored = (schema.pandas_metadata or {}).get("index_columns", [])
+    except ValueError:  # pandas metadata that is not JSON: no index known
+        stored = []
+    # A RangeIndex is stored as a description (a dict), not as a column.
+    index = tuple(name for name in stored if isinstance(name, str) and name in names)
+    return [name for name in names if name not in index], index
 
 
 def select_columns(
@@ -297,17 +324,19 @@ def load_dataset(
     """Load the toy data (no path) or the chosen columns of a CSV or Parquet file."""
     if path is None:
         return load_toy(dtype)
-    check_header(path)
-    fast = read_numeric(path, features=features, target=target, dtype=dtype)
+    index = check_header(path)
+    fast = read_numeric(path, features=features, target=target, dtype=dtype, skip=index)
     if fast is not None and len(fast[2]) <= MAX_FEATURES:  # else the general path says why
         x, y, feature_names, target_name = fast
-        return make_dataset(
+        dataset = make_dataset(
             x, y, feature_names=feature_names, target_name=target_name, source=path, dtype=dtype
         )
-    frame = read_table(path)
-    if frame.shape[0] == 0:
-        raise GdflowError(f"data file {path!r} has a header but no data rows; add data rows")
-    return select_columns(frame, features=features, target=target, source=path, dtype=dtype)
+    else:
+        frame = read_table(path, csv_index=index == ("",))
+        if frame.shape[0] == 0:
+            raise GdflowError(f"data file {path!r} has a header but no data rows; add data rows")
+        dataset = select_columns(frame, features=features, target=target, source=path, dtype=dtype)
+    return replace(dataset, index_columns=index)
 
 
 def split_validation(dataset: Dataset, fraction: float, *, seed: int) -> Dataset:

@@ -50,6 +50,13 @@ def load_data(config: TrainConfig) -> Dataset:
     )
     check_predict_rows(config.prediction_inputs, dataset.n_features)
     dataset = split_validation(dataset, config.validation_split, seed=config.seed)
+    if dataset.index_columns:
+        get_run_logger().info(
+            "Left out %s: the file's row index (as pandas writes it), not data",
+            ", ".join(
+                repr(name) if name else "the unnamed first column" for name in dataset.index_columns
+            ),
+        )
     get_run_logger().info(
         "Loaded %d rows x %d feature(s) %s -> %s from %s",
         dataset.n_rows,

@@ -30,8 +30,10 @@ def read_numeric(
     features: Optional[Sequence[str]],
     target: Optional[str],
     dtype: str,
+    skip: Sequence[str] = (),
 ) -> Optional[tuple[np.ndarray, np.ndarray, list[str], str]]:
-    """(x, y, feature names, target name) of a numeric file, or None to use the general path."""
+    """(x, y, feature names, target name) of a numeric file, or None to use the general path.
+    `skip`: columns that are not data (the file's row index)."""
     file = Path(path).expanduser()
     suffix = file.suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq") or not file.is_file():
@@ -43,7 +45,7 @@ def read_numeric(
             import pyarrow.parquet as pq
 
             names = list(pq.ParquetFile(file).schema_arrow.names)
-        chosen = _choose(names, features, target)
+        chosen = _choose([name for name in names if name not in skip], features, target)
         if chosen is None:
             return None
         if suffix == ".csv":

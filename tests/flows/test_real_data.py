@@ -69,3 +69,21 @@ def test_validation_split_is_reported(database_url: str, diabetes_csv: Path) -> 
     assert validation["rmse"] == pytest.approx(validation["mse"] ** 0.5)
     assert all(m.val_loss is not None for m in metrics)
     assert metrics[-1].val_loss == pytest.approx(validation["mse"], rel=1e-4)
+
+
+def test_a_file_saved_with_pandas_index_trains_on_its_data_columns_only(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`frame.to_csv(path)` (index included, the pandas default) after dropping some rows: the
+    unnamed index column is neither a feature nor the reason the run diverges."""
+    from sklearn.datasets import load_diabetes
+
+    frame = load_diabetes(as_frame=True, scaled=False).frame
+    path = tmp_path / "diabetes-filtered.csv"
+    frame[frame.age > 40].to_csv(path)
+    config = TrainConfig(data=str(path), standardize=True, epochs=400, database_url=database_url)
+    state = train_flow(config=config, return_state=True)
+    assert state.is_completed(), state.message
+    run, _ = latest_run(database_url)
+    assert run.parameter_names == [*(f"w_{name}" for name in frame.columns[:-1]), "b"]
+    assert run.evaluation["relative_loss_gap"] < 0.01

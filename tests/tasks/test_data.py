@@ -132,3 +132,46 @@ def test_no_rows() -> None:
 def test_duplicate_features_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(GdflowError, match="--features names a more than once"):
         load_dataset(_csv(tmp_path, "a,b,y\n1,2,3\n4,5,6\n"), features=["a", "a"])
+
+
+def _indexed_frame() -> pd.DataFrame:
+    """A frame whose index is not a range (a row filtered out), as real data often is."""
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [5.0, 6.0, 7.0, 8.0], "y": [2.0] * 4})
+    return frame[frame.a != 2]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("general_path", [False, True])
+def test_a_row_index_written_by_pandas_is_not_data(
+    tmp_path: Path, suffix: str, general_path: bool
+) -> None:
+    """`to_csv` writes the index as an unnamed first column, `to_parquet` as a column named in
+    its pandas metadata (after the data columns): neither is a feature, nor the target."""
+    frame = _indexed_frame()
+    if general_path:  # an unused text column makes the fast reader step aside
+        frame = frame.assign(note=["p", "q", "r"])
+    path = tmp_path / f"data{suffix}"
+    frame.to_csv(path) if suffix == ".csv" else frame.to_parquet(path)
+    data = load_dataset(str(path), features=["a", "b"] if general_path else None, target="y")
+    assert data.feature_names == ("a", "b") and data.target_name == "y"
+    assert data.x.tolist() == [[1, 5], [3, 7], [4, 8]] and data.y.tolist() == [2, 2, 2]
+    assert data.index_columns == (("",) if suffix == ".csv" else ("__index_level_0__",))
+    default = load_dataset(str(path)) if not general_path else None
+    assert default is None or default.target_name == "y"
+
+
+def test_a_parquet_range_index_is_no_column(tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    pd.DataFrame({"a": [1.0, 2.0], "y": [2.0, 4.0]}).to_parquet(path)
+    data = load_dataset(str(path))
+    assert data.feature_names == ("a",) and data.index_columns == ()
+
+
+@pytest.mark.parametrize("header,position", [("a,,y", 2), ("a,b,y,", 4), (",", 2), (",a,,y", 3)])
+def test_a_column_without_a_name_is_a_clear_error(
+    tmp_path: Path, header: str, position: int
+) -> None:
+    fields = header.count(",") + 1
+    path = _csv(tmp_path, f"{header}\n" + ",".join(["1"] * fields) + "\n")
+    with pytest.raises(GdflowError, match=f"column {position} of data file .* has no name"):
+        load_dataset(path)
