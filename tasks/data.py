@@ -8,13 +8,15 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import pandas as pd
 
 from tasks.errors import GdflowError
 from tasks.reading import read_numeric
+
+if TYPE_CHECKING:  # pandas is imported where a file is read: the toy run never needs it
+    import pandas as pd
 
 #: The seed tutorial's toy data: y is twice x.
 TOY_X = (1.0, 2.0, 3.0, 4.0, 5.0)
@@ -120,6 +122,8 @@ def load_toy(dtype: str = "float32") -> Dataset:
 def read_table(path: str, *, csv_index: bool = False) -> pd.DataFrame:
     """Read a CSV or Parquet file into a DataFrame; raise GdflowError with the fix on failure.
     `csv_index`: the CSV's first column is its row index (Parquet's index is in its metadata)."""
+    import pandas as pd
+
     file = Path(path).expanduser()
     kind = _READERS.get(file.suffix.lower())
     if not file.exists():
@@ -293,6 +297,8 @@ def select_columns(
 
 def _check_numeric(column: pd.Series, name: str, source: str) -> None:
     """Raise GdflowError naming the column and its first non-numeric value."""
+    import pandas as pd
+
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_complex_dtype(column):
         return
     coerced = pd.to_numeric(column, errors="coerce")

@@ -35,6 +35,17 @@ def test_importing_storage_loads_neither_prefect_nor_torch() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def test_the_toy_run_path_does_not_load_pandas() -> None:
+    """pandas (about half a second to import) is loaded only when a data file is read."""
+    code = (
+        "import sys, flows.train; from tasks.data import load_dataset; load_dataset(None); "
+        "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_every_module_has_a_purpose_line() -> None:
     for package in ("flows", "tasks", "storage"):
         for path in (REPO / package).rglob("*.py"):
