@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -77,6 +78,11 @@ class DetachedEphemeralServer(SubprocessASGIServer):
         original = subprocess.Popen
         hook = _stop_with_parent_hook()
         log = _open_server_log()
+        if log is not None:
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            line = f"{started} gdflow pid {os.getpid()}: temporary server on port {self.port}\n"
+            log.write(line.encode())
+            log.flush()
 
         def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
             kwargs.setdefault("process_group", 0)
