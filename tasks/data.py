@@ -175,13 +175,14 @@ def check_header(path: str) -> tuple[str, ...]:
     index: tuple[str, ...] = ()
     try:
         if kind == "CSV":
-            names = _csv_header(file, path)
-            if names[:1] == [""] and len(names) > 1:
-                names, index = names[1:], ("",)
+            header = _csv_header(file, path)
+            index = ("",) if header[:1] == [""] and len(header) > 1 else ()
         else:
-            names, index = _parquet_header(file)
+            header, index = _parquet_header(file)
     except (OSError, ValueError):
         return ()  # unreadable or not Parquet: read_table says so
+    # The CSV index is the first column only (its name, "", may recur: an error below).
+    names = header[len(index) :] if kind == "CSV" else [n for n in header if n not in index]
     if len(names) > MAX_COLUMNS:
         raise GdflowError(
             f"data file {path!r} has {len(names)} columns, more than the {MAX_COLUMNS} gdflow "
@@ -193,7 +194,7 @@ def check_header(path: str) -> tuple[str, ...]:
             f"data file {path!r} has duplicate column names {dupes}; give each column its own name"
         )
     if "" in names:
-        position = names.index("") + 1 + len(index)
+        position = header.index("", len(index) if kind == "CSV" else 0) + 1
         raise GdflowError(
             f"column {position} of data file {path!r} has no name; name every column in the "
             "header row (or remove a trailing comma)"
@@ -226,7 +227,7 @@ def _csv_header(file: Path, path: str) -> list[str]:
 
 
 def _parquet_header(file: Path) -> tuple[list[str], tuple[str, ...]]:
-    """The data columns and the index columns of a Parquet file (read from the footer only)."""
+    """All columns and the index columns of a Parquet file (read from the footer only)."""
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(file)
@@ -237,7 +238,7 @@ def _parquet_header(file: Path) -> tuple[list[str], tuple[str, ...]]:
         stored = []
     # A RangeIndex is stored as a description (a dict), not as a column.
     index = tuple(name for name in stored if isinstance(name, str) and name in names)
-    return [name for name in names if name not in index], index
+    return names, index
 
 
 def select_columns(
