@@ -48,7 +48,7 @@ def child(kind: str, path: str) -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from tasks.data import load_dataset
+    from gdflow.data.dataset import load_dataset
 
     before = _resident_bytes()
     started = time.perf_counter()

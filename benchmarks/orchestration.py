@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from benchmarks.common import REPO, Result
-from flows.deploy import local_api_url, server_command, server_is_healthy
+from gdflow.flows.deployments import local_api_url, server_command, server_is_healthy
 
 #: The seed script beside the checkout, else the copy kept with the benchmarks.
 SHARED_SEED = REPO.parent / "shared" / "reference" / "seed_script.py"

@@ -15,10 +15,10 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from benchmarks.common import Result, interleaved
-from storage import EpochMetric, MetricBatch, append_metric_batch, create_run, make_engine
-from tasks.data import load_toy
-from tasks.recording import MetricWriter
-from tasks.training import EpochChunk, Optimization, fit
+from gdflow.storage import EpochMetric, MetricBatch, append_metric_batch, create_run, make_engine
+from gdflow.data.dataset import load_toy
+from gdflow.runs.recording import MetricWriter
+from gdflow.training.loop import EpochChunk, Optimization, fit
 
 _TABLE = """CREATE TABLE epoch_metrics (run_id INTEGER NOT NULL, epoch INTEGER NOT NULL, loss FLOAT,
 params JSON NOT NULL, grad_norm FLOAT, lr FLOAT, val_loss FLOAT, PRIMARY KEY (run_id, epoch))"""

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import Result, interleaved, ms
-from tasks.data import load_toy
-from tasks.training import Optimization, fit
+from gdflow.data.dataset import load_toy
+from gdflow.training.loop import Optimization, fit
 
 
 def _reference_epochs(

@@ -1,1 +1,2 @@
-"""gdflow's Prefect flows and its command line; nothing imports this package."""
+"""Orchestration: the Prefect flows (train, sweep), their deployments, task runners and the
+Prefect server they report to."""

@@ -12,8 +12,8 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.errors import GdflowError
-from tasks.sweeping import SweepConfig, scheduler_host
+from gdflow.config.errors import GdflowError
+from gdflow.config.sweep import SweepConfig, scheduler_host
 
 
 def is_loopback(host: Optional[str]) -> bool:

@@ -13,10 +13,10 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as current_run
 from sqlalchemy.orm import Session
 
-from flows.report import format_number, table
-from flows.runners import describe, sweep_runner
-from flows.train import train_flow
-from storage import (
+from gdflow.reports.tables import format_number, table
+from gdflow.flows.runners import describe, sweep_runner
+from gdflow.flows.train import train_flow
+from gdflow.storage import (
     RunStatus,
     create_sweep,
     default_database_url,
@@ -25,12 +25,12 @@ from storage import (
     mask_url,
     sweep_runs,
 )
-from tasks.artifacts import CURVE_POINTS
-from tasks.config import TrainConfig
-from tasks.errors import DivergedError, GdflowError
-from tasks.recording import open_database, status_for
-from tasks.reporting import loss_curves_svg, svg_data_uri, sweep_markdown
-from tasks.sweeping import (
+from gdflow.tasks.artifacts import CURVE_POINTS
+from gdflow.config.train import TrainConfig
+from gdflow.config.errors import DivergedError, GdflowError
+from gdflow.runs.recording import open_database, status_for
+from gdflow.reports.dashboard import loss_curves_svg, svg_data_uri, sweep_markdown
+from gdflow.config.sweep import (
     DEFAULT_LRS,
     SweepConfig,
     best_run,

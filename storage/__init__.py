@@ -3,9 +3,9 @@
 This package knows nothing of Prefect or torch: it stores plain Python values.
 """
 
-from storage.database import DatabaseError, default_database_url, make_engine, mask_url
-from storage.models import Base, EpochMetric, Run, Sweep
-from storage.repository import (
+from gdflow.storage.database import DatabaseError, default_database_url, make_engine, mask_url
+from gdflow.storage.models import Base, EpochMetric, Run, Sweep
+from gdflow.storage.repository import (
     MetricBatch,
     MetricRow,
     RunStatus,
@@ -27,7 +27,7 @@ from storage.repository import (
     sweep_runs,
     update_run,
 )
-from storage.retry import is_transient, retry_transient
+from gdflow.storage.retry import is_transient, retry_transient
 
 __all__ = [
     "Base",

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from storage.migrate import MigrationError, ensure_current
+from gdflow.storage.migrate import MigrationError, ensure_current
 
 #: Environment variable that overrides the default database URL.
 DATABASE_URL_ENV = "GDFLOW_DATABASE_URL"

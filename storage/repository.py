@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from storage.models import EpochMetric, Run, Sweep
+from gdflow.storage.models import EpochMetric, Run, Sweep
 
 
 class RunStatus(StrEnum):

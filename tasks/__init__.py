@@ -1,1 +1,1 @@
-"""gdflow's tasks: plain functions for data, training and evaluation, and their Prefect wrappers."""
+"""The Prefect layer over the plain functions: the five tasks of a run and its dashboard artifacts."""

@@ -19,9 +19,9 @@ from prefect.artifacts import (
 from prefect.logging import get_logger
 from sqlalchemy.orm import Session
 
-from storage import get_metrics_sample, get_run, list_runs, mask_url
-from tasks.recording import open_database
-from tasks.reporting import (
+from gdflow.storage import get_metrics_sample, get_run, list_runs, mask_url
+from gdflow.runs.recording import open_database
+from gdflow.reports.dashboard import (
     loss_curve_markdown,
     metrics_table_rows,
     summary_markdown,

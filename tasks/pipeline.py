@@ -9,18 +9,18 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.orm import Session
 
-from storage import RunStatus, update_run
-from tasks.artifacts import ProgressArtifact
-from tasks.conditioning import analyse, auto_learning_rate
-from tasks.config import TrainConfig
-from tasks.data import Dataset, load_dataset, split_validation
-from tasks.devices import resolve_device
-from tasks.errors import GdflowError
-from tasks.evaluation import check_predict_rows, evaluate, prediction_line
-from tasks.preprocessing import TrainingProblem
-from tasks.recording import MetricWriter, end_run, open_database
-from tasks.stopping import stop_on_signals, stop_requested
-from tasks.training import (
+from gdflow.storage import RunStatus, update_run
+from gdflow.tasks.artifacts import ProgressArtifact
+from gdflow.training.conditioning import analyse, auto_learning_rate
+from gdflow.config.train import TrainConfig
+from gdflow.data.dataset import Dataset, load_dataset, split_validation
+from gdflow.training.devices import resolve_device
+from gdflow.config.errors import GdflowError
+from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
+from gdflow.training.preprocessing import TrainingProblem
+from gdflow.runs.recording import MetricWriter, end_run, open_database
+from gdflow.runs.signals import stop_on_signals, stop_requested
+from gdflow.training.loop import (
     EpochChunk,
     Optimization,
     TrainResult,

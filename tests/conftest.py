@@ -14,7 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 #: The seed's reference trajectory, vendored so the tests run without ../shared.
-SEED_TRAJECTORY = REPO / "tests" / "data" / "seed_trajectory.csv"
+SEED_TRAJECTORY = REPO / "tests" / "fixtures" / "seed_trajectory.csv"
 #: The original beside the checkout, when present (developers' machines and CI).
 SHARED_TRAJECTORY = REPO.parent / "shared" / "reference" / "seed_trajectory.csv"
 

@@ -38,7 +38,7 @@ def test_importing_storage_loads_neither_prefect_nor_torch() -> None:
 def test_the_toy_run_path_does_not_load_pandas() -> None:
     """pandas (about half a second to import) is loaded only when a data file is read."""
     code = (
-        "import sys, flows.train; from tasks.data import load_dataset; load_dataset(None); "
+        "import sys, gdflow.flows.train; from gdflow.data.dataset import load_dataset; load_dataset(None); "
         "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

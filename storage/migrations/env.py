@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from storage.models import Base
+from gdflow.storage.models import Base
 
 
 def _run(connection: Connection) -> None:
@@ -29,7 +29,7 @@ def _main() -> None:
     if connection is not None:
         _run(connection)
         return
-    from storage.database import default_database_url
+    from gdflow.storage.database import default_database_url
 
     url = context.config.get_main_option("sqlalchemy.url") or default_database_url()
     engine = create_engine(url)

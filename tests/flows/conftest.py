@@ -39,7 +39,7 @@ def run_cli(
         "COLUMNS": "200",
     }
     script = Path(sys.executable).with_name("gdflow")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "gdflow.cli.main"]
     return subprocess.run(
         [*command, *args],
         cwd=cwd,
@@ -166,7 +166,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         log=log,
     )
     try:
-        from flows.deploy import server_is_healthy
+        from gdflow.flows.deployments import server_is_healthy
 
         deadline = time.monotonic() + 120
         while not server_is_healthy(api_url):
@@ -214,7 +214,7 @@ def served(
     workdir = tmp_path_factory.mktemp("serve")
     database = workdir / "metrics.db"
     # Create the schema first, so the tests' plain sqlite3 readers never see a half-made file.
-    from storage import make_engine
+    from gdflow.storage import make_engine
 
     make_engine(f"sqlite:///{database}").dispose()
     env = {**prefect_server.env, "GDFLOW_DATABASE_URL": f"sqlite:///{database}"}
@@ -247,7 +247,7 @@ def latest_run(database_url: str):  # type: ignore[no-untyped-def]
     """The most recent run in the database and its epoch rows, detached from any session."""
     from sqlalchemy.orm import Session
 
-    from storage import get_metrics, get_run, latest_run_id, make_engine
+    from gdflow.storage import get_metrics, get_run, latest_run_id, make_engine
 
     engine = make_engine(database_url)
     with Session(engine) as session:

@@ -66,7 +66,7 @@ class Reader:
     def _loop(self) -> None:
         from sqlalchemy.orm import Session
 
-        from storage import get_metrics, latest_run_id, list_runs, make_engine
+        from gdflow.storage import get_metrics, latest_run_id, list_runs, make_engine
 
         engine = make_engine(f"sqlite:///{self.database}")
         try:

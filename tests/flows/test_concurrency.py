@@ -75,7 +75,7 @@ def test_eight_runs_at_once_store_every_epoch_once(
         server: PrefectServer = request.getfixturevalue("prefect_server")
         env = server_env(server, database)
     else:
-        from flows.deploy import local_api_url, server_is_healthy
+        from gdflow.flows.deployments import local_api_url, server_is_healthy
 
         if server_is_healthy(local_api_url()):
             pytest.skip("a Prefect server listens on 127.0.0.1:4200: gdflow run would use it")

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from flows.runners import is_loopback
-from flows.sweep import sweep_flow
-from storage import EpochMetric, get_sweep, make_engine, sweep_runs
-from tasks.config import TrainConfig
-from tasks.sweeping import SweepConfig
+from gdflow.flows.runners import is_loopback
+from gdflow.flows.sweep import sweep_flow
+from gdflow.storage import EpochMetric, get_sweep, make_engine, sweep_runs
+from gdflow.config.train import TrainConfig
+from gdflow.config.sweep import SweepConfig
 from tests.flows.conftest import free_port, run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")

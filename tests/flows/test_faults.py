@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.train import train_flow
-from tasks.config import TrainConfig
+from gdflow.flows.train import train_flow
+from gdflow.config.train import TrainConfig
 from tests.flows.conftest import PrefectServer, latest_run, stop_process, venv_command, wait_for
 from tests.flows.reliability import (
     check_every_epoch_once,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser
-from flows.deploy import DEFAULT_HOST, exposure_warning, is_loopback, server_command
+from gdflow.cli.main import build_parser
+from gdflow.flows.deployments import DEFAULT_HOST, exposure_warning, is_loopback, server_command
 from tests.flows.conftest import free_port, start_background, stop_process, venv_command
 
 

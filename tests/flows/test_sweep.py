@@ -10,11 +10,11 @@ import pytest
 from prefect.artifacts import Artifact
 from sqlalchemy.orm import Session
 
-from flows.cli import main
-from flows.sweep import ARTIFACT_KEY, sweep_flow
-from storage import get_sweep, make_engine, sweep_runs
-from tasks.config import TrainConfig
-from tasks.sweeping import SweepConfig
+from gdflow.cli.main import main
+from gdflow.flows.sweep import ARTIFACT_KEY, sweep_flow
+from gdflow.storage import get_sweep, make_engine, sweep_runs
+from gdflow.config.train import TrainConfig
+from gdflow.config.sweep import SweepConfig
 from tests.flows.conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")

@@ -8,9 +8,9 @@ import cloudpickle
 import pytest
 from sqlalchemy.orm import Session
 
-from flows.train import train_flow
-from storage import latest_run_id, make_engine
-from tasks.config import TrainConfig
+from gdflow.flows.train import train_flow
+from gdflow.storage import latest_run_id, make_engine
+from gdflow.config.train import TrainConfig
 from tests.conftest import read_trajectory
 from tests.flows.conftest import latest_run
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from storage import DatabaseError, default_database_url, make_engine, mask_url
+from gdflow.storage import DatabaseError, default_database_url, make_engine, mask_url
 
 
 def test_sqlite_engine_uses_wal_and_busy_timeout(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from storage import DatabaseError, make_engine
-from storage.migrate import alembic_config, current_revision, ensure_current, head_revision
-from storage.models import Base
+from gdflow.storage import DatabaseError, make_engine
+from gdflow.storage.migrate import alembic_config, current_revision, ensure_current, head_revision
+from gdflow.storage.models import Base
 
 FIRST_REVISION = "0001"
 
@@ -133,8 +133,8 @@ def test_upgrading_twice_changes_nothing(database_url: str) -> None:
 
 _OPEN_SCRIPT = """
 import sys, time
-from storage import make_engine
-from storage.migrate import current_revision
+from gdflow.storage import make_engine
+from gdflow.storage.migrate import current_revision
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all open at the same instant
 engine = make_engine(sys.argv[1])
 with engine.connect() as connection:

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage import (
+from gdflow.storage import (
     EpochMetric,
     MetricBatch,
     MetricRow,
@@ -269,7 +269,7 @@ def test_tables_are_readable_with_pandas(engine: Engine) -> None:
 def test_metric_sample_uses_the_row_budget_and_keeps_the_ends(
     engine: Engine, epochs: int, max_rows: int
 ) -> None:
-    from storage import get_metrics_sample
+    from gdflow.storage import get_metrics_sample
 
     with Session(engine) as session, session.begin():
         run_id = _new_run(session)

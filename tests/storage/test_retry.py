@@ -13,7 +13,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from storage import (
+from gdflow.storage import (
     MetricRow,
     append_metrics,
     create_run,

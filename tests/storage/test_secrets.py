@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from storage import DatabaseError, make_engine, mask_url
-from storage.database import hide_password
+from gdflow.storage import DatabaseError, make_engine, mask_url
+from gdflow.storage.database import hide_password
 
 SECRET = "s3cret-Pa55"
 

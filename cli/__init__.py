@@ -1,0 +1,1 @@
+"""The `gdflow` command line: options parsed into the typed config, one line per error."""

@@ -1,0 +1,597 @@
+"""The `gdflow` command: `run` trains once, `sweep` over learning rates; `runs`, `metrics` read."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, NoReturn, Optional
+
+from pydantic import ValidationError
+
+from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, ON_DEMAND, SCHEDULED
+from gdflow.config.train import TrainConfig
+from gdflow.config.errors import one_line
+from gdflow.config.sweep import DEFAULT_LRS, SweepConfig
+
+PROG = "gdflow"
+
+
+class CliError(Exception):
+    """A problem to report as one line on stderr with a non-zero exit (1 unless given)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training: stop like Ctrl-C does, with exit status 143."""
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    """SIGTERM handler of `gdflow run` and `gdflow sweep` (training itself stops cleanly)."""
+    raise Terminated()
+
+
+def _flag(field: str) -> str:
+    """The command-line flag of a config field, e.g. log_every -> --log-every."""
+    return "--" + field.replace("_", "-")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; unset options keep the model's defaults."""
+    for name, info in TrainConfig.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        help_text = str(info.description)
+        if default is not None and "(default" not in help_text:
+            help_text += f" (default: {default})"
+        if info.annotation is bool:
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        elif name in ("features", "predict"):
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                nargs="+",
+                default=argparse.SUPPRESS,
+                metavar=name.upper()[:-1] if name == "features" else "X",
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                default=argparse.SUPPRESS,
+                metavar=name.upper(),
+                help=help_text,
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every gdflow command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Train models by gradient descent with Prefect; keep every epoch."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="train once with the given options (the seed by default)")
+    _add_config_options(run)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the scheduled and on-demand deployments (needs a Prefect server)",
+        description="Serve two deployments of the train flow from this process: "
+        f"'train/{SCHEDULED}' on a schedule and 'train/{ON_DEMAND}' for manual runs. "
+        "Runs happen while this command keeps running; stop it with Ctrl-C.",
+    )
+    _add_config_options(serve)
+    serve.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: 0 2 * * *)")
+    serve.add_argument("--timezone", default="UTC", help="time zone of the schedule (default: UTC)")
+    serve.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="run every SECONDS instead of the cron schedule",
+    )
+    serve.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="let a scheduled run start while the previous one still runs (default: queue it)",
+    )
+    server = commands.add_parser(
+        "server", help="start a local Prefect server (loopback, analytics off) and its UI"
+    )
+    server.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address (default: {DEFAULT_HOST}, loopback only); before any other, set "
+        "PREFECT_SERVER_API_AUTH_STRING=user:password (see README)",
+    )
+    server.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
+    )
+    _add_sweep_parser(commands)
+    runs = commands.add_parser("runs", help="list recorded runs, newest first")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default: 20)")
+    runs.add_argument("--source", help="only runs on this data source (a --data path, or toy:y=2x)")
+    runs.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
+    metrics = commands.add_parser("metrics", help="print one run's per-epoch metrics")
+    metrics.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest'")
+    metrics.add_argument("--format", choices=["table", "csv"], default="table")
+    metrics.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
+    db = commands.add_parser(
+        "db",
+        help="show or upgrade the metrics database's schema version",
+        description="Every gdflow command upgrades an older database when it opens it; "
+        "`gdflow db upgrade` does it on its own (e.g. before starting workers), "
+        "`gdflow db current` only reports.",
+    )
+    db.add_argument("action", choices=["upgrade", "current"])
+    db.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
+    return parser
+
+
+def _add_sweep_parser(commands: Any) -> None:
+    """`gdflow sweep`: every run option, plus the learning rates and how many train at once."""
+    lrs = " ".join(f"{lr:g}" for lr in DEFAULT_LRS)
+    sweep = commands.add_parser(
+        "sweep",
+        help="train at several learning rates, some at a time, and compare the runs",
+        description="Train the same configuration once per learning rate, as subflows of one "
+        "'sweep' flow run, and print how the runs compare and which did best "
+        "(lowest validation loss, else lowest final training loss).",
+    )
+    _add_config_options(sweep)
+    sweep.add_argument(
+        "--lrs",
+        nargs="+",
+        default=argparse.SUPPRESS,
+        metavar="LR",
+        help=f"learning rates to try (default: {lrs}); replaces --lr",
+    )
+    sweep.add_argument(
+        "--lr-range",
+        nargs=3,
+        default=argparse.SUPPRESS,
+        metavar=("MIN", "MAX", "COUNT"),
+        help="COUNT learning rates log-spaced from MIN to MAX, both included (instead of --lrs)",
+    )
+    sweep.add_argument(
+        "--max-concurrency",
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="how many runs train at the same time, at most (default: 2); with --runner dask, "
+        "the local cluster's number of worker processes",
+    )
+    sweep.add_argument(
+        "--runner",
+        choices=["threads", "dask"],
+        default=argparse.SUPPRESS,
+        help="where the runs train: threads of this process (default), or Dask worker "
+        "processes (a local cluster, or the scheduler given by --dask-address)",
+    )
+    sweep.add_argument(
+        "--dask-address",
+        default=argparse.SUPPRESS,
+        metavar="ADDRESS",
+        help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786: its workers train the runs "
+        "(implies --runner dask)",
+    )
+
+
+def config_from_args(values: dict[str, Any], *, command: str = "run") -> TrainConfig:
+    """Build the config from parsed options; a ValidationError becomes a one-line CliError."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc, command=command)) from None
+
+
+def describe_validation_error(exc: ValidationError, *, command: str = "run") -> str:
+    """One line naming the offending option, its value and what is expected."""
+    error = exc.errors()[0]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["loc"]:
+        field = str(error["loc"][0])
+        value = error.get("input")
+        shown = value if isinstance(value, str) else repr(value)
+        text = f"invalid {_flag(field)} {shown}: {message}; see '{PROG} {command} --help'"
+        return one_line(text)
+    return one_line(f"invalid options: {message}")
+
+
+def _quiet_expected_errors() -> None:
+    """Show user-fixable errors (GdflowError) in the console without a traceback."""
+    from gdflow.config.errors import GdflowError
+
+    class _DropTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and isinstance(record.exc_info[1], GdflowError):
+                record.exc_info = None
+                record.exc_text = None
+            return True
+
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            if "Console" in type(handler).__name__ or isinstance(handler, logging.StreamHandler):
+                handler.addFilter(_DropTraceback())
+
+
+def _start_temporary_server() -> None:
+    """Start Prefect's temporary server (out of reach of Ctrl-C); failures are one line."""
+    from gdflow.flows.temporary_server import start_ephemeral_server
+    from gdflow.config.errors import GdflowError
+
+    try:
+        start_ephemeral_server()
+    except GdflowError as exc:
+        raise CliError(str(exc)) from None
+
+
+def start_temporary_server_early() -> Callable[[], None]:
+    """With no Prefect server to use, start Prefect's temporary one in a background thread now,
+    so that it boots while torch and the flow are imported (otherwise one waits for the other).
+    Returns a function that waits for it and raises its start failure, if any."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from gdflow.flows.deployments import find_api_url
+
+    if find_api_url() is not None:
+        return lambda: None
+    failures: list[CliError] = []
+    started = threading.Event()
+
+    def start() -> None:
+        try:
+            _start_temporary_server()
+        except CliError as exc:
+            failures.append(exc)
+        finally:
+            started.set()
+        # The server is told to stop when the thread that started it ends (PR_SET_PDEATHSIG
+        # follows the thread, not the process): keep this one for the life of the process.
+        threading.Event().wait()
+
+    thread = threading.Thread(target=start, name="gdflow-temporary-server", daemon=True)
+    thread.start()
+
+    def ready() -> None:
+        started.wait()
+        if failures:
+            raise failures[0]
+
+    return ready
+
+
+def _run_flow(
+    flow_fn: Any,
+    database_url: Optional[str],
+    server_ready: Callable[[], None] = _start_temporary_server,
+    **parameters: Any,
+) -> tuple[Any, str]:
+    """Check the database, run a flow (on a running server when there is one), return its
+    result and the database URL; a failed run becomes a one-line CliError."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from gdflow.flows.deployments import find_api_url, ui_url
+    from gdflow.storage import default_database_url
+    from gdflow.config.errors import GdflowError
+    from gdflow.runs.signals import requested_signal
+
+    url = database_url or default_database_url()
+    _open_existing(url).dispose()
+    _quiet_expected_errors()
+    api_url = find_api_url()
+    updates = {PREFECT_API_URL: api_url} if api_url else {}
+    if not api_url:
+        server_ready()  # the temporary server (started early by `gdflow run`) must be up
+    with temporary_settings(updates=updates):
+        state = flow_fn(**parameters, return_state=True)
+    if api_url:
+        print(f"watch it at {ui_url(api_url)}/runs/flow-run/{state.state_details.flow_run_id}")
+    stopped_by = requested_signal()
+    if state.is_cancelled() and stopped_by is not None:
+        raise CliError(state.message or "cancelled", code=128 + int(stopped_by))
+    if not state.is_completed():
+        outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            text = str(outcome) or type(outcome).__name__
+            if not isinstance(outcome, GdflowError):
+                text = f"{type(outcome).__name__}: {text}"
+        else:
+            text = state.message or state.name or ""
+        raise CliError(text.splitlines()[0] if text else "the run failed")
+    return state.result(), url
+
+
+@contextmanager
+def _database_in_environment(config: TrainConfig) -> Iterator[TrainConfig]:
+    """Hand --database-url to the flow through GDFLOW_DATABASE_URL, not as a flow parameter:
+    Prefect stores and shows parameters, and the URL may hold a password."""
+    from gdflow.storage.database import DATABASE_URL_ENV
+
+    if config.database_url is None:
+        yield config
+        return
+    before = os.environ.get(DATABASE_URL_ENV)
+    os.environ[DATABASE_URL_ENV] = config.database_url
+    try:
+        yield config.model_copy(update={"database_url": None})
+    finally:
+        if before is None:
+            os.environ.pop(DATABASE_URL_ENV, None)
+        else:
+            os.environ[DATABASE_URL_ENV] = before
+
+
+def cmd_run(values: dict[str, Any]) -> int:
+    """Run the training flow once; print the outcome; exit 0 only when it completed."""
+    config = config_from_args(values)
+    server_ready = start_temporary_server_early()
+    from gdflow.flows.train import train_flow
+    from gdflow.storage import mask_url
+
+    with _database_in_environment(config) as config:
+        summary, url = _run_flow(train_flow, config.database_url, server_ready, config=config)
+    run_id = summary["run_id"]
+    print(
+        f"run {run_id} {summary['status']}: {summary['epochs_done']} epochs "
+        f"({summary['stop_reason']}), final loss {summary['final_loss']:.6g}"
+    )
+    if summary.get("evaluation"):
+        from gdflow.reports.tables import evaluation_table
+
+        print(evaluation_table(summary["evaluation"]))
+    print(f"metrics in {mask_url(url)}: {PROG} metrics {run_id}")
+    return 0
+
+
+def cmd_sweep(values: dict[str, Any]) -> int:
+    """Run the sweep flow; print the comparison and the best run; exit 0 if any run completed."""
+    names = ("lrs", "lr_range", "max_concurrency", "runner", "dask_address")
+    options = {k: values.pop(k) for k in names if k in values}
+    if "lr" in values:
+        raise CliError(
+            "--lr does not apply to a sweep: give the learning rates with --lrs LR [LR ...] "
+            f"or --lr-range MIN MAX COUNT; see '{PROG} sweep --help'"
+        )
+    config = config_from_args(values, command="sweep")
+    if "lrs" not in options and "lr_range" not in options:
+        options["lrs"] = list(DEFAULT_LRS)
+    from gdflow.flows.sweep import comparison_table, sweep_flow
+    from gdflow.storage import mask_url
+
+    # Workers of a running Dask scheduler live elsewhere and do not share this environment:
+    # there the URL travels in the flow's parameters (README: prefer one without a password).
+    remote = options.get("dask_address") is not None
+    with nullcontext(config) if remote else _database_in_environment(config) as config:
+        try:
+            sweep = SweepConfig(base=config, **options)
+        except ValidationError as exc:
+            raise CliError(describe_validation_error(exc, command="sweep")) from None
+        summary, url = _run_flow(sweep_flow, config.database_url, sweep=sweep)
+    rows = summary["rows"]
+    best = next(row for row in rows if row["run"] == summary["best_run_id"])
+    print(f"sweep {summary['sweep_id']}: {len(rows)} runs in {mask_url(url)}")
+    print(comparison_table(rows))
+    loss = best["final loss"]
+    shown = "unknown" if loss is None else f"{loss:.6g}"
+    print(f"best: run {best['run']} (lr {best['lr']:g}, final loss {shown})")
+    return 0
+
+
+def cmd_serve(values: dict[str, Any]) -> int:
+    """Serve the scheduled and on-demand deployments until interrupted."""
+    options = {k: values.pop(k) for k in ("cron", "timezone", "interval", "allow_overlap")}
+    config = config_from_args(values)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from gdflow.flows.deployments import build_deployments, find_api_url, ui_url
+
+    _open_existing(config.database_url).dispose()
+    api_url = find_api_url()
+    if api_url is None:
+        raise CliError(
+            "gdflow serve needs a running Prefect server (schedules never fire without one): "
+            "start one with 'gdflow server' in another terminal, or set PREFECT_API_URL"
+        )
+    if options["interval"] is not None and options["interval"] <= 0:
+        raise CliError(f"invalid --interval {options['interval']:g}: must be positive seconds")
+    from prefect import serve
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        _database_in_environment(config) as config,  # the runs it starts inherit the environment
+    ):
+        try:
+            deployments = build_deployments(config, **options)
+        except ValueError as exc:
+            raise CliError(f"invalid schedule: {str(exc).splitlines()[0]}") from None
+        print(f"serving train/{SCHEDULED} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
+        serve(*deployments, print_starting_message=False)
+    return 0
+
+
+def cmd_server(host: str, port: int) -> int:
+    """Run `prefect server start` on loopback with analytics off, until interrupted."""
+    import subprocess
+
+    from gdflow.flows.deployments import exposure_warning, local_api_url, server_command
+
+    command, env = server_command(host, port)
+    warning = exposure_warning(host, env)
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
+    print(
+        f"Prefect server and UI at http://{host}:{port}; gdflow run/serve use it automatically "
+        f"(elsewhere: export PREFECT_API_URL={local_api_url(host, port)})",
+        flush=True,
+    )
+    try:
+        return subprocess.call(command, env=env)
+    except FileNotFoundError:
+        raise CliError("the 'prefect' command is not installed; reinstall gdflow") from None
+
+
+def _open_existing(database_url: Optional[str]) -> Any:
+    """An engine on the metrics database (created if missing), after marking `crashed` the runs
+    whose process is gone (each said on stderr); errors become CliError."""
+    from gdflow.storage import default_database_url
+    from gdflow.config.errors import GdflowError
+    from gdflow.runs.recording import open_database, reconcile_runs
+
+    url = database_url or default_database_url()
+    try:
+        engine = open_database(url)
+        crashed = reconcile_runs(url)
+    except GdflowError as exc:
+        raise CliError(str(exc)) from None
+    for run_id in crashed:
+        print(
+            f"{PROG}: run {run_id} was left 'running' by a process that is gone; "
+            "recorded it as crashed",
+            file=sys.stderr,
+        )
+    return engine
+
+
+def cmd_runs(limit: int, source: Optional[str], database_url: Optional[str]) -> int:
+    """Print the latest runs as an aligned table."""
+    from sqlalchemy.orm import Session
+
+    from gdflow.reports.tables import runs_table
+    from gdflow.storage import list_runs
+
+    if limit < 1:
+        raise CliError(f"invalid --limit {limit}: must be at least 1")
+    engine = _open_existing(database_url)
+    with Session(engine) as session:
+        runs = list_runs(session, limit=limit, data_source=source)
+        if not runs:
+            print("no runs recorded yet; start one with: gdflow run")
+            return 0
+        print(runs_table(runs))
+    engine.dispose()
+    return 0
+
+
+def cmd_metrics(run_ref: str, fmt: str, database_url: Optional[str]) -> int:
+    """Print one run's per-epoch metrics as a table or CSV."""
+    from sqlalchemy.orm import Session
+
+    from gdflow.reports.tables import metrics_csv, metrics_table
+    from gdflow.storage import get_metrics, get_run, latest_run_id
+
+    engine = _open_existing(database_url)
+    with Session(engine) as session:
+        if run_ref == "latest":
+            run_id = latest_run_id(session)
+            if run_id is None:
+                raise CliError("no runs recorded yet; start one with: gdflow run")
+        else:
+            try:
+                run_id = int(run_ref)
+            except ValueError:
+                raise CliError(f"invalid RUN_ID {run_ref!r}: give a number or 'latest'") from None
+        run = get_run(session, run_id=run_id)
+        if run is None:
+            raise CliError(f"no run {run_id} in this database; list runs with: gdflow runs")
+        metrics = get_metrics(session, run_id=run_id)
+        names = list(run.parameter_names or [])
+        if fmt == "csv":
+            sys.stdout.write(metrics_csv(metrics, names))
+        else:
+            print(f"run {run.id} ({run.status}, {run.stop_reason or 'no stop reason yet'})")
+            print(metrics_table(metrics, names))
+    engine.dispose()
+    return 0
+
+
+def cmd_db(action: str, database_url: Optional[str]) -> int:
+    """Report the schema revision of the database, or bring it to the newest one."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gdflow.storage import DatabaseError, default_database_url, make_engine, mask_url
+    from gdflow.storage.migrate import MigrationError, current_revision, ensure_current, head_revision
+
+    url = database_url or default_database_url()
+    shown = mask_url(url)
+    try:
+        engine = make_engine(url, create_schema=False)
+        try:
+            if action == "current":
+                with engine.connect() as connection:
+                    current = current_revision(connection) or "none"
+                head = head_revision()
+                state = "up to date" if current == head else "upgrade with: gdflow db upgrade"
+                print(f"database {shown}: revision {current} (newest {head}, {state})")
+                return 0
+            before, after = ensure_current(engine)
+        finally:
+            engine.dispose()
+    except (DatabaseError, MigrationError) as exc:
+        raise CliError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CliError(
+            f"cannot open database {shown} ({str(getattr(exc, 'orig', exc)).splitlines()[0]})"
+        ) from None
+    if before == after:
+        print(f"database {shown}: already at revision {after}")
+    else:
+        print(f"database {shown}: upgraded from revision {before or 'none'} to {after}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `gdflow` console script."""
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    if command in ("run", "sweep"):
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    urls = [str(args.get("database_url") or ""), os.environ.get("GDFLOW_DATABASE_URL", "")]
+    try:
+        if command == "run":
+            return cmd_run(args)
+        if command == "sweep":
+            return cmd_sweep(args)
+        if command == "serve":
+            return cmd_serve(args)
+        if command == "server":
+            return cmd_server(args["host"], args["port"])
+        if command == "runs":
+            return cmd_runs(args["limit"], args["source"], args["database_url"])
+        if command == "db":
+            return cmd_db(args["action"], args["database_url"])
+        return cmd_metrics(args["run_id"], args["format"], args["database_url"])
+    except CliError as exc:
+        from gdflow.storage.database import hide_password
+
+        message = str(exc)
+        for url in urls:
+            message = hide_password(message, url)
+        _fail(message, code=exc.code)
+    except Terminated:
+        _fail("terminated (SIGTERM)", code=128 + signal.SIGTERM)
+    except KeyboardInterrupt:
+        _fail("interrupted", code=128 + signal.SIGINT)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """Print `gdflow: error: MESSAGE` on stderr and exit with `code`."""
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,271 @@
+"""The typed training configuration: CLI flags, the flow parameter and the UI's run form."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+#: Characters of a file name kept in run names and tags; others become `_`.
+_UNSAFE_LABEL = re.compile(r"[^\w.+-]")
+#: The largest seed torch's generators take.
+MAX_SEED = 2**64 - 1
+
+
+def safe_label(text: str, limit: int = 40) -> str:
+    """`text` for a Prefect run name or tag: letters, digits and `._+-` only, at most `limit`
+    characters, so markup or control characters in a file name are never interpreted."""
+    label = _UNSAFE_LABEL.sub("_", text)[:limit]
+    return label or "data"
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs; the defaults reproduce the seed tutorial exactly."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: Optional[str] = Field(
+        default=None,
+        description="CSV or Parquet file to train on; empty for the seed's toy data (y = 2x).",
+    )
+    features: Optional[list[str]] = Field(
+        default=None,
+        description=(
+            "Feature columns of --data, comma-separated (default: every column but the target)."
+        ),
+    )
+    target: Optional[str] = Field(
+        default=None,
+        description="Target column of --data (default: the last column).",
+    )
+    validation_split: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of rows held out for validation (seeded by --seed; 0: none).",
+    )
+    standardize: bool = Field(
+        default=False,
+        description=(
+            "Standardise features (and centre the target) on the training split; parameters "
+            "and predictions stay in the original units. Implies --bias unless --no-bias."
+        ),
+    )
+    bias: bool = Field(default=False, description="Fit an intercept b as well as the weights.")
+    init: Union[float, Literal["random"]] = Field(
+        default=1.0,
+        description="Initial value of every weight, or 'random' for N(0, 1) draws from --seed.",
+    )
+    lr: Union[Annotated[float, Field(gt=0)], Literal["auto"]] = Field(
+        default=0.01,
+        description=(
+            "Learning rate of the optimizer, or 'auto': 1/largest Hessian eigenvalue of the "
+            "training data (0.01 for adam). --standardize implies auto unless --lr is given."
+        ),
+    )
+    optimizer: Literal["sgd", "adam"] = Field(
+        default="sgd", description="torch.optim optimizer: sgd or adam."
+    )
+    momentum: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="SGD momentum (0: plain gradient descent)."
+    )
+    nesterov: bool = Field(default=False, description="Nesterov momentum (needs --momentum > 0).")
+    lr_schedule: Literal["constant", "step", "cosine"] = Field(
+        default="constant",
+        description="Learning-rate schedule: constant, step (x gamma every N epochs) or cosine.",
+    )
+    lr_step_epochs: int = Field(
+        default=100, ge=1, description="Epochs between steps of the step schedule."
+    )
+    lr_gamma: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="Factor of each step of the step schedule."
+    )
+    batch_size: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Rows per mini-batch, shuffled each epoch by --seed (default: full batch).",
+    )
+    epochs: int = Field(default=100, ge=1, description="Maximum number of epochs.")
+    tolerance: Optional[float] = Field(
+        default=None,
+        gt=0,
+        description="Converged once the loss changes by less than this between epochs.",
+    )
+    patience: int = Field(
+        default=1,
+        ge=1,
+        description="Consecutive epochs the loss change must stay below --tolerance.",
+    )
+    plateau_epochs: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Stop as plateaued after this many epochs without a new best loss.",
+    )
+    diverge_factor: float = Field(
+        default=1e6,
+        gt=1.0,
+        description="Diverged once the loss exceeds the first epoch's loss times this.",
+    )
+    device: str = Field(
+        default="cpu",
+        description="Where tensors live: auto, cpu, cuda, cuda:N or mps.",
+    )
+    dtype: Literal["float32", "float64"] = Field(
+        default="float32", description="Floating-point precision of the tensors."
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of random init, the validation split and mini-batch shuffling.",
+    )
+    predict: Optional[list[list[float]]] = Field(
+        default=None,
+        description=(
+            "Inputs to predict after training: numbers, or comma-separated rows for "
+            "several features (default: 5 for the toy data, none for --data)."
+        ),
+    )
+    log_every: int = Field(
+        default=10, ge=0, description="Log a progress line every N epochs (0: never)."
+    )
+    database_url: Optional[str] = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the metrics database "
+            "(default: $GDFLOW_DATABASE_URL or ~/.gdflow/gdflow.db)."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _standardize_implies_bias(cls, data: Any) -> Any:
+        """Centring needs an intercept: --standardize turns --bias on unless it is given."""
+        flag = data.get("standardize") if isinstance(data, dict) else None
+        if flag is True or str(flag).strip().lower() in {"1", "true", "t", "yes", "y", "on"}:
+            implied = {"bias": True, "lr": "auto"}
+            return {**data, **{k: v for k, v in implied.items() if data.get(k) is None}}
+        return data
+
+    @field_validator("data", "target", "database_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        """Treat empty strings (an empty UI form field) as not given."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _split_features(cls, value: Any) -> Any:
+        """Accept 'a,b' as well as ['a', 'b'] (or ['a,b'] from the command line)."""
+        if value is None:
+            return None
+        if not isinstance(value, (str, list, tuple)):
+            raise ValueError("must be column names, e.g. 'a,b'")
+        items = [value] if isinstance(value, str) else list(value)
+        names = [part.strip() for item in items for part in str(item).split(",")]
+        names = [name for name in names if name]
+        return names or None
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _parse_lr(cls, value: Any) -> Any:
+        """Accept 'auto' in any case; numbers (also as strings) are parsed by the float type."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return value
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _parse_init(cls, value: Any) -> Any:
+        """Accept numbers given as strings (CLI) and 'random' in any case."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "random":
+                return "random"
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError("must be a number or 'random'") from None
+        return value
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _check_device(cls, value: Any) -> Any:
+        """Accept only device strings torch understands; availability is checked at run time."""
+        text = str(value).strip().lower()
+        if not _DEVICE_PATTERN.match(text):
+            raise ValueError("must be one of auto, cpu, cuda, cuda:N or mps")
+        return text
+
+    @field_validator("predict", mode="before")
+    @classmethod
+    def _rows(cls, value: Any) -> Any:
+        """Turn 5, '5', [5, 7.5] or ['1,2', '3,4'] into a list of input rows."""
+        if value is None:
+            return None
+        items = value if isinstance(value, (list, tuple)) else [value]
+        rows: list[Any] = []
+        for item in items:
+            if isinstance(item, str):
+                rows.append([part for part in item.replace(" ", "").split(",") if part])
+            elif isinstance(item, (list, tuple)):
+                rows.append(list(item))
+            else:
+                rows.append([item])
+        return rows
+
+    @field_validator("lr", "tolerance", "init")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        """NaN and infinity are not usable step sizes, tolerances or initial weights."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        """Cross-field rules: data options need data; momentum and Nesterov need SGD."""
+        if self.data is None and (self.features or self.target):
+            raise ValueError("--features and --target need --data PATH")
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError("--momentum applies to --optimizer sgd only")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("--nesterov needs --momentum above 0")
+        return self
+
+    @property
+    def prediction_inputs(self) -> list[list[float]]:
+        """Rows to predict: --predict, else the seed's x = 5 for the toy data, else none."""
+        if self.predict is not None:
+            return self.predict
+        return [[5.0]] if self.data is None else []
+
+    @property
+    def data_source(self) -> str:
+        """A short description of where the data comes from (for names, tags and the database)."""
+        return self.data if self.data else "toy:y=2x"
+
+    def run_name(self) -> str:
+        """A flow-run name that tells runs apart in a list: data, lr, device, epochs."""
+        stem = safe_label(Path(self.data).stem) if self.data else "toy"
+        return f"{stem}-lr{self.lr_label}-{self.device}-{self.epochs}ep"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as JSON values, with any password in the database URL masked."""
+        from gdflow.storage import mask_url
+
+        values = self.model_dump(mode="json")
+        if self.database_url:
+            values["database_url"] = mask_url(self.database_url)
+        return values
+
+    @property
+    def lr_label(self) -> str:
+        """The learning rate as shown in names and tags: `0.01` or `auto`."""
+        return self.lr if isinstance(self.lr, str) else f"{self.lr:g}"

@@ -1,0 +1,368 @@
+"""Load training data: the seed's toy data, or numeric columns of a CSV or Parquet file."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from gdflow.config.errors import GdflowError
+from gdflow.data.reading import read_numeric
+
+if TYPE_CHECKING:  # pandas is imported where a file is read: the toy run never needs it
+    import pandas as pd
+
+#: The seed tutorial's toy data: y is twice x.
+TOY_X = (1.0, 2.0, 3.0, 4.0, 5.0)
+TOY_Y = (2.0, 4.0, 6.0, 8.0, 10.0)
+
+_READERS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
+#: Columns a data file may have, at most: wider files (a "CSV bomb") are refused before parsing.
+MAX_COLUMNS = 10_000
+#: Feature columns a model may have, at most (the Hessian and least squares are d x d).
+MAX_FEATURES = 1_000
+#: Bytes of a CSV header row, at most (the parser's block: a longer row cannot be read).
+MAX_HEADER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Training rows `x` (rows x features) and `y`, optional validation rows, and names."""
+
+    x: np.ndarray
+    y: np.ndarray
+    feature_names: tuple[str, ...]
+    target_name: str
+    source: str
+    x_val: Optional[np.ndarray] = None
+    y_val: Optional[np.ndarray] = None
+    #: Columns of the file left out as its row index (written by pandas' to_csv/to_parquet).
+    index_columns: tuple[str, ...] = ()
+
+    @property
+    def n_rows(self) -> int:
+        """Number of examples."""
+        return int(self.x.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Number of feature columns."""
+        return int(self.x.shape[1])
+
+
+def make_dataset(
+    x: Sequence[Sequence[float]] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    *,
+    feature_names: Sequence[str],
+    target_name: str,
+    source: str,
+    dtype: str = "float32",
+) -> Dataset:
+    """Check shapes and values and build a Dataset; raise GdflowError on bad input."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        x_arr = np.asarray(x, dtype=dtype)
+        y_arr = np.asarray(y, dtype=dtype)
+    if x_arr.ndim == 1:
+        x_arr = x_arr.reshape(-1, 1)
+    if x_arr.ndim != 2 or y_arr.ndim != 1:
+        raise GdflowError(
+            f"{source}: features must be a table and the target a single column "
+            f"(got shapes {x_arr.shape} and {y_arr.shape})"
+        )
+    if x_arr.shape[0] != y_arr.shape[0]:
+        raise GdflowError(
+            f"{source}: features have {x_arr.shape[0]} rows but the target has "
+            f"{y_arr.shape[0]}; give one target value per row"
+        )
+    if x_arr.shape[0] == 0:
+        raise GdflowError(f"{source} has no data rows; add rows or point --data at another file")
+    if x_arr.shape[1] != len(feature_names):
+        raise GdflowError(
+            f"{source}: {x_arr.shape[1]} feature columns but {len(feature_names)} names"
+        )
+    columns = [*feature_names, target_name]
+    values = [*(x_arr[:, j] for j in range(x_arr.shape[1])), y_arr]
+    for name, column in zip(columns, values):
+        bad = ~np.isfinite(column)
+        if bad.any():
+            first = int(np.argmax(bad)) + 1
+            raise GdflowError(
+                f"column {name!r} in {source} has {int(bad.sum())} missing, NaN or infinite "
+                f"value(s) (first in data row {first}) or values too large for {dtype}; "
+                "clean or drop those rows"
+            )
+    return Dataset(
+        x=np.ascontiguousarray(x_arr),
+        y=np.ascontiguousarray(y_arr),
+        feature_names=tuple(feature_names),
+        target_name=target_name,
+        source=source,
+    )
+
+
+def load_toy(dtype: str = "float32") -> Dataset:
+    """Return the seed tutorial's five points, y = 2x."""
+    return make_dataset(
+        [[v] for v in TOY_X],
+        TOY_Y,
+        feature_names=["x"],
+        target_name="y",
+        source="toy:y=2x",
+        dtype=dtype,
+    )
+
+
+def read_table(path: str, *, csv_index: bool = False) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame; raise GdflowError with the fix on failure.
+    `csv_index`: the CSV's first column is its row index (Parquet's index is in its metadata)."""
+    import pandas as pd
+
+    file = Path(path).expanduser()
+    kind = _READERS.get(file.suffix.lower())
+    if not file.exists():
+        raise GdflowError(f"data file {path!r} not found; check the path given to --data")
+    if file.is_dir():
+        raise GdflowError(f"--data {path!r} is a directory; pass a CSV or Parquet file")
+    if kind is None:
+        raise GdflowError(
+            f"cannot read {path!r}: unsupported file type {file.suffix or '(none)'!r}; "
+            "use a .csv or .parquet file"
+        )
+    if file.stat().st_size == 0:
+        raise GdflowError(f"data file {path!r} is empty; add a header row and data rows")
+    try:
+        if kind == "CSV":
+            return pd.read_csv(file, engine="pyarrow", index_col=0 if csv_index else None)
+        return pd.read_parquet(file)
+    except PermissionError:
+        raise GdflowError(
+            f"cannot read data file {path!r}: permission denied; make it readable"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise GdflowError(
+            f"data file {path!r} has no header row or no data rows; add a header row and data rows"
+        ) from None
+    except UnicodeDecodeError:
+        raise GdflowError(
+            f"data file {path!r} is not UTF-8 text; re-save it as UTF-8 CSV"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed file
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "straddl" in detail:  # pyarrow: a row longer than its 1 MiB block
+            detail = f"a row is longer than {MAX_HEADER_BYTES >> 20} MiB"
+        raise GdflowError(
+            f"cannot parse {path!r} as {kind} ({detail}); check the file is valid {kind}"
+        ) from None
+
+
+def check_header(path: str) -> tuple[str, ...]:
+    """Check a data file's column names before parsing it: UTF-8, at most MAX_COLUMNS, no
+    duplicates (which pandas would silently rename `x.1`), every column named. Return the
+    columns that hold the row index, which are not data: a CSV's first column when its name is
+    empty (as `DataFrame.to_csv` writes the index), a Parquet file's index columns named in its
+    pandas metadata (as `DataFrame.to_parquet` writes them). Missing files are read_table's."""
+    file = Path(path).expanduser()
+    kind = _READERS.get(file.suffix.lower())
+    if kind is None or not file.is_file() or file.stat().st_size == 0:
+        return ()
+    index: tuple[str, ...] = ()
+    try:
+        if kind == "CSV":
+            header = _csv_header(file, path)
+            index = ("",) if header[:1] == [""] and len(header) > 1 else ()
+        else:
+            header, index = _parquet_header(file)
+    except (OSError, ValueError):
+        return ()  # unreadable or not Parquet: read_table says so
+    # The CSV index is the first column only (its name, "", may recur: an error below).
+    names = header[len(index) :] if kind == "CSV" else [n for n in header if n not in index]
+    if len(names) > MAX_COLUMNS:
+        raise GdflowError(
+            f"data file {path!r} has {len(names)} columns, more than the {MAX_COLUMNS} gdflow "
+            "reads; keep only the columns to train on"
+        )
+    dupes = sorted({name for name in names if names.count(name) > 1})
+    if dupes:
+        raise GdflowError(
+            f"data file {path!r} has duplicate column names {dupes}; give each column its own name"
+        )
+    if "" in names:
+        position = header.index("", len(index) if kind == "CSV" else 0) + 1
+        raise GdflowError(
+            f"column {position} of data file {path!r} has no name; name every column in the "
+            "header row (or remove a trailing comma)"
+        )
+    return index
+
+
+def _csv_header(file: Path, path: str) -> list[str]:
+    """The first record of a CSV file, decoded as UTF-8 (an optional BOM is dropped)."""
+    with file.open("rb") as handle:
+        head = handle.read(MAX_HEADER_BYTES + 1)
+    try:
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        raise GdflowError(
+            f"data file {path!r} is not UTF-8 text (byte 0x{head[exc.start]:02x} at offset "
+            f"{exc.start}); re-save it as UTF-8 CSV"
+        ) from None
+    if len(head) > MAX_HEADER_BYTES and "\n" not in text and "\r" not in text:
+        raise GdflowError(
+            f"data file {path!r} has a header row longer than {MAX_HEADER_BYTES >> 20} MiB "
+            f"(at most {MAX_COLUMNS} columns are read); keep only the columns to train on"
+        )
+    try:
+        return next(csv.reader(io.StringIO(text)), [])
+    except csv.Error as exc:
+        raise GdflowError(
+            f"cannot parse {path!r} as CSV ({exc}); check the file is valid CSV"
+        ) from None
+
+
+def _parquet_header(file: Path) -> tuple[list[str], tuple[str, ...]]:
+    """All columns and the index columns of a Parquet file (read from the footer only)."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(file)
+    names = [str(name) for name in schema.names]
+    try:
+        stored = (schema.pandas_metadata or {}).get("index_columns", [])
+    except ValueError:  # pandas metadata that is not JSON: no index known
+        stored = []
+    # A RangeIndex is stored as a description (a dict), not as a column.
+    index = tuple(name for name in stored if isinstance(name, str) and name in names)
+    return names, index
+
+
+def select_columns(
+    frame: pd.DataFrame,
+    *,
+    features: Optional[Sequence[str]],
+    target: Optional[str],
+    source: str,
+    dtype: str = "float32",
+) -> Dataset:
+    """Pick feature and target columns, check they are numeric and finite, build a Dataset."""
+    columns = [str(c) for c in frame.columns]
+    frame = frame.set_axis(columns, axis=1)
+    if len(set(columns)) != len(columns):
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
+        raise GdflowError(f"{source} has duplicate column names {dupes}; rename them")
+    if not columns:
+        raise GdflowError(f"{source} has no columns; add a header row and data rows")
+    target_name = target if target is not None else columns[-1]
+    if features is None:
+        feature_names = [c for c in columns if c != target_name]
+    else:
+        feature_names = list(features)
+    for name in [*feature_names, target_name]:
+        if name not in columns:
+            raise GdflowError(
+                f"column {name!r} not found in {source}; available columns: {', '.join(columns)}"
+            )
+    if len(set(feature_names)) != len(feature_names):
+        dupes = sorted({name for name in feature_names if feature_names.count(name) > 1})
+        raise GdflowError(f"--features names {', '.join(dupes)} more than once; list each once")
+    if target_name in feature_names:
+        raise GdflowError(
+            f"column {target_name!r} is both a feature and the target; drop it from --features"
+        )
+    if not feature_names:
+        raise GdflowError(f"{source} has no feature columns besides the target {target_name!r}")
+    if len(feature_names) > MAX_FEATURES:
+        raise GdflowError(
+            f"{source}: {len(feature_names)} feature columns, more than the {MAX_FEATURES} "
+            "gdflow trains on; choose some with --features"
+        )
+    for name in [*feature_names, target_name]:
+        _check_numeric(frame[name], name, source)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
+        x = frame[feature_names].to_numpy(dtype=dtype)
+        y = frame[target_name].to_numpy(dtype=dtype)
+    return make_dataset(
+        x,
+        y,
+        feature_names=feature_names,
+        target_name=target_name,
+        source=source,
+        dtype=dtype,
+    )
+
+
+def _check_numeric(column: pd.Series, name: str, source: str) -> None:
+    """Raise GdflowError naming the column and its first non-numeric value."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_complex_dtype(column):
+        return
+    coerced = pd.to_numeric(column, errors="coerce")
+    bad = coerced.isna() & column.notna()
+    if bad.any():
+        row = int(np.argmax(bad.to_numpy())) + 1
+        if isinstance(column[bad].iloc[0], bytes):
+            raise GdflowError(
+                f"column {name!r} in {source} is not UTF-8 text (data row {row}); "
+                "re-save the file as UTF-8"
+            )
+        raise GdflowError(
+            f"column {name!r} in {source} is not numeric (value {column[bad].iloc[0]!r} in "
+            f"data row {row}); use numeric columns for --features and --target"
+        )
+    raise GdflowError(
+        f"column {name!r} in {source} is not numeric ({column.dtype}); "
+        "use numeric columns for --features and --target"
+    )
+
+
+def load_dataset(
+    path: Optional[str],
+    *,
+    features: Optional[Sequence[str]] = None,
+    target: Optional[str] = None,
+    dtype: str = "float32",
+) -> Dataset:
+    """Load the toy data (no path) or the chosen columns of a CSV or Parquet file."""
+    if path is None:
+        return load_toy(dtype)
+    index = check_header(path)
+    fast = read_numeric(path, features=features, target=target, dtype=dtype, skip=index)
+    if fast is not None and len(fast[2]) <= MAX_FEATURES:  # else the general path says why
+        x, y, feature_names, target_name = fast
+        dataset = make_dataset(
+            x, y, feature_names=feature_names, target_name=target_name, source=path, dtype=dtype
+        )
+    else:
+        frame = read_table(path, csv_index=index == ("",))
+        if frame.shape[0] == 0:
+            raise GdflowError(f"data file {path!r} has a header but no data rows; add data rows")
+        dataset = select_columns(frame, features=features, target=target, source=path, dtype=dtype)
+    return replace(dataset, index_columns=index)
+
+
+def split_validation(dataset: Dataset, fraction: float, *, seed: int) -> Dataset:
+    """Hold out a seeded random `fraction` of the rows for validation (0: unchanged)."""
+    if fraction <= 0:
+        return dataset
+    n = dataset.n_rows
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n - n_val < 1:
+        raise GdflowError(
+            f"--validation-split {fraction:g} of {n} rows leaves {n - n_val} for training and "
+            f"{n_val} for validation; use more rows or another split"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
+    return replace(
+        dataset,
+        x=np.ascontiguousarray(dataset.x[train]),
+        y=np.ascontiguousarray(dataset.y[train]),
+        x_val=np.ascontiguousarray(dataset.x[val]),
+        y_val=np.ascontiguousarray(dataset.y[val]),
+    )

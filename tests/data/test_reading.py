@@ -1,0 +1,78 @@
+"""The fast numeric read path gives the general path's arrays, and steps aside when in doubt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gdflow.data.dataset import load_dataset, read_table, select_columns
+from gdflow.data.reading import read_numeric
+
+
+def _frame(rows: int = 1000) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "a": rng.normal(size=rows) * 1e3,
+            "count": rng.integers(-50, 50, size=rows),
+            "label": ["x"] * rows,
+            "c": rng.normal(size=rows).astype(np.float32),
+            "target": rng.normal(size=rows),
+        }
+    )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fast_path_arrays_equal_the_general_paths(tmp_path: Path, suffix: str, dtype: str) -> None:
+    path = tmp_path / f"data{suffix}"
+    frame = _frame()
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    features = ["c", "a", "count"]
+    fast = read_numeric(str(path), features=features, target="target", dtype=dtype)
+    assert fast is not None
+    x, y, names, target = fast
+    general = select_columns(
+        read_table(str(path)), features=features, target="target", source=str(path), dtype=dtype
+    )
+    assert (names, target) == (features, "target") and x.flags.c_contiguous
+    assert x.dtype == np.dtype(dtype) and np.array_equal(x, general.x)
+    assert np.array_equal(y, general.y)
+    loaded = load_dataset(str(path), features=features, target="target", dtype=dtype)
+    assert np.array_equal(loaded.x, general.x) and loaded.feature_names == tuple(features)
+
+
+def test_fast_path_reads_many_row_groups(tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    frame = _frame(1000).drop(columns="label")
+    frame.to_parquet(path, row_group_size=100)
+    x, y, names, target = read_numeric(str(path), features=None, target=None, dtype="float64")  # type: ignore[misc]
+    assert names == ["a", "count", "c"] and target == "target"
+    assert np.array_equal(x, frame[names].to_numpy(np.float64)) and np.array_equal(y, frame.target)
+
+
+@pytest.mark.parametrize(
+    "features,target",
+    [
+        (None, None),  # the non-numeric 'label' would be a feature
+        (["a", "missing"], "target"),
+        (["a", "a"], "target"),
+        (["a", "target"], "target"),
+        ([], "target"),
+    ],
+)
+def test_doubtful_requests_go_to_the_general_path(
+    tmp_path: Path, features: list[str] | None, target: str | None
+) -> None:
+    path = tmp_path / "data.csv"
+    _frame(10).to_csv(path, index=False)
+    assert read_numeric(str(path), features=features, target=target, dtype="float32") is None
+
+
+def test_empty_cells_go_to_the_general_path(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("a,y\n1,2\n,3\n")
+    assert read_numeric(str(path), features=None, target=None, dtype="float32") is None

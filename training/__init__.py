@@ -1,0 +1,1 @@
+"""The maths: gradient descent in PyTorch, its stop rules, conditioning and evaluation."""
