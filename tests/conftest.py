@@ -12,6 +12,9 @@ from tests.pg_server import PostgresServer, postgres_server
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+#: Fixtures that start real processes (Prefect servers, served deployments), for any test folder.
+pytest_plugins = ["tests.processes"]
+
 REPO = Path(__file__).resolve().parents[1]
 #: The seed's reference trajectory, vendored so the tests run without ../shared.
 SEED_TRAJECTORY = REPO / "tests" / "fixtures" / "seed_trajectory.csv"

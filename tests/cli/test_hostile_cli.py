@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import REPO
-from tests.flows.conftest import run_cli
-from tests.tasks.test_hostile_input import CURATED
+from tests.processes import run_cli
+from tests.data.test_hostile_input import CURATED
 
 SECRET = "s3cret-Pa55"
 HOSTILE_NAMES = (

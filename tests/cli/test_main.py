@@ -13,7 +13,7 @@ import pytest
 from gdflow.cli.main import build_parser, main
 from gdflow.config.train import TrainConfig
 from tests.conftest import read_trajectory
-from tests.flows.conftest import run_cli
+from tests.processes import run_cli
 
 
 def _recorded_runs(database_url: str) -> list[tuple[str, str | None, str | None]]:

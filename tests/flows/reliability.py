@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.flows.conftest import PrefectServer, start_background, venv_command
+from tests.processes import PrefectServer, start_background, venv_command
 
 
 def server_env(server: PrefectServer, database: Path) -> dict[str, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import PrefectServer, stop_process
+from tests.processes import PrefectServer, stop_process
 from tests.flows.reliability import (
     Reader,
     check_every_epoch_once,

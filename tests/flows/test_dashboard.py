@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.flows.conftest import PrefectServer, Served, venv_command, wait_for
+from tests.processes import PrefectServer, Served, venv_command, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "test-artifacts"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import PrefectServer, Served, copy_project, venv_command, wait_for
+from tests.processes import PrefectServer, Served, copy_project, venv_command, wait_for
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 

@@ -16,7 +16,7 @@ from gdflow.flows.sweep import sweep_flow
 from gdflow.storage import EpochMetric, get_sweep, make_engine, sweep_runs
 from gdflow.config.train import TrainConfig
 from gdflow.config.sweep import SweepConfig
-from tests.flows.conftest import free_port, run_cli
+from tests.processes import free_port, run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 

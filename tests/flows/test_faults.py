@@ -14,7 +14,7 @@ import pytest
 
 from gdflow.flows.train import train_flow
 from gdflow.config.train import TrainConfig
-from tests.flows.conftest import PrefectServer, latest_run, stop_process, venv_command, wait_for
+from tests.processes import PrefectServer, latest_run, stop_process, venv_command, wait_for
 from tests.flows.reliability import (
     check_every_epoch_once,
     ephemeral_env,

@@ -11,7 +11,7 @@ import pytest
 
 from gdflow.cli.main import build_parser
 from gdflow.flows.deployments import DEFAULT_HOST, exposure_warning, is_loopback, server_command
-from tests.flows.conftest import free_port, start_background, stop_process, venv_command
+from tests.processes import free_port, start_background, stop_process, venv_command
 
 
 def test_the_default_host_is_loopback() -> None:

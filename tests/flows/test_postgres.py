@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import read_trajectory
-from tests.flows.conftest import latest_run, run_cli
+from tests.processes import latest_run, run_cli
 
 
 def test_the_seed_run_end_to_end_on_postgresql(

@@ -8,7 +8,7 @@ import pytest
 
 from gdflow.flows.train import train_flow
 from gdflow.config.train import TrainConfig
-from tests.flows.conftest import latest_run
+from tests.processes import latest_run
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 

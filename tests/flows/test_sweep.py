@@ -15,7 +15,7 @@ from gdflow.flows.sweep import ARTIFACT_KEY, sweep_flow
 from gdflow.storage import get_sweep, make_engine, sweep_runs
 from gdflow.config.train import TrainConfig
 from gdflow.config.sweep import SweepConfig
-from tests.flows.conftest import run_cli
+from tests.processes import run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 

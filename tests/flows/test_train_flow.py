@@ -12,7 +12,7 @@ from gdflow.flows.train import train_flow
 from gdflow.storage import latest_run_id, make_engine
 from gdflow.config.train import TrainConfig
 from tests.conftest import read_trajectory
-from tests.flows.conftest import latest_run
+from tests.processes import latest_run
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 

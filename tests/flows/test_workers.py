@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from tests.flows.conftest import (
+from tests.processes import (
     PrefectServer,
     copy_project,
     start_background,

@@ -1,4 +1,4 @@
-"""Flow fixtures: Prefect's test harness, and a real `prefect server` on loopback, per session."""
+"""Fixtures and helpers that start real processes: Prefect servers, served deployments, the CLI."""
 
 from __future__ import annotations
 
