@@ -7,17 +7,18 @@ import json
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import insert
+from sqlalchemy import Engine, insert
 from sqlalchemy.orm import Session
 
 from benchmarks.common import Result, interleaved
-from gdflow.storage import EpochMetric, MetricBatch, append_metric_batch, create_run, make_engine
 from gdflow.data.dataset import load_toy
 from gdflow.runs.recording import MetricWriter
+from gdflow.storage import EpochMetric, MetricBatch, append_metric_batch, create_run, make_engine
 from gdflow.training.loop import EpochChunk, Optimization, fit
 
 _TABLE = """CREATE TABLE epoch_metrics (run_id INTEGER NOT NULL, epoch INTEGER NOT NULL, loss FLOAT,
@@ -36,7 +37,7 @@ class _Files:
         return self.folder / f"bench-{self.count}.db"
 
 
-def _sqlite3_baseline(path: Path, rows: list[tuple[object, ...]]) -> None:
+def _sqlite3_baseline(path: Path, rows: Sequence[tuple[object, ...]]) -> None:
     """Plain sqlite3: same pragmas, same columns and key, one executemany in one transaction."""
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode=WAL")
@@ -53,7 +54,7 @@ class _Timer:
     last = 0.0
 
 
-def _engine_with_run(path: Path) -> tuple[object, int]:
+def _engine_with_run(path: Path) -> tuple[Engine, int]:
     engine = make_engine(f"sqlite:///{path}")
     with Session(engine) as session, session.begin():
         run_id = create_run(session, config={}, data_source="bench", parameter_names=["w"])
@@ -78,7 +79,7 @@ def storage(records: int, repeats: int, files: _Files) -> list[Result]:
     rows = [
         (1, e, loss, json.dumps({"w": p[0]}), g, lr, None)
         for e, loss, p, g, lr in zip(
-            batch.epochs, batch.losses, batch.params, grads.tolist(), batch.lrs
+            batch.epochs, batch.losses, batch.params, grads.tolist(), lrs.tolist()
         )
     ]
     chunks = [
@@ -94,23 +95,23 @@ def storage(records: int, repeats: int, files: _Files) -> list[Result]:
     ]
     seconds: dict[str, list[float]] = {"sqlite3": [], "batch": [], "writer": [], "core": []}
 
-    def timed(name: str, action: object) -> None:
+    def timed(name: str, action: Callable[[Engine, int], None]) -> None:
         engine, run_id = _engine_with_run(files.new())
         started = time.perf_counter()
-        action(engine, run_id)  # type: ignore[operator]
+        action(engine, run_id)
         seconds[name].append(time.perf_counter() - started)
-        engine.dispose()  # type: ignore[attr-defined]
+        engine.dispose()
 
-    def batch_write(engine: object, run_id: int) -> None:
-        with Session(engine) as session, session.begin():  # type: ignore[call-overload]
+    def batch_write(engine: Engine, run_id: int) -> None:
+        with Session(engine) as session, session.begin():
             append_metric_batch(session, run_id=run_id, batch=batch)
 
-    def writer(engine: object, run_id: int) -> None:
-        write = MetricWriter(engine=engine, run_id=run_id)  # type: ignore[arg-type]
+    def writer(engine: Engine, run_id: int) -> None:
+        write = MetricWriter(engine=engine, run_id=run_id)
         for chunk in chunks:
             write(chunk)
 
-    def core(engine: object, run_id: int) -> None:  # the previous implementation, for context
+    def core(engine: Engine, run_id: int) -> None:  # the previous implementation, for context
         values = [
             {
                 "run_id": run_id,
@@ -122,7 +123,7 @@ def storage(records: int, repeats: int, files: _Files) -> list[Result]:
             }
             for r, p in zip(rows, batch.params)
         ]
-        with Session(engine) as session, session.begin():  # type: ignore[call-overload]
+        with Session(engine) as session, session.begin():
             session.execute(insert(EpochMetric), values)
 
     for _ in range(repeats):
@@ -165,9 +166,9 @@ def recording(epochs: int, repeats: int, files: _Files) -> Result:
     def on() -> None:
         engine, run_id = _engine_with_run(files.new())
         started = time.perf_counter()
-        fit(data.x, data.y, {"w": 1.0}, opt, device=cpu, on_chunk=MetricWriter(engine, run_id))  # type: ignore[arg-type]
+        fit(data.x, data.y, {"w": 1.0}, opt, device=cpu, on_chunk=MetricWriter(engine, run_id))
         _Timer.last = time.perf_counter() - started
-        engine.dispose()  # type: ignore[attr-defined]
+        engine.dispose()
 
     on_times: list[float] = []
 

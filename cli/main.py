@@ -14,10 +14,10 @@ from typing import Any, NoReturn, Optional
 
 from pydantic import ValidationError
 
-from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, ON_DEMAND, SCHEDULED
-from gdflow.config.train import TrainConfig
 from gdflow.config.errors import one_line
 from gdflow.config.sweep import DEFAULT_LRS, SweepConfig
+from gdflow.config.train import TrainConfig
+from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, ON_DEMAND, SCHEDULED
 
 PROG = "gdflow"
 
@@ -229,8 +229,8 @@ def _quiet_expected_errors() -> None:
 
 def _start_temporary_server() -> None:
     """Start Prefect's temporary server (out of reach of Ctrl-C); failures are one line."""
-    from gdflow.flows.temporary_server import start_ephemeral_server
     from gdflow.config.errors import GdflowError
+    from gdflow.flows.temporary_server import start_ephemeral_server
 
     try:
         start_ephemeral_server()
@@ -283,10 +283,10 @@ def _run_flow(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from gdflow.flows.deployments import find_api_url, ui_url
-    from gdflow.storage import default_database_url
     from gdflow.config.errors import GdflowError
+    from gdflow.flows.deployments import find_api_url, ui_url
     from gdflow.runs.signals import requested_signal
+    from gdflow.storage import default_database_url
 
     url = database_url or default_database_url()
     _open_existing(url).dispose()
@@ -447,9 +447,9 @@ def cmd_server(host: str, port: int) -> int:
 def _open_existing(database_url: Optional[str]) -> Any:
     """An engine on the metrics database (created if missing), after marking `crashed` the runs
     whose process is gone (each said on stderr); errors become CliError."""
-    from gdflow.storage import default_database_url
     from gdflow.config.errors import GdflowError
     from gdflow.runs.recording import open_database, reconcile_runs
+    from gdflow.storage import default_database_url
 
     url = database_url or default_database_url()
     try:
@@ -523,7 +523,12 @@ def cmd_db(action: str, database_url: Optional[str]) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from gdflow.storage import DatabaseError, default_database_url, make_engine, mask_url
-    from gdflow.storage.migrate import MigrationError, current_revision, ensure_current, head_revision
+    from gdflow.storage.migrate import (
+        MigrationError,
+        current_revision,
+        ensure_current,
+        head_revision,
+    )
 
     url = database_url or default_database_url()
     shown = mask_url(url)

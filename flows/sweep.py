@@ -13,23 +13,7 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as current_run
 from sqlalchemy.orm import Session
 
-from gdflow.reports.tables import format_number, table
-from gdflow.flows.runners import describe, sweep_runner
-from gdflow.flows.train import train_flow
-from gdflow.storage import (
-    RunStatus,
-    create_sweep,
-    default_database_url,
-    finish_sweep,
-    get_metrics_sample,
-    mask_url,
-    sweep_runs,
-)
-from gdflow.tasks.artifacts import CURVE_POINTS
-from gdflow.config.train import TrainConfig
 from gdflow.config.errors import DivergedError, GdflowError
-from gdflow.runs.recording import open_database, status_for
-from gdflow.reports.dashboard import loss_curves_svg, svg_data_uri, sweep_markdown
 from gdflow.config.sweep import (
     DEFAULT_LRS,
     SweepConfig,
@@ -40,6 +24,22 @@ from gdflow.config.sweep import (
     sweep_configs,
     sweep_name,
 )
+from gdflow.config.train import TrainConfig
+from gdflow.flows.runners import describe, sweep_runner
+from gdflow.flows.train import train_flow
+from gdflow.reports.dashboard import loss_curves_svg, svg_data_uri, sweep_markdown
+from gdflow.reports.tables import format_number, table
+from gdflow.runs.recording import open_database, status_for
+from gdflow.storage import (
+    RunStatus,
+    create_sweep,
+    default_database_url,
+    finish_sweep,
+    get_metrics_sample,
+    mask_url,
+    sweep_runs,
+)
+from gdflow.tasks.artifacts import CURVE_POINTS
 
 #: Key of the sweep's markdown artifact (Prefect versions it across sweeps).
 ARTIFACT_KEY = "gdflow-sweep"

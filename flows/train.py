@@ -11,13 +11,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run as current_run
 from prefect.states import Cancelled, State
 
+from gdflow.config.errors import DivergedError
+from gdflow.config.train import TrainConfig, safe_label
+from gdflow.runs.recording import end_run, mark_unfinished, start_run, status_for
 from gdflow.storage import RunStatus, default_database_url, mask_url
 from gdflow.tasks.artifacts import publish_run_report
-from gdflow.config.train import TrainConfig, safe_label
-from gdflow.training.devices import resolve_device
-from gdflow.config.errors import DivergedError
 from gdflow.tasks.pipeline import evaluate_prediction, initialize_weight, load_data, persist, train
-from gdflow.runs.recording import end_run, mark_unfinished, start_run, status_for
+from gdflow.training.devices import resolve_device
 from gdflow.training.loop import TrainResult
 
 

@@ -8,6 +8,8 @@ from typing import Any, Optional
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from gdflow.config.errors import GdflowError
+from gdflow.runs.liveness import current_owner, owner_alive
 from gdflow.storage import (
     DatabaseError,
     MetricBatch,
@@ -22,8 +24,6 @@ from gdflow.storage import (
     retry_transient,
     running_runs,
 )
-from gdflow.config.errors import GdflowError
-from gdflow.runs.liveness import current_owner, owner_alive
 from gdflow.training.loop import EpochChunk
 
 

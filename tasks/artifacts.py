@@ -19,14 +19,14 @@ from prefect.artifacts import (
 from prefect.logging import get_logger
 from sqlalchemy.orm import Session
 
-from gdflow.storage import get_metrics_sample, get_run, list_runs, mask_url
-from gdflow.runs.recording import open_database
 from gdflow.reports.dashboard import (
     loss_curve_markdown,
     metrics_table_rows,
     summary_markdown,
     trend_markdown,
 )
+from gdflow.runs.recording import open_database
+from gdflow.storage import get_metrics_sample, get_run, list_runs, mask_url
 
 #: Rows of the per-epoch table artifact (the database keeps every epoch).
 TABLE_ROWS = 200

@@ -9,17 +9,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.orm import Session
 
+from gdflow.config.errors import GdflowError
+from gdflow.config.train import TrainConfig
+from gdflow.data.dataset import Dataset, load_dataset, split_validation
+from gdflow.runs.recording import MetricWriter, end_run, open_database
+from gdflow.runs.signals import stop_on_signals, stop_requested
 from gdflow.storage import RunStatus, update_run
 from gdflow.tasks.artifacts import ProgressArtifact
 from gdflow.training.conditioning import analyse, auto_learning_rate
-from gdflow.config.train import TrainConfig
-from gdflow.data.dataset import Dataset, load_dataset, split_validation
 from gdflow.training.devices import resolve_device
-from gdflow.config.errors import GdflowError
 from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
-from gdflow.training.preprocessing import TrainingProblem
-from gdflow.runs.recording import MetricWriter, end_run, open_database
-from gdflow.runs.signals import stop_on_signals, stop_requested
 from gdflow.training.loop import (
     EpochChunk,
     Optimization,
@@ -29,6 +28,7 @@ from gdflow.training.loop import (
     parameter_names,
     progress_line,
 )
+from gdflow.training.preprocessing import TrainingProblem
 
 
 def retry_unless_user_error(_task: Any, _task_run: Any, state: Any) -> bool:

@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from gdflow.data.dataset import Dataset
 from gdflow.config.errors import features_too_large
+from gdflow.data.dataset import Dataset
 from gdflow.training.loop import EpochChunk, TrainResult
 
 
