@@ -10,12 +10,13 @@ import subprocess
 import threading
 
 import numpy as np
+import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from gdflow.storage import RunStatus, get_metrics, get_run, make_engine, update_run
 from gdflow.runs.liveness import current_owner, owner_alive, process_started
 from gdflow.runs.recording import MetricWriter, end_run, reconcile_runs, start_run
+from gdflow.storage import RunStatus, get_metrics, get_run, make_engine, update_run
 from gdflow.training.loop import EpochChunk
 
 
@@ -63,6 +64,7 @@ def test_a_flow_run_started_again_restarts_its_run(database_url: str) -> None:
     assert other != run_id and not restarted
 
 
+@pytest.mark.process
 def test_runs_of_dead_processes_are_reconciled_as_crashed(database_url: str) -> None:
     engine = make_engine(database_url)
     child = subprocess.Popen(["sleep", "60"])
