@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import REPO
-from tests.processes import run_cli
 from tests.data.test_hostile_input import CURATED
+from tests.processes import run_cli
 
 SECRET = "s3cret-Pa55"
 HOSTILE_NAMES = (
@@ -307,8 +307,8 @@ def test_a_password_passed_to_the_flow_directly_stays_out_of_logs_and_artifacts(
 ) -> None:
     """A deployment or the UI may put the URL in the parameters; everything gdflow writes
     masks it (Prefect itself shows parameters as given: RELIABILITY.md says so)."""
-    from gdflow.flows.train import train_flow
     from gdflow.config.train import TrainConfig
+    from gdflow.flows.train import train_flow
 
     url = f"sqlite:///file:{tmp_path / 'm.db'}?mode=rwc&password={SECRET}&uri=true"
     state = train_flow(config=TrainConfig(database_url=url, epochs=3), return_state=True)

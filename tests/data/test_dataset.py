@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gdflow.data.dataset import load_dataset, load_toy, make_dataset
 from gdflow.config.errors import GdflowError
+from gdflow.data.dataset import load_dataset, load_toy, make_dataset
 
 
 def _csv(tmp_path: Path, text: str, name: str = "data.csv") -> str:

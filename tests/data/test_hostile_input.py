@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gdflow.cli.main import CliError, config_from_args
+from gdflow.config.errors import GdflowError, one_line
 from gdflow.config.train import TrainConfig
 from gdflow.data.dataset import MAX_COLUMNS, Dataset, load_dataset
-from gdflow.config.errors import GdflowError, one_line
 
 #: Examples per property: the whole file runs in seconds on two busy cores.
 FAST = settings(
@@ -264,8 +264,8 @@ def test_a_file_name_with_a_line_break_stays_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("standardize", [False, True])
 def test_features_whose_squares_overflow_float64_fail_in_one_line(standardize: bool) -> None:
-    from gdflow.training.conditioning import analyse
     from gdflow.data.dataset import make_dataset
+    from gdflow.training.conditioning import analyse
     from gdflow.training.preprocessing import TrainingProblem
 
     data = make_dataset(

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from gdflow.config.sweep import SweepConfig
+from gdflow.config.train import TrainConfig
 from gdflow.flows.runners import is_loopback
 from gdflow.flows.sweep import sweep_flow
 from gdflow.storage import EpochMetric, get_sweep, make_engine, sweep_runs
-from gdflow.config.train import TrainConfig
-from gdflow.config.sweep import SweepConfig
 from tests.processes import free_port, run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gdflow.flows.train import train_flow
 from gdflow.config.train import TrainConfig
+from gdflow.flows.train import train_flow
 from tests.processes import latest_run
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")

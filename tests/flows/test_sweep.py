@@ -11,10 +11,10 @@ from prefect.artifacts import Artifact
 from sqlalchemy.orm import Session
 
 from gdflow.cli.main import main
+from gdflow.config.sweep import SweepConfig
+from gdflow.config.train import TrainConfig
 from gdflow.flows.sweep import ARTIFACT_KEY, sweep_flow
 from gdflow.storage import get_sweep, make_engine, sweep_runs
-from gdflow.config.train import TrainConfig
-from gdflow.config.sweep import SweepConfig
 from tests.processes import run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")

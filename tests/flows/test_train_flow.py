@@ -8,9 +8,9 @@ import cloudpickle
 import pytest
 from sqlalchemy.orm import Session
 
+from gdflow.config.train import TrainConfig
 from gdflow.flows.train import train_flow
 from gdflow.storage import latest_run_id, make_engine
-from gdflow.config.train import TrainConfig
 from tests.conftest import read_trajectory
 from tests.processes import latest_run
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from gdflow.training.conditioning import analyse, auto_learning_rate
 from gdflow.data.dataset import make_dataset
+from gdflow.training.conditioning import analyse, auto_learning_rate
 from gdflow.training.evaluation import evaluate
-from gdflow.training.preprocessing import TrainingProblem
 from gdflow.training.loop import Optimization, fit, initial_parameters, parameter_names
+from gdflow.training.preprocessing import TrainingProblem
 
 CPU = torch.device("cpu")
 
