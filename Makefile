@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test reliability bench setup clean
+.PHONY: run test test-fast lint typecheck-tree reliability bench setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,14 +20,25 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 	$(BIN)/gdflow run
 	$(BIN)/gdflow runs --limit 5
 
-test: setup  ## run the test suite
+test: lint  ## lint, then run the test suite
 	$(BIN)/python -m pytest
 
+test-fast: setup  ## the pure tests: no Prefect server, no subprocess, no PostgreSQL (seconds)
+	$(BIN)/python -m pytest -q -m 'not process'
+
+typecheck-tree: setup  ## build/typecheck/gdflow/X -> X, the package layout mypy reads
+	$(BIN)/python .ci/typecheck_tree.py build/typecheck
+
+lint: setup typecheck-tree  ## ruff check, ruff format --check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 RELIABILITY_TESTS := tests/flows/test_concurrency.py tests/flows/test_faults.py \
-	tests/storage/test_retry.py tests/tasks/test_recording.py tests/tasks/test_stopping.py \
+	tests/storage/test_retry.py tests/runs/test_recording.py tests/runs/test_signals.py \
 	tests/storage/test_migrate.py tests/storage/test_database.py tests/flows/test_postgres.py \
-	tests/tasks/test_hostile_input.py tests/storage/test_secrets.py \
-	tests/flows/test_hostile_cli.py tests/flows/test_network_exposure.py
+	tests/data/test_hostile_input.py tests/storage/test_secrets.py \
+	tests/cli/test_hostile_cli.py tests/flows/test_network_exposure.py
 
 reliability: setup  ## the fault-injection tests of RELIABILITY.md, printing what they observe
 	$(BIN)/python -m pytest -q -s $(RELIABILITY_TESTS) > reliability.log 2>&1; \
