@@ -95,7 +95,8 @@ def test_any_options_build_a_config_or_fail_in_one_line(options: dict[str, Any])
     assert_one_line(config.run_name())
     assert isinstance(config.public_dict(), dict)
     for number in (config.lr, config.init, config.tolerance):
-        assert not isinstance(number, float) or math.isfinite(number)
+        if isinstance(number, float):
+            assert math.isfinite(number), number
     assert 0 <= config.seed <= 2**64 - 1
 
 
