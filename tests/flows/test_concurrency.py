@@ -19,7 +19,7 @@ from tests.flows.reliability import (
 from tests.processes import PrefectServer, stop_process
 
 RUNS = 8
-EPOCHS = 6000  # with a flush every 2 s or 4096 epochs: several chunks per run, interleaved
+EPOCHS = 4500  # with a flush every 2 s or 4096 epochs: two chunks or more per run, interleaved
 #: A temporary Prefect server's failed start, as its log records it.
 SERVER_START_FAILURE = "Application startup failed. Exiting."
 
