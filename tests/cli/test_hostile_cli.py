@@ -26,10 +26,9 @@ from hypothesis import strategies as st
 
 from gdflow.config.errors import GdflowError, one_line
 from gdflow.data.dataset import load_dataset
-from tests.cli.conftest import GdflowMain
 from tests.conftest import REPO
 from tests.data.test_hostile_input import CURATED
-from tests.processes import run_cli
+from tests.processes import GdflowMain, run_cli
 
 SECRET = "s3cret-Pa55"
 HOSTILE_NAMES = (

@@ -13,9 +13,8 @@ import pytest
 
 from gdflow.cli.main import build_parser, main
 from gdflow.config.train import TrainConfig
-from tests.cli.conftest import GdflowMain
 from tests.conftest import read_trajectory
-from tests.processes import run_cli
+from tests.processes import GdflowMain, run_cli
 
 
 def _recorded_runs(database_url: str) -> list[tuple[str, str | None, str | None]]:
