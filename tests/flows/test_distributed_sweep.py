@@ -16,7 +16,7 @@ from gdflow.config.train import TrainConfig
 from gdflow.flows.runners import is_loopback
 from gdflow.flows.sweep import sweep_flow
 from gdflow.storage import EpochMetric, get_sweep, make_engine, sweep_runs
-from tests.processes import GdflowMain, free_port, run_cli
+from tests.processes import free_port, run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -143,17 +143,18 @@ def test_workers_that_would_record_elsewhere_refuse_to_train(
 
 
 def test_an_unreachable_scheduler_fails_the_sweep_in_one_line(
-    gdflow_main: GdflowMain, database_url: str, tmp_path: Path
+    prefect_api_url: str, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dask.config
-
+    # In a process of its own: in this one, the Dask client of the dask_cluster fixture would
+    # be the default client, and the sweep ran on that cluster instead of failing.
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
-    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
-        done = gdflow_main(
-            ["sweep", "--dask-address", address, "--lrs", "0.01", "--log-every", "0"],
-            database_url=database_url,
-            cwd=tmp_path,
-        )
+    monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "2s")
+    done = run_cli(
+        ["sweep", "--dask-address", address, "--lrs", "0.01", "--log-every", "0"],
+        api_url=prefect_api_url,
+        database_url=database_url,
+        cwd=tmp_path,
+    )
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"gdflow: error: cannot reach the Dask scheduler at {address}: ")
