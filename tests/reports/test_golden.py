@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -114,7 +114,7 @@ def _db_runs() -> list[Any]:
         SimpleNamespace(id=12, flow_run_name=None, status="running", started_at=None,
                         epochs_done=0, final_loss=None, stop_reason=None, final_params=None),
         SimpleNamespace(id=13, flow_run_name="x", status="diverged",
-                        started_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+                        started_at=datetime(2026, 12, 31, 23, 59, 59),
                         epochs_done=3, final_loss=math.nan, stop_reason="diverged",
                         final_params={"w": math.inf}),
     ]  # fmt: skip
