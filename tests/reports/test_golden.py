@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from gdflow.flows.sweep import comparison_table
 from gdflow.reports.dashboard import (
     loss_curve_markdown,

@@ -16,8 +16,12 @@ from typing import Any, Optional
 import numpy as np
 import pytest
 import torch
+
 from gdflow.data.dataset import load_toy
-from gdflow.training.loop import EpochChunk, Optimization, fit
+from gdflow.training.loop import Hooks, fit
+from gdflow.training.model import TrainingData
+from gdflow.training.optimization import Optimization
+from gdflow.training.records import EpochChunk
 
 GOLDEN = Path(__file__).with_name("golden") / "fit_cases.json"
 CPU = torch.device("cpu")
@@ -138,18 +142,10 @@ def _run(case: dict[str, Any]) -> dict[str, Any]:
     opt = Optimization(**case["opt"], **case.get("batch", {}))
     chunks: list[EpochChunk] = []
     stop = _stop_after(case["stop"]) if case.get("stop") else None
-    result = fit(
-        x,
-        y,
-        initial,
-        opt,
-        device=CPU,
-        validation=validation,
-        on_chunk=chunks.append,
-        chunk_epochs=case["chunk"],
-        flush_seconds=1e9,
-        should_stop=stop,
+    hooks = Hooks(
+        on_chunk=chunks.append, should_stop=stop, chunk_epochs=case["chunk"], flush_seconds=1e9
     )
+    result = fit(TrainingData(x, y, validation), initial, opt, device=CPU, hooks=hooks)
     return {"chunks": [_chunk(c) for c in chunks], "result": _result(result)}
 
 
