@@ -15,18 +15,12 @@ from typing import Any
 
 import pytest
 
-from gdflow.flows.sweep import comparison_table
-from gdflow.reports.dashboard import (
-    loss_curve_markdown,
-    loss_curve_svg,
-    loss_curves_svg,
-    metrics_table_rows,
-    summary_markdown,
-    svg_data_uri,
-    sweep_markdown,
-    trend_markdown,
-)
+from gdflow.reports.charts import loss_curve_svg, loss_curves_svg, svg_data_uri
+from gdflow.reports.comparisons import sweep_markdown, trend_markdown
+from gdflow.reports.markdown import loss_curve_markdown
+from gdflow.reports.run_report import metrics_table_rows, summary_markdown
 from gdflow.reports.tables import (
+    comparison_table,
     evaluation_table,
     format_params,
     metrics_csv,
