@@ -30,7 +30,6 @@ from gdflow.config.errors import DivergedError, GdflowError
 from gdflow.runs.recording import open_database, status_for
 from gdflow.reports.charts import loss_curves_svg, svg_data_uri
 from gdflow.reports.comparisons import sweep_markdown
-from gdflow.reports.tables import comparison_table
 from gdflow.config.sweep import (
     DEFAULT_LRS,
     SweepConfig,
@@ -183,6 +182,14 @@ def _publish(sweep_id: int, report: dict[str, Any]) -> None:
         create_markdown_artifact(
             markdown, key=ARTIFACT_KEY, description=f"gdflow sweep {sweep_id}: comparison"
         )
+        # The table itself is not logged: `gdflow sweep` prints it, and would show it twice.
+        get_run_logger().info(
+            "Sweep %d: the comparison of its %d runs is in the artifacts %r and %r",
+            sweep_id,
+            len(report["rows"]),
+            ARTIFACT_KEY,
+            TABLE_KEY,
+        )
     except Exception as exc:  # noqa: BLE001 - a report must not fail the sweep
         get_run_logger().warning("Could not publish the artifacts of sweep %d: %s", sweep_id, exc)
 
@@ -216,7 +223,6 @@ def sweep_flow(
             logger.warning("Could not record sweep %d as failed: %s", sweep_id, bookkeeping)
         raise
     rows = report["rows"]
-    logger.info("Sweep %d comparison:\n%s", sweep_id, comparison_table(rows))
     for outcome in outcomes:
         where = outcome["worker"] or "an unknown worker"
         if outcome["status"] == "completed":
