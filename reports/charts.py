@@ -78,53 +78,60 @@ def curve_svg(
     if width < 160 or height < 120:
         raise ValueError(f"the chart must be at least 160x120, got {width}x{height}")
     pairs, log_scale = plottable(xs, losses)
-    left, right = _MARGIN_LEFT, width - _MARGIN_RIGHT
-    top, bottom = _MARGIN_TOP, height - _MARGIN_BOTTOM
-    parts = [
-        *_svg_head(width, height, title),
-    ]
-    y_title = "loss (log scale)" if log_scale else "loss"
-    mid_y = (top + bottom) / 2
-    parts.append(
-        f'<text x="{(left + right) / 2:.1f}" y="{height - 8}" text-anchor="middle">'
-        f"{xml_escape(x_label)}</text>"
-    )
-    parts.append(
-        f'<text x="14" y="{mid_y:.1f}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {mid_y:.1f})">{y_title}</text>'
-    )
+    box = (_MARGIN_LEFT, width - _MARGIN_RIGHT, _MARGIN_TOP, height - _MARGIN_BOTTOM)
+    parts = [*_svg_head(width, height, title), *_axis_titles(box, height, x_label, log_scale)]
     if not pairs:
-        parts.append(
-            f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
-            'fill="none" stroke="#999"/>'
-        )
-        parts.append(
-            f'<text x="{(left + right) / 2:.1f}" y="{mid_y:.1f}" text-anchor="middle" '
-            'fill="#777">no finite loss values</text>'
-        )
-        parts.append("</svg>")
-        return "\n".join(parts)
-
+        return "\n".join([*parts, _frame(box), _no_data(box), "</svg>"])
     if len(pairs) > MAX_CURVE_POINTS:
         pairs = [pairs[i] for i in downsample_indices(len(pairs), MAX_CURVE_POINTS)]
     plotted = [(x, math.log10(v) if log_scale else v) for x, v in pairs]
-    grid, sx, sy = axes(plotted, log_scale, (left, right, top, bottom))
-    parts.extend(grid)
-    parts.append(
-        f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
-        'fill="none" stroke="#999"/>'
-    )
+    grid, sx, sy = axes(plotted, log_scale, box)
     points = [(sx(x), sy(y)) for x, y in plotted]
     coordinates = " ".join(f"{x:.2f},{y:.2f}" for x, y in points)
-    parts.append(
+    parts += [
+        *grid,
+        _frame(box),
         '<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" stroke-linejoin="round" '
-        f'points="{coordinates}"/>'
-    )
+        f'points="{coordinates}"/>',
+    ]
     if len(points) <= MAX_MARKERS:
         marker = '<circle cx="{:.2f}" cy="{:.2f}" r="2.5" fill="#1f77b4"/>'
         parts.extend(marker.format(x, y) for x, y in points)
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _axis_titles(
+    box: tuple[float, float, float, float], height: int, x_label: str, log_scale: bool
+) -> list[str]:
+    """The x axis's title under the plot and the loss axis's, turned, left of it."""
+    left, right, top, bottom = box
+    mid_y = (top + bottom) / 2
+    y_title = "loss (log scale)" if log_scale else "loss"
+    return [
+        f'<text x="{(left + right) / 2:.1f}" y="{height - 8}" text-anchor="middle">'
+        f"{xml_escape(x_label)}</text>",
+        f'<text x="14" y="{mid_y:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {mid_y:.1f})">{y_title}</text>',
+    ]
+
+
+def _frame(box: tuple[float, float, float, float]) -> str:
+    """The plot area's border."""
+    left, right, top, bottom = box
+    return (
+        f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
+        'fill="none" stroke="#999"/>'
+    )
+
+
+def _no_data(box: tuple[float, float, float, float]) -> str:
+    """The note in the middle of a plot with nothing to draw."""
+    left, right, top, bottom = box
+    return (
+        f'<text x="{(left + right) / 2:.1f}" y="{(top + bottom) / 2:.1f}" text-anchor="middle" '
+        'fill="#777">no finite loss values</text>'
+    )
 
 
 def loss_curve_svg(
@@ -168,24 +175,14 @@ def loss_curves_svg(
     legend_width = min(width // 3, 34 + 6 * legend_chars) if curves else 0
     left, right = _MARGIN_LEFT, width - _MARGIN_RIGHT - legend_width
     top, bottom = _MARGIN_TOP, height - _MARGIN_BOTTOM
-    mid_y = (top + bottom) / 2
+    box = (left, right, top, bottom)
     parts = [
         *_svg_head(width, height, title),
-        f'<text x="{(left + right) / 2:.1f}" y="{height - 8}" text-anchor="middle">epoch</text>',
-        f'<text x="14" y="{mid_y:.1f}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {mid_y:.1f})">{"loss (log scale)" if log_scale else "loss"}'
-        "</text>",
-        f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
-        'fill="none" stroke="#999"/>',
+        *_axis_titles(box, height, "epoch", log_scale),
+        _frame(box),
     ]
     points = [p for _, pairs in curves for p in pairs]
-    if not points:
-        parts.append(
-            f'<text x="{(left + right) / 2:.1f}" y="{mid_y:.1f}" text-anchor="middle" '
-            'fill="#777">no finite loss values</text>'
-        )
-    else:
-        parts.extend(_overlay(curves, points, log_scale, (left, right, top, bottom)))
+    parts.extend(_overlay(curves, points, log_scale, box) if points else [_no_data(box)])
     parts.extend(_legend(curves, x=right + 12, top=top, bottom=bottom))
     parts.append("</svg>")
     return "\n".join(parts)
