@@ -73,21 +73,25 @@ def sweep_markdown(
         ]
         lines.append("| " + ("★" if is_best else "") + " | " + " | ".join(cells) + " |")
     out.append("\n".join(lines))
-    if best is None:
-        out.append("**No run completed**, so there is no best configuration.")
-    else:
-        params = [
-            f"{escape_markdown(str(h))} = {num(best.get(h))}"
-            for h in headers
-            if h not in SWEEP_COLUMNS and best.get(h) is not None
-        ]
-        val = best.get("val loss")
-        if val is not None:
-            loss = f"validation loss {num(val, 6)}"
-        else:
-            loss = f"final loss {num(best.get('final loss'), 6)}"
-        line = f"**Best:** run {cell(best.get('run'))} with lr {num(best.get('lr'))} ({loss})"
-        if params:
-            line += ": " + ", ".join(params)
-        out.append(line)
+    out.append(_best_line(best, headers))
     return "\n\n".join(out) + "\n"
+
+
+def _best_line(best: Optional[Mapping[str, Any]], headers: Sequence[str]) -> str:
+    """The line naming the best run: its lr, its (validation) loss and its parameters."""
+    if best is None:
+        return "**No run completed**, so there is no best configuration."
+    params = [
+        f"{escape_markdown(str(h))} = {num(best.get(h))}"
+        for h in headers
+        if h not in SWEEP_COLUMNS and best.get(h) is not None
+    ]
+    val = best.get("val loss")
+    if val is not None:
+        loss = f"validation loss {num(val, 6)}"
+    else:
+        loss = f"final loss {num(best.get('final loss'), 6)}"
+    line = f"**Best:** run {cell(best.get('run'))} with lr {num(best.get('lr'))} ({loss})"
+    if params:
+        line += ": " + ", ".join(params)
+    return line
