@@ -368,7 +368,8 @@ def cmd_sweep(values: dict[str, Any]) -> int:
     config = config_from_args(values, command="sweep")
     if "lrs" not in options and "lr_range" not in options:
         options["lrs"] = list(DEFAULT_LRS)
-    from gdflow.flows.sweep import comparison_table, sweep_flow
+    from gdflow.flows.sweep import sweep_flow
+    from gdflow.reports.tables import comparison_table
     from gdflow.storage import mask_url
 
     # Workers of a running Dask scheduler live elsewhere and do not share this environment:

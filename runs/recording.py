@@ -24,7 +24,7 @@ from gdflow.storage import (
 )
 from gdflow.config.errors import GdflowError
 from gdflow.runs.liveness import current_owner, owner_alive
-from gdflow.training.loop import EpochChunk
+from gdflow.training.records import EpochChunk
 
 
 def open_database(url: str) -> Engine:

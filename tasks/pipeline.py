@@ -20,15 +20,11 @@ from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_
 from gdflow.training.preprocessing import TrainingProblem
 from gdflow.runs.recording import MetricWriter, end_run, open_database
 from gdflow.runs.signals import stop_on_signals, stop_requested
-from gdflow.training.loop import (
-    EpochChunk,
-    Optimization,
-    TrainResult,
-    fit,
-    initial_parameters,
-    parameter_names,
-    progress_line,
-)
+from gdflow.training.loop import Hooks, fit
+from gdflow.training.optimization import Optimization
+from gdflow.training.parameters import initial_parameters, parameter_names
+from gdflow.training.records import EpochChunk, progress_line
+from gdflow.training.result import TrainResult
 
 
 def retry_unless_user_error(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -128,14 +124,11 @@ def train(
 
         with stop_on_signals():
             result = fit(
-                problem.x,
-                problem.y,
+                problem.data,
                 problem.initial,
                 optimization(config, lr),
                 device=resolve_device(device),
-                validation=problem.validation,
-                on_chunk=on_chunk,
-                should_stop=stop_requested,
+                hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
             )
     finally:
         engine.dispose()
