@@ -14,7 +14,7 @@ from typing import Any, NoReturn, Optional
 
 from pydantic import ValidationError
 
-from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, ON_DEMAND, SCHEDULED
+from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, NIGHTLY, ON_DEMAND
 from gdflow.config.train import TrainConfig
 from gdflow.config.errors import one_line
 from gdflow.config.sweep import DEFAULT_LRS, SweepConfig
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the scheduled and on-demand deployments (needs a Prefect server)",
         description="Serve two deployments of the train flow from this process: "
-        f"'train/{SCHEDULED}' on a schedule and 'train/{ON_DEMAND}' for manual runs. "
+        f"'train/{NIGHTLY}' on a schedule and 'train/{ON_DEMAND}' for manual runs (the names "
+        "prefect.yaml gives them). "
         "Runs happen while this command keeps running; stop it with Ctrl-C.",
     )
     _add_config_options(serve)
@@ -418,7 +419,7 @@ def cmd_serve(values: dict[str, Any]) -> int:
             deployments = build_deployments(config, **options)
         except ValueError as exc:
             raise CliError(f"invalid schedule: {str(exc).splitlines()[0]}") from None
-        print(f"serving train/{SCHEDULED} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
+        print(f"serving train/{NIGHTLY} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
         serve(*deployments, print_starting_message=False)
     return 0
 
