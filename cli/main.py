@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--host",
         default=DEFAULT_HOST,
         help=f"address (default: {DEFAULT_HOST}, loopback only); before any other, set "
-        "PREFECT_SERVER_API_AUTH_STRING=user:password (see README)",
+        "PREFECT_SERVER_API_AUTH_STRING=user:password (see docs/deployment.md)",
     )
     server.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
@@ -373,7 +373,7 @@ def cmd_sweep(values: dict[str, Any]) -> int:
     from gdflow.storage import mask_url
 
     # Workers of a running Dask scheduler live elsewhere and do not share this environment:
-    # there the URL travels in the flow's parameters (README: prefer one without a password).
+    # there the URL travels in the flow's parameters (docs/sweeps.md: use one without a password).
     remote = options.get("dask_address") is not None
     with nullcontext(config) if remote else _database_in_environment(config) as config:
         try:
