@@ -14,7 +14,7 @@ from typing import Any, NoReturn, Optional
 
 from pydantic import ValidationError
 
-from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, ON_DEMAND, SCHEDULED
+from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, NIGHTLY, ON_DEMAND
 from gdflow.config.train import TrainConfig
 from gdflow.config.errors import one_line
 from gdflow.config.sweep import DEFAULT_LRS, SweepConfig
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the scheduled and on-demand deployments (needs a Prefect server)",
         description="Serve two deployments of the train flow from this process: "
-        f"'train/{SCHEDULED}' on a schedule and 'train/{ON_DEMAND}' for manual runs. "
+        f"'train/{NIGHTLY}' on a schedule and 'train/{ON_DEMAND}' for manual runs (the names "
+        "prefect.yaml gives them). "
         "Runs happen while this command keeps running; stop it with Ctrl-C.",
     )
     _add_config_options(serve)
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--host",
         default=DEFAULT_HOST,
         help=f"address (default: {DEFAULT_HOST}, loopback only); before any other, set "
-        "PREFECT_SERVER_API_AUTH_STRING=user:password (see README)",
+        "PREFECT_SERVER_API_AUTH_STRING=user:password (see docs/deployment.md)",
     )
     server.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
@@ -373,7 +374,7 @@ def cmd_sweep(values: dict[str, Any]) -> int:
     from gdflow.storage import mask_url
 
     # Workers of a running Dask scheduler live elsewhere and do not share this environment:
-    # there the URL travels in the flow's parameters (README: prefer one without a password).
+    # there the URL travels in the flow's parameters (docs/sweeps.md: use one without a password).
     remote = options.get("dask_address") is not None
     with nullcontext(config) if remote else _database_in_environment(config) as config:
         try:
@@ -419,7 +420,7 @@ def cmd_serve(values: dict[str, Any]) -> int:
             deployments = build_deployments(config, **options)
         except ValueError as exc:
             raise CliError(f"invalid schedule: {str(exc).splitlines()[0]}") from None
-        print(f"serving train/{SCHEDULED} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
+        print(f"serving train/{NIGHTLY} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
         serve(*deployments, print_starting_message=False)
     return 0
 
