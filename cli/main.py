@@ -440,7 +440,11 @@ def cmd_serve(values: dict[str, Any]) -> int:
 
 
 def cmd_server(host: str, port: int) -> int:
-    """Run `prefect server start` on loopback with analytics off, until interrupted."""
+    """Run `prefect server start` on loopback with analytics off, until stopped.
+
+    On POSIX gdflow becomes that command (exec): whatever signal stops `gdflow server`
+    (Ctrl-C, SIGTERM from a service manager or `kill`, SIGHUP) reaches the server itself, and
+    no server is left behind on the port."""
     import subprocess
 
     from gdflow.flows.deployments import exposure_warning, local_api_url, server_command
@@ -455,6 +459,8 @@ def cmd_server(host: str, port: int) -> int:
         flush=True,
     )
     try:
+        if os.name == "posix":
+            os.execvpe(command[0], command, env)
         return subprocess.call(command, env=env)
     except FileNotFoundError:
         raise CliError("the 'prefect' command is not installed; reinstall gdflow") from None
