@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from prefect.context import refresh_global_settings_context
+from prefect.logging import get_logger
 from prefect.settings import get_current_settings
 
 from gdflow.config.errors import GdflowError
@@ -44,6 +45,12 @@ SERVER_LOG_NAME = "temporary-server.log"
 SERVER_LOG_MAX_BYTES = 5 * 1024 * 1024
 #: The module run as the server process.
 CHILD_MODULE = "gdflow.flows.temporary_server_child"
+#: What Prefect said when it started its temporary server; gdflow says the same.
+STARTING = (
+    "Starting temporary server on {address}\nSee "
+    "https://www.prefect.io/docs/v3/concepts/server#how-to-guides for more information on "
+    "running a dedicated Prefect server."
+)
 
 
 def server_log_path() -> Path:
@@ -179,7 +186,13 @@ def start_temporary_server(timeout: Optional[float] = None) -> TemporaryServer:
 
 
 def use_server(api_url: str) -> None:
-    """Point this process's Prefect clients, in every thread, and its child processes at
-    `api_url` (PREFECT_API_URL). Call it from the main thread: it changes os.environ."""
+    """Point this process's Prefect clients, in every thread, and its child processes at the
+    temporary server at `api_url` (PREFECT_API_URL), and log it as Prefect did. Call it from the
+    main thread, once Prefect's logging is set up: it changes os.environ."""
+    get_logger().info(STARTING.format(address=api_url.removesuffix("/api")))
     os.environ["PREFECT_API_URL"] = api_url
+    if get_current_settings().ui_url is None:
+        # The UI URL would follow the API URL, and the flow would log a link to a dashboard
+        # this server does not serve and that ends with the run.
+        os.environ["PREFECT_UI_URL"] = ""
     refresh_global_settings_context()

@@ -40,12 +40,16 @@ linux_only = pytest.mark.skipif(
 )
 
 #: A stand-in for `gdflow run` that imports neither torch nor the flow: it starts the temporary
-#: server as `gdflow run` does (early, from a background thread), prints its API URL, then
-#: waits until the file named by its argument exists and exits normally.
+#: server as `gdflow run` does (early, from a background thread), prints its API URL and
+#: whether a flow run would get a UI link, then waits until the file named by its argument
+#: exists and exits normally.
 GDFLOW_LIKE = """
 import os, sys, time
 from gdflow.cli.main import start_temporary_server_early
+import prefect.main  # as the flow's import does: Prefect's logging set up
 start_temporary_server_early()()
+from prefect.utilities.urls import url_for
+print("ui link", url_for("flow-run", obj_id="00000000-0000-0000-0000-000000000000"))
 print("api", os.environ["PREFECT_API_URL"], flush=True)
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.1)
@@ -60,13 +64,15 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def settings_restored() -> Iterator[None]:
-    """Restore PREFECT_API_URL and Prefect's process-wide settings after the test."""
-    before = os.environ.get("PREFECT_API_URL")
+    """Restore PREFECT_API_URL, PREFECT_UI_URL and Prefect's process-wide settings after."""
+    names = ("PREFECT_API_URL", "PREFECT_UI_URL")
+    before = {name: os.environ.get(name) for name in names}
     yield
-    if before is None:
-        os.environ.pop("PREFECT_API_URL", None)
-    else:
-        os.environ["PREFECT_API_URL"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     refresh_global_settings_context()
 
 
@@ -114,7 +120,10 @@ def test_the_temporary_server_has_its_own_group_and_ends_with_gdflow(
         stop_process(gdflow)
         for pid in temporary_servers_of(gdflow.pid):  # left behind: stop it, the test failed
             os.kill(pid, signal.SIGKILL)
-    assert "Traceback" not in log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output
+    assert f"prefect - Starting temporary server on {api_url.removesuffix('/api')}\n" in output
+    assert "ui link None\n" in output  # no link to a dashboard this server does not serve
     server_log = (prefect_home / "temporary-server.log").read_text()
     port = api_url.split(":")[-1].removesuffix("/api")
     assert f"gdflow pid {gdflow.pid}: temporary server on port {port}\n" in server_log
