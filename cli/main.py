@@ -228,34 +228,47 @@ def _quiet_expected_errors() -> None:
                 handler.addFilter(_DropTraceback())
 
 
-def _start_temporary_server() -> None:
-    """Start Prefect's temporary server (out of reach of Ctrl-C); failures are one line."""
-    from gdflow.flows.temporary_server import start_ephemeral_server
+def _launch_temporary_server() -> str:
+    """Start gdflow's temporary Prefect server (out of reach of Ctrl-C); its API URL; failures
+    are one line."""
     from gdflow.config.errors import GdflowError
+    from gdflow.flows.temporary_server import start_temporary_server
 
     try:
-        start_ephemeral_server()
+        return start_temporary_server().api_url
     except GdflowError as exc:
         raise CliError(str(exc)) from None
 
 
+def _start_temporary_server() -> None:
+    """Start the temporary server now and point this process's Prefect clients at it (POSIX;
+    elsewhere Prefect starts its own)."""
+    from gdflow.flows.temporary_server import use_server
+
+    if os.name == "posix":
+        use_server(_launch_temporary_server())
+
+
 def start_temporary_server_early() -> Callable[[], None]:
-    """With no Prefect server to use, start Prefect's temporary one in a background thread now,
-    so that it boots while torch and the flow are imported (otherwise one waits for the other).
-    Returns a function that waits for it and raises its start failure, if any."""
+    """With no Prefect server to use, start the temporary one in a background thread now, so
+    that it boots while torch and the flow are imported (otherwise one waits for the other).
+    Returns a function, for the main thread, that waits for it, raises its start failure if
+    any, and points this process's Prefect clients at it."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from gdflow.flows.deployments import find_api_url
 
-    if find_api_url() is not None:
+    if os.name != "posix" or find_api_url() is not None:
         return lambda: None
-    failures: list[CliError] = []
+    outcome: list[str | CliError] = []
     started = threading.Event()
 
     def start() -> None:
         try:
-            _start_temporary_server()
+            outcome.append(_launch_temporary_server())
         except CliError as exc:
-            failures.append(exc)
+            outcome.append(exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. no socket or process: one line
+            outcome.append(CliError(f"Prefect's temporary server did not start: {exc!r}"))
         finally:
             started.set()
         # The server is told to stop when the thread that started it ends (PR_SET_PDEATHSIG
@@ -266,9 +279,12 @@ def start_temporary_server_early() -> Callable[[], None]:
     thread.start()
 
     def ready() -> None:
+        from gdflow.flows.temporary_server import use_server
+
         started.wait()
-        if failures:
-            raise failures[0]
+        if isinstance(outcome[0], CliError):
+            raise outcome[0]
+        use_server(outcome[0])  # here, in the main thread: it changes os.environ
 
     return ready
 
@@ -426,7 +442,11 @@ def cmd_serve(values: dict[str, Any]) -> int:
 
 
 def cmd_server(host: str, port: int) -> int:
-    """Run `prefect server start` on loopback with analytics off, until interrupted."""
+    """Run `prefect server start` on loopback with analytics off, until stopped.
+
+    On POSIX gdflow becomes that command (exec): whatever signal stops `gdflow server`
+    (Ctrl-C, SIGTERM from a service manager or `kill`, SIGHUP) reaches the server itself, and
+    no server is left behind on the port."""
     import subprocess
 
     from gdflow.flows.deployments import exposure_warning, local_api_url, server_command
@@ -441,6 +461,8 @@ def cmd_server(host: str, port: int) -> int:
         flush=True,
     )
     try:
+        if os.name == "posix":
+            os.execvpe(command[0], command, env)
         return subprocess.call(command, env=env)
     except FileNotFoundError:
         raise CliError("the 'prefect' command is not installed; reinstall gdflow") from None
