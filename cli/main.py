@@ -298,12 +298,14 @@ def _run_flow(
     """Check the database, run a flow (on a running server when there is one), return its
     result and the database URL; a failed run becomes a one-line CliError."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    import httpx  # Prefect's HTTP client library
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from gdflow.flows.deployments import find_api_url, ui_url
     from gdflow.storage import default_database_url
     from gdflow.config.errors import GdflowError
     from gdflow.runs.signals import requested_signal
+    from gdflow.tasks.dashboard_feed import client_settings
 
     url = database_url or default_database_url()
     _open_existing(url).dispose()
@@ -312,8 +314,11 @@ def _run_flow(
     updates = {PREFECT_API_URL: api_url} if api_url else {}
     if not api_url:
         server_ready()  # the temporary server (started early by `gdflow run`) must be up
-    with temporary_settings(updates=updates):
-        state = flow_fn(**parameters, return_state=True)
+    with temporary_settings(updates=updates, set_defaults=client_settings()):
+        try:
+            state = flow_fn(**parameters, return_state=True)
+        except httpx.TransportError as exc:  # the engine could not reach the API
+            raise _api_lost(api_url, exc, requested_signal()) from None
     if api_url:
         print(f"watch it at {ui_url(api_url)}/runs/flow-run/{state.state_details.flow_run_id}")
     stopped_by = requested_signal()
@@ -329,6 +334,20 @@ def _run_flow(
             text = state.message or state.name or ""
         raise CliError(text.splitlines()[0] if text else "the run failed")
     return state.result(), url
+
+
+def _api_lost(
+    api_url: Optional[str], exc: Exception, stopped_by: Optional[signal.Signals]
+) -> CliError:
+    """The one-line error of a run whose Prefect API stopped answering before its end."""
+    lost = (
+        f"the Prefect API{f' at {api_url}' if api_url else ''} stopped answering ({exc}), so "
+        "the flow run's final state is not recorded there; the run and its epochs are in the "
+        f"database: {PROG} runs"
+    )
+    if stopped_by is None:
+        return CliError(lost)
+    return CliError(f"stopped by {stopped_by.name}; {lost}", code=128 + int(stopped_by))
 
 
 @contextmanager
@@ -577,10 +596,40 @@ def cmd_db(action: str, database_url: Optional[str]) -> int:
     return 0
 
 
+#: Seconds `gdflow run` and `gdflow sweep` wait at the end for Prefect's log and event workers.
+EXIT_GRACE_SECONDS = 5.0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `gdflow` console script."""
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    if command not in ("run", "sweep") or argv is not None:
+        return _command(command, args)
+    try:  # the console script (no argv) of a run: end in bounded time
+        code = _command(command, args)
+    except SystemExit as exc:
+        _exit_soon(exc.code)
+        raise
+    _exit_soon(code)
+    return code
+
+
+def _exit_soon(code: object) -> None:
+    """Give Prefect's log and event workers EXIT_GRACE_SECONDS to deliver what they hold, then
+    end the process: at exit Prefect waits for them without limit, and they retry a server
+    that stopped answering for minutes (everything of the run is in gdflow's database)."""
+    from gdflow.tasks.dashboard_feed import deliver_or_drop
+
+    if deliver_or_drop(EXIT_GRACE_SECONDS):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
+
+
+def _command(command: str, args: dict[str, Any]) -> int:
+    """Run one gdflow command; user-facing failures become one `gdflow: error:` line."""
     if command in ("run", "sweep"):
         signal.signal(signal.SIGTERM, _raise_terminated)
     urls = [str(args.get("database_url") or ""), os.environ.get("GDFLOW_DATABASE_URL", "")]

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from gdflow.storage import RunStatus, update_run
 from gdflow.tasks.artifacts import ProgressArtifact
+from gdflow.tasks.dashboard_feed import quiet_when_unreachable
 from gdflow.training.conditioning import analyse, auto_learning_rate
 from gdflow.config.train import TrainConfig
 from gdflow.data.dataset import Dataset, load_dataset, split_validation
@@ -113,16 +114,19 @@ def train(
             )
         writer = MetricWriter(engine=engine, run_id=run_id)
         progress = ProgressArtifact(
-            config.epochs, description=f"gdflow run {run_id}: epochs done of {config.epochs}"
+            config.epochs,
+            description=f"gdflow run {run_id}: epochs done of {config.epochs}",
+            logger=logger,
         )
+        progress_logger = quiet_when_unreachable(logger)
 
         def on_chunk(chunk: EpochChunk) -> None:
             chunk = problem.to_original(chunk)
             writer(chunk)
-            _log_progress(logger, chunk, config.log_every)
+            _log_progress(progress_logger, chunk, config.log_every)
             progress.update(int(chunk.epochs[-1]))
 
-        with stop_on_signals():
+        with stop_on_signals(), progress:
             result = fit(
                 problem.data,
                 problem.initial,
