@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from gdflow.config.errors import one_line
 from gdflow.config.sweep import DEFAULT_LRS, SweepConfig
 from gdflow.config.train import TrainConfig
-from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, ON_DEMAND, SCHEDULED
+from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, NIGHTLY, ON_DEMAND
 
 PROG = "gdflow"
 
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the scheduled and on-demand deployments (needs a Prefect server)",
         description="Serve two deployments of the train flow from this process: "
-        f"'train/{SCHEDULED}' on a schedule and 'train/{ON_DEMAND}' for manual runs. "
+        f"'train/{NIGHTLY}' on a schedule and 'train/{ON_DEMAND}' for manual runs (the names "
+        "prefect.yaml gives them). "
         "Runs happen while this command keeps running; stop it with Ctrl-C.",
     )
     _add_config_options(serve)
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--host",
         default=DEFAULT_HOST,
         help=f"address (default: {DEFAULT_HOST}, loopback only); before any other, set "
-        "PREFECT_SERVER_API_AUTH_STRING=user:password (see README)",
+        "PREFECT_SERVER_API_AUTH_STRING=user:password (see docs/deployment.md)",
     )
     server.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
@@ -227,34 +228,47 @@ def _quiet_expected_errors() -> None:
                 handler.addFilter(_DropTraceback())
 
 
-def _start_temporary_server() -> None:
-    """Start Prefect's temporary server (out of reach of Ctrl-C); failures are one line."""
+def _launch_temporary_server() -> str:
+    """Start gdflow's temporary Prefect server (out of reach of Ctrl-C); its API URL; failures
+    are one line."""
     from gdflow.config.errors import GdflowError
-    from gdflow.flows.temporary_server import start_ephemeral_server
+    from gdflow.flows.temporary_server import start_temporary_server
 
     try:
-        start_ephemeral_server()
+        return start_temporary_server().api_url
     except GdflowError as exc:
         raise CliError(str(exc)) from None
 
 
+def _start_temporary_server() -> None:
+    """Start the temporary server now and point this process's Prefect clients at it (POSIX;
+    elsewhere Prefect starts its own)."""
+    from gdflow.flows.temporary_server import use_server
+
+    if os.name == "posix":
+        use_server(_launch_temporary_server())
+
+
 def start_temporary_server_early() -> Callable[[], None]:
-    """With no Prefect server to use, start Prefect's temporary one in a background thread now,
-    so that it boots while torch and the flow are imported (otherwise one waits for the other).
-    Returns a function that waits for it and raises its start failure, if any."""
+    """With no Prefect server to use, start the temporary one in a background thread now, so
+    that it boots while torch and the flow are imported (otherwise one waits for the other).
+    Returns a function, for the main thread, that waits for it, raises its start failure if
+    any, and points this process's Prefect clients at it."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from gdflow.flows.deployments import find_api_url
 
-    if find_api_url() is not None:
+    if os.name != "posix" or find_api_url() is not None:
         return lambda: None
-    failures: list[CliError] = []
+    outcome: list[str | CliError] = []
     started = threading.Event()
 
     def start() -> None:
         try:
-            _start_temporary_server()
+            outcome.append(_launch_temporary_server())
         except CliError as exc:
-            failures.append(exc)
+            outcome.append(exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. no socket or process: one line
+            outcome.append(CliError(f"Prefect's temporary server did not start: {exc!r}"))
         finally:
             started.set()
         # The server is told to stop when the thread that started it ends (PR_SET_PDEATHSIG
@@ -265,9 +279,12 @@ def start_temporary_server_early() -> Callable[[], None]:
     thread.start()
 
     def ready() -> None:
+        from gdflow.flows.temporary_server import use_server
+
         started.wait()
-        if failures:
-            raise failures[0]
+        if isinstance(outcome[0], CliError):
+            raise outcome[0]
+        use_server(outcome[0])  # here, in the main thread: it changes os.environ
 
     return ready
 
@@ -281,12 +298,14 @@ def _run_flow(
     """Check the database, run a flow (on a running server when there is one), return its
     result and the database URL; a failed run becomes a one-line CliError."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    import httpx  # Prefect's HTTP client library
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from gdflow.config.errors import GdflowError
     from gdflow.flows.deployments import find_api_url, ui_url
     from gdflow.runs.signals import requested_signal
     from gdflow.storage import default_database_url
+    from gdflow.tasks.dashboard_feed import client_settings
 
     url = database_url or default_database_url()
     _open_existing(url).dispose()
@@ -295,8 +314,11 @@ def _run_flow(
     updates = {PREFECT_API_URL: api_url} if api_url else {}
     if not api_url:
         server_ready()  # the temporary server (started early by `gdflow run`) must be up
-    with temporary_settings(updates=updates):
-        state = flow_fn(**parameters, return_state=True)
+    with temporary_settings(updates=updates, set_defaults=client_settings()):
+        try:
+            state = flow_fn(**parameters, return_state=True)
+        except httpx.TransportError as exc:  # the engine could not reach the API
+            raise _api_lost(api_url, exc, requested_signal()) from None
     if api_url:
         print(f"watch it at {ui_url(api_url)}/runs/flow-run/{state.state_details.flow_run_id}")
     stopped_by = requested_signal()
@@ -312,6 +334,20 @@ def _run_flow(
             text = state.message or state.name or ""
         raise CliError(text.splitlines()[0] if text else "the run failed")
     return state.result(), url
+
+
+def _api_lost(
+    api_url: Optional[str], exc: Exception, stopped_by: Optional[signal.Signals]
+) -> CliError:
+    """The one-line error of a run whose Prefect API stopped answering before its end."""
+    lost = (
+        f"the Prefect API{f' at {api_url}' if api_url else ''} stopped answering ({exc}), so "
+        "the flow run's final state is not recorded there; the run and its epochs are in the "
+        f"database: {PROG} runs"
+    )
+    if stopped_by is None:
+        return CliError(lost)
+    return CliError(f"stopped by {stopped_by.name}; {lost}", code=128 + int(stopped_by))
 
 
 @contextmanager
@@ -368,11 +404,12 @@ def cmd_sweep(values: dict[str, Any]) -> int:
     config = config_from_args(values, command="sweep")
     if "lrs" not in options and "lr_range" not in options:
         options["lrs"] = list(DEFAULT_LRS)
-    from gdflow.flows.sweep import comparison_table, sweep_flow
+    from gdflow.flows.sweep import sweep_flow
+    from gdflow.reports.tables import comparison_table
     from gdflow.storage import mask_url
 
     # Workers of a running Dask scheduler live elsewhere and do not share this environment:
-    # there the URL travels in the flow's parameters (README: prefer one without a password).
+    # there the URL travels in the flow's parameters (docs/sweeps.md: use one without a password).
     remote = options.get("dask_address") is not None
     with nullcontext(config) if remote else _database_in_environment(config) as config:
         try:
@@ -418,13 +455,17 @@ def cmd_serve(values: dict[str, Any]) -> int:
             deployments = build_deployments(config, **options)
         except ValueError as exc:
             raise CliError(f"invalid schedule: {str(exc).splitlines()[0]}") from None
-        print(f"serving train/{SCHEDULED} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
+        print(f"serving train/{NIGHTLY} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
         serve(*deployments, print_starting_message=False)
     return 0
 
 
 def cmd_server(host: str, port: int) -> int:
-    """Run `prefect server start` on loopback with analytics off, until interrupted."""
+    """Run `prefect server start` on loopback with analytics off, until stopped.
+
+    On POSIX gdflow becomes that command (exec): whatever signal stops `gdflow server`
+    (Ctrl-C, SIGTERM from a service manager or `kill`, SIGHUP) reaches the server itself, and
+    no server is left behind on the port."""
     import subprocess
 
     from gdflow.flows.deployments import exposure_warning, local_api_url, server_command
@@ -439,6 +480,8 @@ def cmd_server(host: str, port: int) -> int:
         flush=True,
     )
     try:
+        if os.name == "posix":
+            os.execvpe(command[0], command, env)
         return subprocess.call(command, env=env)
     except FileNotFoundError:
         raise CliError("the 'prefect' command is not installed; reinstall gdflow") from None
@@ -558,10 +601,40 @@ def cmd_db(action: str, database_url: Optional[str]) -> int:
     return 0
 
 
+#: Seconds `gdflow run` and `gdflow sweep` wait at the end for Prefect's log and event workers.
+EXIT_GRACE_SECONDS = 5.0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `gdflow` console script."""
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    if command not in ("run", "sweep") or argv is not None:
+        return _command(command, args)
+    try:  # the console script (no argv) of a run: end in bounded time
+        code = _command(command, args)
+    except SystemExit as exc:
+        _exit_soon(exc.code)
+        raise
+    _exit_soon(code)
+    return code
+
+
+def _exit_soon(code: object) -> None:
+    """Give Prefect's log and event workers EXIT_GRACE_SECONDS to deliver what they hold, then
+    end the process: at exit Prefect waits for them without limit, and they retry a server
+    that stopped answering for minutes (everything of the run is in gdflow's database)."""
+    from gdflow.tasks.dashboard_feed import deliver_or_drop
+
+    if deliver_or_drop(EXIT_GRACE_SECONDS):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
+
+
+def _command(command: str, args: dict[str, Any]) -> int:
+    """Run one gdflow command; user-facing failures become one `gdflow: error:` line."""
     if command in ("run", "sweep"):
         signal.signal(signal.SIGTERM, _raise_terminated)
     urls = [str(args.get("database_url") or ""), os.environ.get("GDFLOW_DATABASE_URL", "")]

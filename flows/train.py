@@ -18,7 +18,7 @@ from gdflow.storage import RunStatus, default_database_url, mask_url
 from gdflow.tasks.artifacts import publish_run_report
 from gdflow.tasks.pipeline import evaluate_prediction, initialize_weight, load_data, persist, train
 from gdflow.training.devices import resolve_device
-from gdflow.training.loop import TrainResult
+from gdflow.training.result import TrainResult
 
 
 def _config_of(parameters: dict[str, Any]) -> TrainConfig:
@@ -86,7 +86,7 @@ def _diverged_message(run_id: int, result: TrainResult, dtype: str) -> str:
     """What diverged and what to change: the data when the very first loss overflows (it is
     the initial parameters' loss, before any step), else the learning rate."""
     head = f"run {run_id} diverged ({result.verdict_detail})"
-    if result.diverged_at == 1 and result.verdict_detail.startswith("loss NaN or infinite"):
+    if result.diverged_at == 1 and result.diverged_because == "nonfinite_loss":
         return (
             f"{head}: the loss of the initial parameters overflows {dtype}, before any step; "
             "divide the data's large columns by a power of ten or use a smaller --init"

@@ -24,7 +24,7 @@ from gdflow.storage import (
     retry_transient,
     running_runs,
 )
-from gdflow.training.loop import EpochChunk
+from gdflow.training.records import EpochChunk
 
 
 def open_database(url: str) -> Engine:

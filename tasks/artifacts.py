@@ -7,26 +7,22 @@ hands the strings to Prefect. Publishing never fails a run: problems are logged 
 from __future__ import annotations
 
 import re
-from typing import Any, Optional, cast
+from typing import Any, Optional
 from uuid import UUID
 
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.logging import get_logger
+from prefect.runtime import flow_run, task_run
 from sqlalchemy.orm import Session
 
-from gdflow.reports.dashboard import (
-    loss_curve_markdown,
-    metrics_table_rows,
-    summary_markdown,
-    trend_markdown,
-)
+from gdflow.reports.comparisons import trend_markdown
+from gdflow.reports.markdown import loss_curve_markdown
+from gdflow.reports.run_report import metrics_table_rows, summary_markdown
 from gdflow.runs.recording import open_database
 from gdflow.storage import get_metrics_sample, get_run, list_runs, mask_url
+from gdflow.tasks.dashboard_feed import DashboardFeed, dashboard_reachable
 
 #: Rows of the per-epoch table artifact (the database keeps every epoch).
 TABLE_ROWS = 200
@@ -39,28 +35,55 @@ logger = get_logger("gdflow.artifacts")
 
 
 class ProgressArtifact:
-    """A progress bar in the Prefect UI: epochs done out of the maximum."""
+    """A progress bar in the Prefect UI: epochs done out of the maximum.
 
-    def __init__(self, max_epochs: int, description: str) -> None:
+    Updates never wait for the API: a `DashboardFeed` creates the artifact and sends the newest
+    percentage from a side thread. `close()` sends the last one (bounded in time).
+    """
+
+    def __init__(self, max_epochs: int, description: str, *, logger: Any = logger) -> None:
         self.max_epochs = max_epochs
         self.description = description
         self.artifact_id: Optional[UUID] = None
-        try:
-            created = create_progress_artifact(0.0, description=description)
-            self.artifact_id = cast(UUID, created)  # sync call: a UUID, not a coroutine
-        except Exception as exc:  # noqa: BLE001 - monitoring must not stop training
-            logger.warning("Could not create the progress artifact: %s", exc)
+        self._task_run_id = _uuid(task_run.get_id())
+        self._flow_run_id = _uuid(flow_run.get_id())
+        self._feed = DashboardFeed(self._send, what="progress", logger=logger)
+        self._feed.put(0.0)
 
     def update(self, epochs_done: int) -> None:
-        """Show `epochs_done / max_epochs` as a percentage."""
+        """Show `epochs_done / max_epochs` as a percentage (sent from the side thread)."""
+        self._feed.put(100.0 * min(epochs_done, self.max_epochs) / self.max_epochs)
+
+    def close(self) -> None:
+        """Send the last percentage if the API answers within a few seconds; stop the feed."""
+        self._feed.close()
+
+    def __enter__(self) -> ProgressArtifact:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _send(self, client: SyncPrefectClient, percent: float) -> None:
+        """Create the artifact on the first call, update it on the next ones."""
         if self.artifact_id is None:
-            return
-        try:
-            update_progress_artifact(
-                self.artifact_id, 100.0 * min(epochs_done, self.max_epochs) / self.max_epochs
+            created = client.create_artifact(
+                ArtifactCreate(
+                    type="progress",
+                    description=self.description,
+                    data=percent,
+                    task_run_id=self._task_run_id,
+                    flow_run_id=self._flow_run_id,
+                )
             )
-        except Exception as exc:  # noqa: BLE001 - monitoring must not stop training
-            logger.warning("Could not update the progress artifact: %s", exc)
+            self.artifact_id = created.id
+        else:
+            client.update_artifact(self.artifact_id, ArtifactUpdate(data=percent))
+
+
+def _uuid(value: Optional[str]) -> Optional[UUID]:
+    """A run id of `prefect.runtime` as a UUID (None outside a run)."""
+    return UUID(value) if value else None
 
 
 def trend_key(data_source: str) -> str:
@@ -70,7 +93,16 @@ def trend_key(data_source: str) -> str:
 
 
 def publish_run_report(database_url: str, run_id: int, *, seconds: Optional[float] = None) -> None:
-    """Create the summary, loss-curve, metrics-table and trend artifacts of a finished run."""
+    """Create the summary, loss-curve, metrics-table and trend artifacts of a finished run
+    (not when the dashboard did not answer the run's last progress update)."""
+    if dashboard_reachable() is False:
+        logger.warning(
+            "Run %d's report artifacts are not published: the Prefect dashboard is unreachable; "
+            "the run is in the database: gdflow metrics %d",
+            run_id,
+            run_id,
+        )
+        return
     try:
         _publish(database_url, run_id, seconds)
     except Exception as exc:  # noqa: BLE001 - a report must not turn a good run into a failure

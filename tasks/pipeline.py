@@ -16,19 +16,16 @@ from gdflow.runs.recording import MetricWriter, end_run, open_database
 from gdflow.runs.signals import stop_on_signals, stop_requested
 from gdflow.storage import RunStatus, update_run
 from gdflow.tasks.artifacts import ProgressArtifact
+from gdflow.tasks.dashboard_feed import quiet_when_unreachable
 from gdflow.training.conditioning import analyse, auto_learning_rate
 from gdflow.training.devices import resolve_device
 from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
-from gdflow.training.loop import (
-    EpochChunk,
-    Optimization,
-    TrainResult,
-    fit,
-    initial_parameters,
-    parameter_names,
-    progress_line,
-)
+from gdflow.training.loop import Hooks, fit
+from gdflow.training.optimization import Optimization
+from gdflow.training.parameters import initial_parameters, parameter_names
 from gdflow.training.preprocessing import TrainingProblem
+from gdflow.training.records import EpochChunk, progress_line
+from gdflow.training.result import TrainResult
 
 
 def retry_unless_user_error(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -117,25 +114,25 @@ def train(
             )
         writer = MetricWriter(engine=engine, run_id=run_id)
         progress = ProgressArtifact(
-            config.epochs, description=f"gdflow run {run_id}: epochs done of {config.epochs}"
+            config.epochs,
+            description=f"gdflow run {run_id}: epochs done of {config.epochs}",
+            logger=logger,
         )
+        progress_logger = quiet_when_unreachable(logger)
 
         def on_chunk(chunk: EpochChunk) -> None:
             chunk = problem.to_original(chunk)
             writer(chunk)
-            _log_progress(logger, chunk, config.log_every)
+            _log_progress(progress_logger, chunk, config.log_every)
             progress.update(int(chunk.epochs[-1]))
 
-        with stop_on_signals():
+        with stop_on_signals(), progress:
             result = fit(
-                problem.x,
-                problem.y,
+                problem.data,
                 problem.initial,
                 optimization(config, lr),
                 device=resolve_device(device),
-                validation=problem.validation,
-                on_chunk=on_chunk,
-                should_stop=stop_requested,
+                hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
             )
     finally:
         engine.dispose()

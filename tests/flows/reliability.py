@@ -29,6 +29,25 @@ def ephemeral_env(home: Path, database: Path) -> dict[str, str]:
     }
 
 
+def temporary_servers_of(gdflow_pid: int) -> list[int]:
+    """Pids of the live temporary Prefect servers started by process `gdflow_pid` (from Linux
+    /proc: each names its parent in its command line, --parent-pid)."""
+    from gdflow.flows.temporary_server import CHILD_MODULE
+
+    wanted = ["-m", CHILD_MODULE, "--parent-pid", str(gdflow_pid)]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # ended meanwhile
+        if any(args[i : i + len(wanted)] == wanted for i in range(len(args))):
+            found.append(int(entry.name))
+    return found
+
+
 def start_gdflow(
     args: list[str], *, env: dict[str, str], cwd: Path, log: Path
 ) -> subprocess.Popen[bytes]:

@@ -85,6 +85,10 @@ def test_run_page_shows_the_loss_curve_and_summary(
                 )
             )
         }
+    # The progress bar, fed from a side thread, reached 100% and belongs to the train task run.
+    (progress,) = [a for a in artifacts.values() if a.type == "progress"]
+    assert progress.data == 100.0
+    assert progress.task_run_id is not None
     SCREENSHOTS.mkdir(exist_ok=True)
 
     page = _open(browser, run_url)

@@ -21,6 +21,7 @@ from tests.flows.reliability import (
     query,
     server_env,
     start_gdflow,
+    temporary_servers_of,
 )
 from tests.processes import PrefectServer, latest_run, stop_process, venv_command, wait_for
 
@@ -102,6 +103,7 @@ def test_ctrl_c_in_a_terminal_ends_the_run_cancelled_without_a_server(tmp_path: 
     os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
     line = _stopped_cleanly(process, tmp_path / "run.log", 128 + signal.SIGINT)
     assert "cancelled: stopped by SIGINT after epoch" in line
+    assert temporary_servers_of(process.pid) == []  # it outlived Ctrl-C, not gdflow
     ((_id, status, epochs, reason),) = check_every_epoch_once(database)
     assert (status, reason) == ("cancelled", "cancelled") and epochs > 0
     print(f"\nobserved (Ctrl-C): 1 run cancelled, {epochs} epoch rows, exit 130")

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from gdflow.runs.liveness import current_owner, owner_alive, process_started
 from gdflow.runs.recording import MetricWriter, end_run, reconcile_runs, start_run
 from gdflow.storage import RunStatus, get_metrics, get_run, make_engine, update_run
-from gdflow.training.loop import EpochChunk
+from gdflow.training.records import EpochChunk
 
 
 def _start(url: str, flow_run_id: str | None = "flow-run-1") -> tuple[int, bool]:
