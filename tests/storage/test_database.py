@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from gdflow.storage import DatabaseError, default_database_url, make_engine, mask_url
+from gdflow.storage import DatabaseError, make_engine, mask_url
 
 
 def test_sqlite_engine_uses_wal_and_busy_timeout(tmp_path: Path) -> None:
@@ -48,13 +48,6 @@ def test_malformed_url_is_a_clear_error() -> None:
 def test_missing_driver_is_a_clear_error() -> None:
     with pytest.raises(DatabaseError, match="driver"):
         make_engine("nosuchdialect://host/db")
-
-
-def test_default_url_honours_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GDFLOW_DATABASE_URL", "sqlite:////tmp/x.db")
-    assert default_database_url() == "sqlite:////tmp/x.db"
-    monkeypatch.delenv("GDFLOW_DATABASE_URL")
-    assert default_database_url().endswith("/.gdflow/gdflow.db")
 
 
 def test_mask_url_hides_password() -> None:
