@@ -14,6 +14,7 @@ from prefect.states import Cancelled, State
 from gdflow.config.errors import DivergedError
 from gdflow.config.settings import Settings
 from gdflow.config.train import TrainConfig, safe_label
+from gdflow.data.dataset import Dataset
 from gdflow.runs.recording import (
     RunRef,
     end_run,
@@ -115,6 +116,15 @@ def _device(config: TrainConfig) -> str:
     return device
 
 
+def _evaluate(
+    config: TrainConfig, dataset: Dataset, result: TrainResult
+) -> Optional[dict[str, Any]]:
+    """The evaluation of the trained parameters; none for a run that diverged or was cancelled."""
+    if ends_training_early(status_of_stop(result.stop_reason)):
+        return None
+    return evaluate_prediction(config, dataset, result.final_params)
+
+
 def _record_failure(run: RunRef, exc: BaseException) -> None:
     """Mark the run failed or cancelled; never let the bookkeeping hide the original error."""
     try:
@@ -204,9 +214,7 @@ def train_flow(
         dataset = load_data(config)
         initial = initialize_weight(config, dataset.feature_names)
         result = train_model(config, dataset, initial, device=device, run=run)
-        evaluation = None
-        if not ends_training_early(status_of_stop(result.stop_reason)):
-            evaluation = evaluate_prediction(config, dataset, result.final_params)
+        evaluation = _evaluate(config, dataset, result)
         status = persist(run=run, result=result, evaluation=evaluation)
     except BaseException as exc:
         _record_failure(run, exc)

@@ -87,7 +87,6 @@ def train_model(
     config: TrainConfig, dataset: Dataset, initial: dict[str, float], *, device: str, run: RunRef
 ) -> TrainResult:
     """Run gradient descent on `device`, writing epoch metrics to the database as it goes."""
-    logger = get_run_logger()
     problem = TrainingProblem.prepare(dataset, initial, standardize=config.standardize)
     lr = learning_rate(config, problem)
     conditioning = check_conditioning(config, problem, lr)
@@ -108,14 +107,7 @@ def train_model(
             should_stop=stop_requested,
         )
     result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
-    logger.info(
-        "Stopped after %d epoch(s): %s, %s (%.3f s on %s)",
-        result.epochs_done,
-        result.stop_reason,
-        result.verdict_detail,
-        result.seconds,
-        result.device,
-    )
+    _log_stop(result)
     return result
 
 
@@ -179,6 +171,18 @@ def optimization(config: TrainConfig, lr: float) -> Optimization:
         patience=config.patience,
         plateau_epochs=config.plateau_epochs,
         diverge_factor=config.diverge_factor,
+    )
+
+
+def _log_stop(result: TrainResult) -> None:
+    """Log how training ended: epochs, verdict, time and device."""
+    get_run_logger().info(
+        "Stopped after %d epoch(s): %s, %s (%.3f s on %s)",
+        result.epochs_done,
+        result.stop_reason,
+        result.verdict_detail,
+        result.seconds,
+        result.device,
     )
 
 
