@@ -24,17 +24,30 @@ test: setup  ## run the test suite
 	$(BIN)/python -m pytest
 
 RELIABILITY_TESTS := tests/flows/test_concurrency.py tests/flows/test_faults.py \
-	tests/storage/test_retry.py tests/tasks/test_recording.py tests/tasks/test_stopping.py \
-	tests/storage/test_migrate.py tests/storage/test_database.py tests/flows/test_postgres.py \
-	tests/tasks/test_hostile_input.py tests/storage/test_secrets.py \
-	tests/flows/test_hostile_cli.py tests/flows/test_network_exposure.py
+	tests/storage/test_retry.py tests/runs/test_recording.py tests/runs/test_signals.py \
+	tests/storage/test_repository.py tests/storage/test_migrate.py tests/storage/test_database.py \
+	tests/flows/test_postgres.py tests/data/test_hostile_input.py tests/storage/test_secrets.py \
+	tests/cli/test_hostile_cli.py tests/flows/test_network_exposure.py
+
+# RECORD=1 (e.g. `make bench RECORD=1`): after a successful run, write the figures the command
+# printed into the marked block of RELIABILITY.md / BENCHMARKS.md, with machine, date and
+# versions (benchmarks/record.py), so the documents never hold a hand-typed figure.
+RECORD ?=
 
 reliability: setup  ## the fault-injection tests of RELIABILITY.md, printing what they observe
 	$(BIN)/python -m pytest -q -s $(RELIABILITY_TESTS) > reliability.log 2>&1; \
-	status=$$?; grep -E '^observed|^FAILED|^[0-9]+ (passed|failed)' reliability.log; exit $$status
+	status=$$?; grep -E '^observed|^FAILED|^[0-9]+ (passed|failed)' reliability.log; \
+	if [ $$status -eq 0 ] && [ -n "$(RECORD)" ]; then \
+		$(BIN)/python -m benchmarks.record reliability --log reliability.log \
+			--document RELIABILITY.md --hostile test-artifacts/hostile-input.json || status=1; \
+	fi; exit $$status
 
-bench: setup  ## run the four benchmarks (minutes; see BENCHMARKS.md)
-	$(BIN)/python -m benchmarks
+bench: setup  ## run the four benchmarks (minutes; see BENCHMARKS.md); RECORD=1 records them
+	$(BIN)/python -m benchmarks > bench.log; status=$$?; cat bench.log; \
+	if [ $$status -eq 0 ] && [ -n "$(RECORD)" ]; then \
+		$(BIN)/python -m benchmarks.record bench --log bench.log --document BENCHMARKS.md \
+			|| status=1; \
+	fi; exit $$status
 
 clean:
 	rm -rf $(VENV)

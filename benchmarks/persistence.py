@@ -18,7 +18,10 @@ from benchmarks.common import Result, interleaved
 from gdflow.storage import EpochMetric, MetricBatch, append_metric_batch, create_run, make_engine
 from gdflow.data.dataset import load_toy
 from gdflow.runs.recording import MetricWriter
-from gdflow.training.loop import EpochChunk, Optimization, fit
+from gdflow.training.loop import Hooks, fit
+from gdflow.training.model import TrainingData
+from gdflow.training.optimization import Optimization
+from gdflow.training.records import EpochChunk
 
 _TABLE = """CREATE TABLE epoch_metrics (run_id INTEGER NOT NULL, epoch INTEGER NOT NULL, loss FLOAT,
 params JSON NOT NULL, grad_norm FLOAT, lr FLOAT, val_loss FLOAT, PRIMARY KEY (run_id, epoch))"""
@@ -160,12 +163,13 @@ def recording(epochs: int, repeats: int, files: _Files) -> Result:
     cpu = torch.device("cpu")
 
     def off() -> None:
-        fit(data.x, data.y, {"w": 1.0}, opt, device=cpu)
+        fit(TrainingData(data.x, data.y), {"w": 1.0}, opt, device=cpu)
 
     def on() -> None:
         engine, run_id = _engine_with_run(files.new())
         started = time.perf_counter()
-        fit(data.x, data.y, {"w": 1.0}, opt, device=cpu, on_chunk=MetricWriter(engine, run_id))  # type: ignore[arg-type]
+        writer = MetricWriter(engine, run_id)  # type: ignore[arg-type]
+        fit(TrainingData(data.x, data.y), {"w": 1.0}, opt, device=cpu, hooks=Hooks(on_chunk=writer))
         _Timer.last = time.perf_counter() - started
         engine.dispose()  # type: ignore[attr-defined]
 

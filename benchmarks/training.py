@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 from benchmarks.common import Result, interleaved, ms
 from gdflow.data.dataset import load_toy
-from gdflow.training.loop import Optimization, fit
+from gdflow.training.loop import fit
+from gdflow.training.model import TrainingData
+from gdflow.training.optimization import Optimization
 
 
 def _reference_epochs(
@@ -56,7 +58,7 @@ def large(rows: int, features: int, epochs: int, repeats: int, device: torch.dev
         _sync(device)
 
     def gdflow() -> None:
-        fit(x, y, initial, Optimization(lr=0.01, epochs=epochs), device=device)
+        fit(TrainingData(x, y), initial, Optimization(lr=0.01, epochs=epochs), device=device)
 
     times = interleaved(
         {
@@ -98,7 +100,8 @@ def small(epochs: int, repeats: int, device: torch.device) -> Result:
         _sync(device)
 
     def gdflow() -> None:
-        fit(data.x, data.y, {"w": 1.0}, Optimization(lr=0.01, epochs=epochs), device=device)
+        toy = TrainingData(data.x, data.y)
+        fit(toy, {"w": 1.0}, Optimization(lr=0.01, epochs=epochs), device=device)
 
     times = interleaved({"bare": bare, "gdflow": gdflow}, repeats)
     return Result(

@@ -17,7 +17,7 @@ from gdflow.config.errors import one_line
 from gdflow.config.settings import Settings, exported
 from gdflow.config.sweep import DEFAULT_LRS, SweepConfig
 from gdflow.config.train import TrainConfig
-from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, ON_DEMAND, SCHEDULED
+from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, NIGHTLY, ON_DEMAND
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the scheduled and on-demand deployments (needs a Prefect server)",
         description="Serve two deployments of the train flow from this process: "
-        f"'train/{SCHEDULED}' on a schedule and 'train/{ON_DEMAND}' for manual runs. "
+        f"'train/{NIGHTLY}' on a schedule and 'train/{ON_DEMAND}' for manual runs (the names "
+        "prefect.yaml gives them). "
         "Runs happen while this command keeps running; stop it with Ctrl-C.",
     )
     _add_config_options(serve)
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--host",
         default=DEFAULT_HOST,
         help=f"address (default: {DEFAULT_HOST}, loopback only); before any other, set "
-        "PREFECT_SERVER_API_AUTH_STRING=user:password (see README)",
+        "PREFECT_SERVER_API_AUTH_STRING=user:password (see docs/deployment.md)",
     )
     server.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
@@ -372,11 +373,12 @@ def cmd_sweep(values: dict[str, Any], settings: Settings) -> int:
     config = _config_without_url(values, command="sweep")
     if "lrs" not in options and "lr_range" not in options:
         options["lrs"] = list(DEFAULT_LRS)
-    from gdflow.flows.sweep import comparison_table, sweep_flow
+    from gdflow.flows.sweep import sweep_flow
+    from gdflow.reports.tables import comparison_table
 
     # Workers of a running Dask scheduler live elsewhere and do not share this environment:
-    # there --database-url travels in the flow's parameters (README: prefer one without a
-    # password).
+    # there --database-url travels in the flow's parameters (docs/sweeps.md: use one without
+    # a password).
     if options.get("dask_address") is not None and values.get("database_url"):
         config = config.model_copy(update={"database_url": settings.database_url})
     try:
@@ -422,7 +424,7 @@ def cmd_serve(values: dict[str, Any], settings: Settings) -> int:
             deployments = build_deployments(config, **options)
         except ValueError as exc:
             raise CliError(f"invalid schedule: {str(exc).splitlines()[0]}") from None
-        print(f"serving train/{SCHEDULED} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
+        print(f"serving train/{NIGHTLY} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
         serve(*deployments, print_starting_message=False)
     return 0
 

@@ -11,9 +11,12 @@ from gdflow.config.train import TrainConfig
 #: Where `gdflow server` listens unless told otherwise (loopback only).
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
-#: Deployment names, as in prefect.yaml: `prefect deployment run 'train/<name>'`.
-SCHEDULED = "gdflow-scheduled"
+#: Deployment names, the same in prefect.yaml and `gdflow serve`:
+#: `prefect deployment run 'train/<name>'`. NIGHTLY carries the schedule (the cron, or
+#: `--interval` under `gdflow serve`); ON_DEMAND has none; GPU is prefect.yaml's only.
+NIGHTLY = "gdflow-nightly"
 ON_DEMAND = "gdflow-on-demand"
+GPU = "gdflow-gpu"
 
 
 def local_api_url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
@@ -117,7 +120,7 @@ def build_deployments(
         "tags": ["gdflow"],
     }
     scheduled = train_flow.to_deployment(
-        name=SCHEDULED,
+        name=NIGHTLY,
         schedules=[schedule],
         description="Retrain on a schedule with the configured data.",
         **common,

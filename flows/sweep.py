@@ -14,7 +14,6 @@ from prefect.runtime import flow_run as current_run
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from gdflow.reports.tables import format_number, table
 from gdflow.flows.runners import describe, sweep_runner
 from gdflow.flows.train import train_flow
 from gdflow.storage import (
@@ -30,7 +29,8 @@ from gdflow.config.errors import GdflowError
 from gdflow.config.settings import Settings
 from gdflow.runs.recording import in_transaction, open_database
 from gdflow.runs.status import status_of_exception
-from gdflow.reports.dashboard import loss_curves_svg, svg_data_uri, sweep_markdown
+from gdflow.reports.charts import loss_curves_svg, svg_data_uri
+from gdflow.reports.comparisons import sweep_markdown
 from gdflow.config.sweep import (
     DEFAULT_LRS,
     SweepConfig,
@@ -59,18 +59,6 @@ def _sweep_of(parameters: dict[str, Any]) -> SweepConfig:
 def _flow_run_name() -> str:
     """Name each sweep's flow run after its size, e.g. lr-sweep-3-runs."""
     return sweep_name(_sweep_of(current_run.parameters))
-
-
-def comparison_table(rows: list[dict[str, Any]]) -> str:
-    """The comparison rows as an aligned text table, one line per run."""
-    if not rows:
-        return "no runs recorded"
-    headers = list(rows[0])
-    cells = [
-        [v if isinstance(v, (str, int)) or v is None else format_number(v) for v in row.values()]
-        for row in rows
-    ]
-    return table(headers, cells, [h not in ("status", "stop reason") for h in headers])
 
 
 def train_and_report(config: TrainConfig, sweep_id: int, database: str) -> dict[str, Any]:
@@ -193,6 +181,14 @@ def _publish(sweep_id: int, report: dict[str, Any]) -> None:
         create_markdown_artifact(
             markdown, key=ARTIFACT_KEY, description=f"gdflow sweep {sweep_id}: comparison"
         )
+        # The table itself is not logged: `gdflow sweep` prints it, and would show it twice.
+        get_run_logger().info(
+            "Sweep %d: the comparison of its %d runs is in the artifacts %r and %r",
+            sweep_id,
+            len(report["rows"]),
+            ARTIFACT_KEY,
+            TABLE_KEY,
+        )
     except Exception as exc:  # noqa: BLE001 - a report must not fail the sweep
         get_run_logger().warning("Could not publish the artifacts of sweep %d: %s", sweep_id, exc)
 
@@ -227,7 +223,6 @@ def sweep_flow(
             logger.warning("Could not record sweep %d as failed: %s", sweep_id, bookkeeping)
         raise
     rows = report["rows"]
-    logger.info("Sweep %d comparison:\n%s", sweep_id, comparison_table(rows))
     for outcome in outcomes:
         where = outcome["worker"] or "an unknown worker"
         if outcome["status"] == "completed":

@@ -39,7 +39,7 @@ from gdflow.tasks.pipeline import (
     train_model,
 )
 from gdflow.training.devices import resolve_device
-from gdflow.training.loop import TrainResult
+from gdflow.training.result import TrainResult
 
 
 def _config_of(parameters: dict[str, Any]) -> TrainConfig:
@@ -134,20 +134,11 @@ def _record_failure(run: RunRef, exc: BaseException) -> None:
         get_run_logger().warning("Could not record run %d as failed: %s", run.run_id, bookkeeping)
 
 
-def _initial_loss_overflowed(result: TrainResult) -> bool:
-    """True when training stopped at its very first loss, that of the initial parameters,
-    because it is NaN or infinite (not because a step went wrong)."""
-    cause = getattr(result, "diverged_because", None)  # TrainResult's field (branch `loop`)
-    if cause is None:  # until it lands: the one place that reads the verdict's text
-        cause = "nonfinite_loss" if result.verdict_detail.startswith("loss NaN") else None
-    return result.diverged_at == 1 and cause == "nonfinite_loss"
-
-
 def _diverged_message(run_id: int, result: TrainResult, dtype: str) -> str:
     """What diverged and what to change: the data when the very first loss overflows (it is
     the initial parameters' loss, before any step), else the learning rate."""
     head = f"run {run_id} diverged ({result.verdict_detail})"
-    if _initial_loss_overflowed(result):
+    if result.diverged_at == 1 and result.diverged_because == "nonfinite_loss":
         return (
             f"{head}: the loss of the initial parameters overflows {dtype}, before any step; "
             "divide the data's large columns by a power of ten or use a smaller --init"

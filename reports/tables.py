@@ -1,22 +1,14 @@
-"""Plain-text presentation for the terminal: aligned tables and CSV of runs and metrics."""
+"""Plain-text presentation for the terminal: aligned tables and CSV of runs, metrics, sweeps."""
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Optional
 
-
-def format_number(value: Optional[float]) -> str:
-    """A float in at most 8 significant digits; blanks for missing values."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return f"{value:.8g}"
+from gdflow.reports.formatting import format_number
 
 
 def format_time(value: Optional[datetime]) -> str:
@@ -128,3 +120,15 @@ def evaluation_table(evaluation: dict[str, Any]) -> str:
             "(an exact fit)"
         )
     return text
+
+
+def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A sweep's comparison rows as an aligned text table, one line per run."""
+    if not rows:
+        return "no runs recorded"
+    headers = list(rows[0])
+    cells = [
+        [v if isinstance(v, (str, int)) or v is None else format_number(v) for v in row.values()]
+        for row in rows
+    ]
+    return table(headers, cells, [h not in ("status", "stop reason") for h in headers])

@@ -34,7 +34,8 @@ from gdflow.storage import (
     update_run,
 )
 from gdflow.training.conditioning import Conditioning
-from gdflow.training.loop import EpochChunk, TrainResult
+from gdflow.training.records import EpochChunk
+from gdflow.training.result import TrainResult
 
 T = TypeVar("T")
 

@@ -21,12 +21,9 @@ from sqlalchemy.orm import Session
 
 from gdflow.storage import get_metrics_sample, get_run, list_runs, mask_url
 from gdflow.runs.recording import open_database
-from gdflow.reports.dashboard import (
-    loss_curve_markdown,
-    metrics_table_rows,
-    summary_markdown,
-    trend_markdown,
-)
+from gdflow.reports.comparisons import trend_markdown
+from gdflow.reports.markdown import loss_curve_markdown
+from gdflow.reports.run_report import metrics_table_rows, summary_markdown
 
 #: Rows of the per-epoch table artifact (the database keeps every epoch).
 TABLE_ROWS = 200

@@ -26,15 +26,11 @@ from gdflow.tasks.artifacts import ProgressArtifact
 from gdflow.training.conditioning import Conditioning, analyse, auto_learning_rate
 from gdflow.training.devices import resolve_device
 from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
-from gdflow.training.loop import (
-    EpochChunk,
-    Optimization,
-    TrainResult,
-    fit,
-    initial_parameters,
-    parameter_names,
-    progress_line,
-)
+from gdflow.training.loop import Hooks, fit
+from gdflow.training.optimization import Optimization
+from gdflow.training.parameters import initial_parameters, parameter_names
+from gdflow.training.records import EpochChunk, progress_line
+from gdflow.training.result import TrainResult
 from gdflow.training.preprocessing import TrainingProblem
 
 
@@ -97,14 +93,11 @@ def train_model(
     on_chunk = _chunk_handler(config, problem, MetricWriter(engine=engine, run_id=run.run_id), run)
     with stop_on_signals():
         result = fit(
-            problem.x,
-            problem.y,
+            problem.data,
             problem.initial,
             optimization(config, lr),
             device=resolve_device(device),
-            validation=problem.validation,
-            on_chunk=on_chunk,
-            should_stop=stop_requested,
+            hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
         )
     result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
     _log_stop(result)

@@ -231,7 +231,7 @@ def served(
             with prefect_server.client() as client:
                 try:
                     client.read_deployment_by_name("train/gdflow-on-demand")
-                    client.read_deployment_by_name("train/gdflow-scheduled")
+                    client.read_deployment_by_name("train/gdflow-nightly")
                     return True
                 except Exception:  # noqa: BLE001 - not there yet
                     assert process.poll() is None, log.read_text()[-3000:]

@@ -12,9 +12,11 @@ from typing import Optional
 
 import numpy as np
 
-from gdflow.data.dataset import Dataset
 from gdflow.config.errors import features_too_large
-from gdflow.training.loop import EpochChunk, TrainResult
+from gdflow.data.dataset import Dataset
+from gdflow.training.model import TrainingData
+from gdflow.training.records import EpochChunk
+from gdflow.training.result import TrainResult
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ class TrainingProblem:
         if validation is not None:
             validation = scaler.transform(*validation)
         return cls(x, y, scaler.to_scaled(initial), validation, scaler)
+
+    @property
+    def data(self) -> TrainingData:
+        """The rows training fits, and its validation rows, as `fit` takes them."""
+        return TrainingData(self.x, self.y, self.validation)
 
     def to_original(self, chunk: EpochChunk) -> EpochChunk:
         """A chunk with its parameters in the data's original units."""

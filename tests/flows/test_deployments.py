@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.processes import PrefectServer, Served, copy_project, venv_command, wait_for
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -81,6 +82,25 @@ def _trigger(server: PrefectServer, deployment: str, config: dict, cwd: Path) ->
     return match.group(1)
 
 
+def test_gdflow_serve_uses_the_deployment_names_of_prefect_yaml() -> None:
+    """One set of names: `gdflow serve` registers prefect.yaml's scheduled and on-demand names."""
+    import yaml
+
+    from gdflow.config.train import TrainConfig
+    from gdflow.flows.deployments import GPU, NIGHTLY, ON_DEMAND, build_deployments
+
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    scheduled = {d["name"] for d in declared if d.get("schedules")}
+    unscheduled = {d["name"] for d in declared if not d.get("schedules")}
+    served = build_deployments(
+        TrainConfig(), cron="0 2 * * *", timezone="UTC", interval=None, allow_overlap=False
+    )
+    names = {d.name: bool(d.schedules) for d in served}
+    assert names == {NIGHTLY: True, ON_DEMAND: False}
+    assert scheduled == {NIGHTLY}
+    assert unscheduled == {ON_DEMAND, GPU}
+
+
 def test_manual_run_through_prefect_records_rows_and_artifacts(served: Served) -> None:
     server = served.server
     flow_run_id = _trigger(
@@ -141,7 +161,7 @@ def test_the_schedule_creates_runs_and_they_execute(served: Served) -> None:
         with served.server.client() as client:
             return client.read_flow_runs(
                 deployment_filter=DeploymentFilter(
-                    name=DeploymentFilterName(any_=["gdflow-scheduled"])
+                    name=DeploymentFilterName(any_=["gdflow-nightly"])
                 )
             )
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,30 @@ def test_gdflow_sweep_prints_the_comparison_and_the_best(
     _, runs = _sweep_and_runs(database_url, 1)
     best = next(run for run in runs if run.config["lr"] == 0.01)
     assert lines[-1] == f"best: run {best.id} (lr 0.01, final loss {best.final_loss:.6g})"
+
+
+def test_gdflow_sweep_prints_its_comparison_table_once(
+    database_url: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The terminal shows the CLI's output and the flow's log: the table in one of them only."""
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler
+    try:
+        with caplog.at_level(logging.INFO):
+            assert main(["sweep", "--lrs", "0.01", "0.1", "--log-every", "0"]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    out = capsys.readouterr().out
+    header = re.compile(r"^run +lr +status +stop reason +epochs +final loss", re.MULTILINE)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert len(header.findall(out)) == 1, out
+    assert not header.findall(logged), logged
+    (sweep,) = re.findall(r"^sweep (\d+): 2 runs in ", out, re.MULTILINE)
+    assert f"Sweep {sweep}: best run" in logged  # the flow does log, just not the table
+    # the UI keeps the table: the sweep's markdown artifact has it
+    artifact = Artifact.get(ARTIFACT_KEY)
+    assert artifact is not None and isinstance(artifact.data, str)
+    assert f"## Sweep {sweep}: learning rates" in artifact.data
+    assert "| best | run | lr | status | stop reason |" in artifact.data
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from gdflow.runs.recording import (
     start_run,
 )
 from gdflow.storage import RunStatus, get_metrics, get_run, make_engine, update_run
-from gdflow.training.loop import EpochChunk
+from gdflow.training.records import EpochChunk
 
 
 def _start(url: str, flow_run_id: str | None = "flow-run-1") -> tuple[int, bool]:

@@ -12,7 +12,10 @@ import torch
 
 from gdflow.data.dataset import load_toy
 from gdflow.runs.signals import requested_signal, stop_on_signals, stop_requested
-from gdflow.training.loop import EpochChunk, Optimization, fit
+from gdflow.training.loop import Hooks, fit
+from gdflow.training.model import TrainingData
+from gdflow.training.optimization import Optimization
+from gdflow.training.records import EpochChunk
 
 CPU = torch.device("cpu")
 
@@ -24,13 +27,11 @@ def _epochs(chunks: list[EpochChunk]) -> list[int]:
 def _toy_fit(epochs: int, should_stop, chunks: list[EpochChunk]):  # type: ignore[no-untyped-def]
     data = load_toy("float32")
     return fit(
-        data.x,
-        data.y,
+        TrainingData(data.x, data.y),
         {"w": 1.0},
         Optimization(lr=0.01, epochs=epochs),
         device=CPU,
-        on_chunk=chunks.append,
-        should_stop=should_stop,
+        hooks=Hooks(on_chunk=chunks.append, should_stop=should_stop),
     )
 
 

@@ -52,7 +52,9 @@ def test_collinear_features_are_flagged() -> None:
 def test_momentum_bounds_match_what_training_does(nesterov: bool) -> None:
     import torch
 
-    from gdflow.training.loop import Optimization, fit
+    from gdflow.training.loop import fit
+    from gdflow.training.model import TrainingData
+    from gdflow.training.optimization import Optimization
 
     x = np.arange(1.0, 6.0).reshape(-1, 1)
     y = 2 * x[:, 0]
@@ -61,7 +63,7 @@ def test_momentum_bounds_match_what_training_does(nesterov: bool) -> None:
 
     def verdict(lr: float) -> str:
         opt = Optimization(lr=lr, epochs=3000, momentum=0.9, nesterov=nesterov)
-        return fit(x, y, {"w": 1.0}, opt, device=torch.device("cpu")).stop_reason
+        return fit(TrainingData(x, y), {"w": 1.0}, opt, device=torch.device("cpu")).stop_reason
 
     assert verdict(bound * 0.97) == "max_epochs"
     assert verdict(bound * 1.03) == "diverged"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gdflow.training.devices import resolve_device
 from gdflow.config.errors import GdflowError
+from gdflow.training.devices import resolve_device
 
 NO_CUDA = not torch.cuda.is_available()
 NO_MPS = not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())

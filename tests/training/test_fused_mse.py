@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from gdflow.training.fused_mse import FUSED_MIN_ELEMENTS, fused_mse, use_fused
-from gdflow.training.loop import EpochChunk, Optimization, fit
+from gdflow.training.loop import Hooks, fit
+from gdflow.training.model import TrainingData
+from gdflow.training.optimization import Optimization
+from gdflow.training.records import EpochChunk
 
 CPU = torch.device("cpu")
 
@@ -87,7 +90,8 @@ def test_fit_on_large_data_follows_the_reference_trajectory(dtype: type, rel: fl
     assert use_fused(torch.from_numpy(x), full_batch=True)
     chunks: list[EpochChunk] = []
     initial = {"w_a": 0.0, "w_b": 0.0, "w_c": 0.0, "w_d": 0.0, "b": 0.0}
-    fit(x, y, initial, Optimization(lr=0.1, epochs=30), device=CPU, on_chunk=chunks.append)
+    opt = Optimization(lr=0.1, epochs=30)
+    fit(TrainingData(x, y), initial, opt, device=CPU, hooks=Hooks(on_chunk=chunks.append))
     losses, params = _reference_trajectory(x, y, 30, 0.1)
     # one chunk, or several when a busy machine makes 30 epochs outlast the 2 s flush interval
     recorded = np.concatenate([chunk.losses for chunk in chunks]).tolist()

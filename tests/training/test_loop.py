@@ -10,15 +10,12 @@ import torch
 
 from gdflow.data.dataset import load_toy
 from gdflow.training.evaluation import least_squares
-from gdflow.training.loop import (
-    EpochChunk,
-    Optimization,
-    TrainResult,
-    fit,
-    initial_parameters,
-    parameter_names,
-    progress_line,
-)
+from gdflow.training.loop import Hooks, fit
+from gdflow.training.model import TrainingData
+from gdflow.training.optimization import Optimization
+from gdflow.training.parameters import initial_parameters, parameter_names
+from gdflow.training.records import EpochChunk, progress_line
+from gdflow.training.result import TrainResult
 from tests.conftest import SEED_TRAJECTORY, SHARED_TRAJECTORY, read_trajectory
 
 CPU = torch.device("cpu")
@@ -43,13 +40,11 @@ def _seed_run(
     chunks: list[EpochChunk] = []
     opt = Optimization(**{"lr": 0.01, "epochs": 100, **options})
     result = fit(
-        data.x,
-        data.y,
+        TrainingData(data.x, data.y),
         {"w": initial},
         opt,
         device=device,
-        on_chunk=chunks.append,
-        chunk_epochs=chunk_epochs,
+        hooks=Hooks(on_chunk=chunks.append, chunk_epochs=chunk_epochs),
     )
     return result, chunks
 
@@ -124,6 +119,27 @@ def test_divergence_on_the_first_epoch_records_nothing() -> None:
     assert chunks == [] and result.epochs_done == 0 and result.final_params == {"w": 1e30}
 
 
+@pytest.mark.parametrize(
+    ("options", "cause", "detail"),
+    [
+        ({"lr": 1.0, "diverge_factor": float("inf")}, "nonfinite_loss", "loss NaN or infinite"),
+        ({"lr": 1e38}, "nonfinite_params", "a parameter became NaN or infinite"),
+        ({"lr": 1.0}, "loss_limit", "loss 9.43e+08"),
+    ],
+)
+def test_the_divergence_cause_is_a_field_beside_its_words(
+    options: dict[str, Any], cause: str, detail: str
+) -> None:
+    result, _ = _seed_run(**options)
+    assert result.stop_reason == "diverged" and result.diverged_because == cause
+    assert result.verdict_detail == f"{detail} at epoch {result.diverged_at}"
+
+
+def test_a_run_that_did_not_diverge_has_no_divergence_cause() -> None:
+    result, _ = _seed_run(tolerance=1e-4)
+    assert result.stop_reason == "converged" and result.diverged_because is None
+
+
 def test_verdict_plateaued_when_the_best_loss_stops_improving() -> None:
     # The seed's loss is constant from epoch 62 on (float32 has reached its floor).
     result, chunks = _seed_run(plateau_epochs=10)
@@ -145,8 +161,7 @@ def test_multi_feature_data_converges_to_least_squares() -> None:
     names = parameter_names(["a", "b", "c"], bias=True)
     assert names == ["w_a", "w_b", "w_c", "b"]
     result = fit(
-        x,
-        y,
+        TrainingData(x, y),
         initial_parameters(names, init=0.0, seed=0),
         Optimization(lr=0.1, epochs=500),
         device=CPU,
@@ -170,8 +185,7 @@ def test_optimizers_and_schedules_reach_least_squares(options: dict[str, Any]) -
     x, y = _linear_problem()
     names = parameter_names(["a", "b", "c"], bias=True)
     result = fit(
-        x,
-        y,
+        TrainingData(x, y),
         initial_parameters(names, init=0.0, seed=0),
         Optimization(epochs=1500, **options),
         device=CPU,
@@ -196,12 +210,11 @@ def test_mini_batches_are_reproducible_with_a_seed() -> None:
     def run(seed: int) -> list[float]:
         chunks: list[EpochChunk] = []
         fit(
-            x,
-            y,
+            TrainingData(x, y),
             {"w_a": 0.0, "w_b": 0.0, "w_c": 0.0, "b": 0.0},
             Optimization(lr=0.05, epochs=20, batch_size=16, seed=seed),
             device=CPU,
-            on_chunk=chunks.append,
+            hooks=Hooks(on_chunk=chunks.append),
         )
         return _collect(chunks)[1]
 
@@ -210,12 +223,11 @@ def test_mini_batches_are_reproducible_with_a_seed() -> None:
     assert run(8) != first
     full: list[EpochChunk] = []
     fit(
-        x,
-        y,
+        TrainingData(x, y),
         {"w_a": 0.0, "w_b": 0.0, "w_c": 0.0, "b": 0.0},
         Optimization(lr=0.05, epochs=20),
         device=CPU,
-        on_chunk=full.append,
+        hooks=Hooks(on_chunk=full.append),
     )
     assert first[-1] < _collect(full)[1][-1]  # 13 steps an epoch beat one
 
@@ -224,13 +236,11 @@ def test_validation_loss_is_recorded_after_each_update() -> None:
     x, y = _linear_problem(300)
     chunks: list[EpochChunk] = []
     fit(
-        x[:200],
-        y[:200],
+        TrainingData(x[:200], y[:200], validation=(x[200:], y[200:])),
         {"w_a": 0.0, "w_b": 0.0, "w_c": 0.0, "b": 0.0},
         Optimization(lr=0.1, epochs=50),
         device=CPU,
-        validation=(x[200:], y[200:]),
-        on_chunk=chunks.append,
+        hooks=Hooks(on_chunk=chunks.append),
     )
     (chunk,) = chunks
     assert chunk.val_losses is not None and len(chunk.val_losses) == 50

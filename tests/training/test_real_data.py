@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from gdflow.training.conditioning import analyse, auto_learning_rate
 from gdflow.data.dataset import make_dataset
+from gdflow.training.conditioning import analyse, auto_learning_rate
 from gdflow.training.evaluation import evaluate
+from gdflow.training.loop import fit
+from gdflow.training.model import TrainingData
+from gdflow.training.optimization import Optimization
+from gdflow.training.parameters import initial_parameters, parameter_names
 from gdflow.training.preprocessing import TrainingProblem
-from gdflow.training.loop import Optimization, fit, initial_parameters, parameter_names
 
 CPU = torch.device("cpu")
 
@@ -34,7 +37,7 @@ def _train(x: np.ndarray, y: np.ndarray, *, standardize: bool, epochs: int) -> d
     )
     lr = auto_learning_rate(problem.x, bias=True)
     result = problem.result_to_original(
-        fit(problem.x, problem.y, problem.initial, Optimization(lr=lr, epochs=epochs), device=CPU)
+        fit(problem.data, problem.initial, Optimization(lr=lr, epochs=epochs), device=CPU)
     )
     return evaluate(data.x, data.y, result.final_params, predict_rows=[])
 
@@ -59,8 +62,8 @@ def test_a_learning_rate_above_the_bound_is_flagged_and_diverges_as_predicted() 
     bound = conditioning.max_stable_lr
     assert bound is not None and any("will diverge" in w for w in conditioning.warnings)
     start = {"w": 0.0, "b": 0.0}
-    above = fit(x, y, start, Optimization(lr=bound * 1.05, epochs=5000), device=CPU)
-    below = fit(x, y, start, Optimization(lr=bound * 0.95, epochs=5000), device=CPU)
+    above = fit(TrainingData(x, y), start, Optimization(lr=bound * 1.05, epochs=5000), device=CPU)
+    below = fit(TrainingData(x, y), start, Optimization(lr=bound * 0.95, epochs=5000), device=CPU)
     assert above.stop_reason == "diverged"
     assert below.stop_reason == "max_epochs"
     assert below.final_params == {"w": pytest.approx(4.0), "b": pytest.approx(1.0)}

@@ -1,4 +1,4 @@
-"""Artifact rendering: loss-curve SVG, data URIs, table rows and markdown reports."""
+"""Rendering for the Prefect UI: loss-curve SVG, data URIs, table rows and markdown reports."""
 
 from __future__ import annotations
 
@@ -8,19 +8,16 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from gdflow.reports.dashboard import (
+from gdflow.reports.charts import (
     MAX_CURVE_POINTS,
     downsample_indices,
-    escape_markdown,
-    loss_curve_markdown,
     loss_curve_svg,
     loss_curves_svg,
-    metrics_table_rows,
-    summary_markdown,
     svg_data_uri,
-    sweep_markdown,
-    trend_markdown,
 )
+from gdflow.reports.comparisons import sweep_markdown, trend_markdown
+from gdflow.reports.markdown import escape_markdown, loss_curve_markdown
+from gdflow.reports.run_report import metrics_table_rows, summary_markdown
 
 NS = "{http://www.w3.org/2000/svg}"
 SEED_LOSSES = [11.0 * 0.75**k for k in range(99)] + [6.0254e-13]

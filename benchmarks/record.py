@@ -1,0 +1,231 @@
+"""Write a command's figures into the marked block of a document, with machine, date and versions.
+
+`make bench RECORD=1` and `make reliability RECORD=1` hand their output to this script, which
+replaces what lies between `<!-- figures:NAME begin -->` and `<!-- figures:NAME end -->` in
+BENCHMARKS.md or RELIABILITY.md; nothing outside the markers changes. So the documents hold
+what the commands printed, never a hand-typed figure:
+
+    python -m benchmarks.record bench --log bench.log --document BENCHMARKS.md
+    python -m benchmarks.record reliability --log reliability.log --document RELIABILITY.md \
+        [--hostile test-artifacts/hostile-input.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+#: The packages whose versions go with every recorded figure.
+VERSIONED = ("torch", "prefect", "sqlalchemy", "pandas", "pyarrow")
+#: The commands behind each kind of figures, as the documents name them.
+COMMANDS = {"bench": "make bench RECORD=1", "reliability": "make reliability RECORD=1"}
+BENCH_HEADER = ("benchmark", "ratio", "target", "result", "raw figures")
+PYTEST_SUMMARY = re.compile(r"^=*\s*(\d+ (passed|failed|skipped|error).*?)\s*=*$")
+
+
+class RecordError(Exception):
+    """Figures that cannot be recorded: the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where and when the figures were measured."""
+
+    day: str
+    cores: Optional[int]
+    memory_gib: Optional[float]
+    gpu: str
+    system: str
+    load: Optional[float]
+    python: str
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def _memory_gib() -> Optional[float]:
+    """Total memory in GiB from /proc/meminfo, or None where there is none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        return None
+    return None
+
+
+def _gpu() -> str:
+    """The first CUDA device's name, or 'no GPU' (imports torch: a few seconds)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"GPU {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
+    except Exception:  # noqa: BLE001 - no usable torch means no GPU to report
+        pass
+    return "no GPU"
+
+
+def describe_machine() -> Machine:
+    """This machine now: cores, memory, GPU, load and the versions that shape the figures."""
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return Machine(
+        day=date.today().isoformat(),
+        cores=os.cpu_count(),
+        memory_gib=_memory_gib(),
+        gpu=_gpu(),
+        system=f"{platform.system()} {platform.machine()}",
+        load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        python=platform.python_version(),
+        versions=versions,
+    )
+
+
+def provenance(machine: Machine, command: str) -> str:
+    """One line saying which command measured the figures, when, where and with what."""
+    where = [f"{machine.cores} cores" if machine.cores else "unknown cores"]
+    if machine.memory_gib is not None:
+        where.append(f"{machine.memory_gib:.0f} GiB")
+    where += [machine.gpu, machine.system]
+    if machine.load is not None:
+        where.append(f"load average {machine.load:.1f} when recorded")
+    versions = ", ".join(f"{name} {version}" for name, version in machine.versions.items())
+    return (
+        f"Recorded by `{command}` on {machine.day}. Machine: {', '.join(where)}. "
+        f"Versions: Python {machine.python}, {versions}."
+    )
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").strip()
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table of the rows under the header."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def bench_figures(output: str) -> str:
+    """The table `python -m benchmarks` printed, as markdown (its columns cut at the header's)."""
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.split()[:2] == ["benchmark", "ratio"]]
+    if not starts:
+        raise RecordError(
+            "no benchmark table in the output (a line starting 'benchmark  ratio'); "
+            "record the stdout of a finished 'python -m benchmarks'"
+        )
+    header = lines[starts[-1]]
+    cuts = [header.index(title) for title in BENCH_HEADER]
+    rows = []
+    for line in lines[starts[-1] + 1 :]:
+        if not line.strip():
+            break
+        bounds = zip(cuts, [*cuts[1:], None])
+        rows.append(tuple(line[start:end].strip() for start, end in bounds))
+    if not rows:
+        raise RecordError("the benchmark table has no rows; run at least one benchmark")
+    return _markdown_table(BENCH_HEADER, rows)
+
+
+def reliability_figures(output: str, hostile: Optional[dict[str, Any]] = None) -> str:
+    """The tests' `observed (scenario): ...` lines as a table, then pytest's summary line."""
+    rows = []
+    for line in output.splitlines():
+        match = re.match(r"^observed \(([^)]*)\):\s*(.*)$", line.strip())
+        if match:
+            rows.append((match.group(1), match.group(2)))
+    if hostile is not None:
+        rows.append(
+            (
+                "hostile input, end to end",
+                f"{hostile['cli_runs']} gdflow processes: {hostile['exit_0']} exit 0, "
+                f"{hostile['one_line_errors']} one `gdflow: error:` line each, 0 tracebacks",
+            )
+        )
+    if not rows:
+        raise RecordError(
+            "no 'observed (...)' lines in the output; record the log of "
+            "'pytest -s' over the reliability tests"
+        )
+    summaries = [m.group(1) for line in output.splitlines() if (m := PYTEST_SUMMARY.match(line))]
+    table = _markdown_table(("scenario", "observed"), rows)
+    return table + (f"\n\npytest: `{summaries[-1]}`" if summaries else "")
+
+
+def replace_block(document: str, name: str, body: str) -> str:
+    """The document with the text between NAME's begin and end markers replaced by `body`."""
+    begin, end = f"<!-- figures:{name} begin -->", f"<!-- figures:{name} end -->"
+    if document.count(begin) != 1 or document.count(end) != 1:
+        raise RecordError(
+            f"the document needs exactly one '{begin}' and one '{end}' line; add them "
+            "around the figures to replace"
+        )
+    if document.index(end) < document.index(begin):
+        raise RecordError(f"'{end}' comes before '{begin}'; swap them")
+    head, rest = document.split(begin)
+    old, tail = rest.split(end)
+    if old.count("\n") < 1:
+        raise RecordError(f"put '{begin}' and '{end}' on lines of their own")
+    return f"{head}{begin}\n{body.strip()}\n{end}{tail}"
+
+
+def record(
+    kind: str,
+    *,
+    output: str,
+    document: str,
+    machine: Machine,
+    hostile: Optional[dict[str, Any]] = None,
+) -> str:
+    """The document with the `kind` figures of `output` and their provenance in their block."""
+    figures = bench_figures(output) if kind == "bench" else reliability_figures(output, hostile)
+    body = f"{provenance(machine, COMMANDS[kind])}\n\n{figures}"
+    return replace_block(document, kind, body)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Rewrite the document's figure block from the log; a problem is one line and exit 1."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.record", description=__doc__)
+    parser.add_argument("kind", choices=sorted(COMMANDS), help="which figures the log holds")
+    parser.add_argument("--log", type=Path, required=True, help="the command's output")
+    parser.add_argument("--document", type=Path, required=True, help="the markdown to update")
+    parser.add_argument("--hostile", type=Path, help="test-artifacts/hostile-input.json, if any")
+    args = parser.parse_args(argv)
+    try:
+        output = args.log.read_text(errors="replace")
+        hostile = None
+        if args.hostile is not None and args.hostile.exists():
+            hostile = json.loads(args.hostile.read_text())
+        updated = record(
+            args.kind,
+            output=output,
+            document=args.document.read_text(),
+            machine=describe_machine(),
+            hostile=hostile,
+        )
+    except (OSError, RecordError, KeyError, ValueError) as exc:
+        print(f"record: error: {args.document}: {exc}", file=sys.stderr)
+        return 1
+    args.document.write_text(updated)
+    print(f"recorded the {args.kind} figures of {args.log} in {args.document}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The Prefect UI report of one run: its summary in markdown, and the rows of its metrics table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+from gdflow.reports.charts import downsample_indices
+from gdflow.reports.formatting import rounded
+from gdflow.reports.markdown import MISSING, cell, escape_markdown, num
+
+
+def metrics_table_rows(
+    epochs: Sequence[int],
+    losses: Sequence[Optional[float]],
+    params: Sequence[dict[str, Optional[float]]],
+    names: Sequence[str],
+    *,
+    max_rows: int = 200,
+) -> list[dict[str, object]]:
+    """Rows for a table artifact: epoch, loss and each parameter, downsampled to `max_rows`."""
+    if not len(epochs) == len(losses) == len(params):
+        raise ValueError(f"{len(epochs)} epochs, {len(losses)} losses, {len(params)} params")
+    clashes = {"epoch", "loss"}.intersection(names)
+    if clashes:
+        raise ValueError(f"parameter names clash with the table's columns: {sorted(clashes)}")
+    rows: list[dict[str, object]] = []
+    for i in downsample_indices(len(epochs), max_rows):
+        row: dict[str, object] = {"epoch": int(epochs[i]), "loss": rounded(losses[i])}
+        row.update({name: rounded(params[i].get(name)) for name in names})
+        rows.append(row)
+    return rows
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """The run's report: status, error, parameters against least squares, predictions, config."""
+    evaluation: Mapping[str, Any] = summary.get("evaluation") or {}
+    sections = [
+        _status(summary),
+        _error(summary.get("error")),
+        _parameters(summary.get("final_params") or {}, summary.get("evaluation")),
+        _losses(summary, evaluation),
+        _diagnostics(summary),
+        *(f"> **warning:** {escape_markdown(str(w))}" for w in summary.get("warnings") or []),
+        _model_metrics(evaluation),
+        _predictions(evaluation.get("predictions") or []),
+        _config(summary.get("config") or {}),
+        _where_metrics_are(summary),
+    ]
+    return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def _status(summary: Mapping[str, Any]) -> str:
+    """The heading (run id and status), then how it stopped, after how long, where."""
+    status = [
+        f"**stop reason:** {cell(summary.get('stop_reason'))}",
+        f"**epochs:** {summary.get('epochs_done', 0)} / {summary.get('max_epochs', MISSING)}",
+    ]
+    if summary.get("device"):
+        status.append(f"**device:** {cell(summary['device'])}")
+    if summary.get("seconds") is not None:
+        status.append(f"**time:** {float(summary['seconds']):.2f} s")
+    heading = f"## Run {int(summary['run_id'])}: {cell(summary.get('status'))}"
+    return heading + "\n\n" + " · ".join(status)
+
+
+def _error(error: Any) -> str:
+    """The error as a quote, line by line; nothing without one."""
+    if not error:
+        return ""
+    lines = str(error).splitlines() or [""]
+    return "\n".join(["> **error:**", *(f"> {escape_markdown(line)}" for line in lines)])
+
+
+def _parameters(final: Mapping[str, float], evaluation: Optional[Mapping[str, Any]]) -> str:
+    """The parameters section; nothing without final parameters or an evaluation."""
+    if not (final or evaluation):
+        return ""
+    return "### Parameters\n\n" + _param_section(final, evaluation)
+
+
+def _losses(summary: Mapping[str, Any], evaluation: Mapping[str, Any]) -> str:
+    """The final loss and, with an evaluation, the least-squares loss, the gap and the distance."""
+    losses = [f"**final loss:** {num(summary.get('final_loss'), 6)}"]
+    if evaluation:
+        optimum_loss = evaluation.get("least_squares", {}).get("loss")
+        losses.append(f"**least-squares loss:** {num(optimum_loss, 6)}")
+        losses.append(f"**gap:** {num(evaluation.get('loss_gap'), 6)}")
+        losses.append(f"**distance to optimum:** {num(evaluation.get('param_distance'), 6)}")
+    return " · ".join(losses)
+
+
+def _diagnostics(summary: Mapping[str, Any]) -> str:
+    """The best epoch, the largest stable learning rate and the condition number, when known."""
+    diagnostics = []
+    if summary.get("best_epoch") is not None:
+        diagnostics.append(
+            f"**best epoch:** {summary['best_epoch']} (loss {num(summary.get('best_loss'), 6)})"
+        )
+    if summary.get("max_stable_lr") is not None:
+        diagnostics.append(f"**largest stable lr:** {num(summary['max_stable_lr'], 4)}")
+    if summary.get("condition_number") is not None:
+        diagnostics.append(f"**condition number:** {num(summary['condition_number'], 4)}")
+    return " · ".join(diagnostics)
+
+
+def _model_metrics(evaluation: Mapping[str, Any]) -> str:
+    """MSE, RMSE, MAE and R² on the training and validation rows that were evaluated."""
+    rows = [(key, evaluation[key]) for key in ("train", "validation") if evaluation.get(key)]
+    if not rows:
+        return ""
+    lines = ["| data | MSE | RMSE | MAE | R² |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        f"| {label} | " + " | ".join(num(m.get(k), 6) for k in ("mse", "rmse", "mae", "r2")) + " |"
+        for label, m in rows
+    ]
+    return "### Metrics of the trained model\n\n" + "\n".join(lines)
+
+
+def _predictions(predictions: Sequence[Mapping[str, Any]]) -> str:
+    """The predictions for the configured inputs, as the seed prints them."""
+    if not predictions:
+        return ""
+    return "### Predictions\n\n" + "\n".join(f"- {_prediction(p)}" for p in predictions)
+
+
+def _config(config: Mapping[str, Any]) -> str:
+    """The run's config as a key/value table."""
+    if not config:
+        return ""
+    rows = [f"| {cell(key)} | {cell(_config_value(v))} |" for key, v in config.items()]
+    return "### Config\n\n| key | value |\n|---|---|\n" + "\n".join(rows)
+
+
+def _where_metrics_are(summary: Mapping[str, Any]) -> str:
+    """Where the per-epoch metrics are, and the command that prints them."""
+    url = escape_markdown(str(summary.get("database_url", "")))
+    run_id = int(summary["run_id"])
+    return f"### Metrics\n\nPer-epoch metrics are in {url}: `gdflow metrics {run_id}`"
+
+
+def _param_section(final: Mapping[str, float], evaluation: Optional[Mapping[str, Any]]) -> str:
+    """The final parameters, next to the least-squares optimum when there is one."""
+    if evaluation is None:
+        lines = ["| parameter | trained |", "|---|---:|"]
+        lines += [f"| {cell(name)} | {num(value)} |" for name, value in final.items()]
+        return "\n".join(lines)
+    optimum: Mapping[str, float] = evaluation.get("least_squares", {}).get("params", {})
+    names = [*final, *(name for name in optimum if name not in final)]
+    lines = ["| parameter | trained | least squares | difference |", "|---|---:|---:|---:|"]
+    for name in names:
+        trained, best = final.get(name), optimum.get(name)
+        diff = None if trained is None or best is None else float(trained) - float(best)
+        lines.append(f"| {cell(name)} | {num(trained)} | {num(best)} | {num(diff, 3)} |")
+    return "\n".join(lines)
+
+
+def _prediction(prediction: Mapping[str, Any]) -> str:
+    """`f(5) = 10.000`, as the seed prints it."""
+    args = ", ".join(f"{float(v):g}" for v in prediction["input"])
+    return f"f({args}) = {float(prediction['output']):.3f}"
+
+
+def _config_value(value: Any) -> str:
+    """A config value as text: lists comma-separated (rows of lists by `; `), None as a dash."""
+    if isinstance(value, (list, tuple)):
+        nested = any(isinstance(v, (list, tuple)) for v in value)
+        return ("; " if nested else ", ").join(_config_value(v) for v in value)
+    return "—" if value is None else str(value)
