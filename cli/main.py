@@ -8,16 +8,19 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from typing import Any, NoReturn, Optional
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from pydantic import ValidationError
 
 from gdflow.config.errors import one_line
+from gdflow.config.settings import Settings, exported
 from gdflow.config.sweep import DEFAULT_LRS, SweepConfig
 from gdflow.config.train import TrainConfig
 from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, NIGHTLY, ON_DEMAND
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 PROG = "gdflow"
 
@@ -291,29 +294,38 @@ def start_temporary_server_early() -> Callable[[], None]:
 
 def _run_flow(
     flow_fn: Any,
-    database_url: Optional[str],
+    settings: Settings,
     server_ready: Callable[[], None] = _start_temporary_server,
     **parameters: Any,
-) -> tuple[Any, str]:
-    """Check the database, run a flow (on a running server when there is one), return its
-    result and the database URL; a failed run becomes a one-line CliError."""
+) -> Any:
+    """Check the database, run a flow (on a running server when there is one) with the
+    settings in its environment, and return its result; a failed run becomes a CliError."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _open_existing(settings)
+    _quiet_expected_errors()
+    with exported(settings):
+        state = _run_on_server(flow_fn, server_ready, parameters)
+    _raise_unless_completed(state)
+    return state.result()
+
+
+def _run_on_server(
+    flow_fn: Any, server_ready: Callable[[], None], parameters: dict[str, Any]
+) -> Any:
+    """Run the flow against the running Prefect server (and say where to watch it), else
+    against the temporary one; return its final state. Prefect's client retries once by default
+    (a user's own setting wins), so a lost API costs seconds, not minutes of retries."""
     import httpx  # Prefect's HTTP client library
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from gdflow.config.errors import GdflowError
     from gdflow.flows.deployments import find_api_url, ui_url
     from gdflow.runs.signals import requested_signal
-    from gdflow.storage import default_database_url
     from gdflow.tasks.dashboard_feed import client_settings
 
-    url = database_url or default_database_url()
-    _open_existing(url).dispose()
-    _quiet_expected_errors()
     api_url = find_api_url()
-    updates = {PREFECT_API_URL: api_url} if api_url else {}
     if not api_url:
         server_ready()  # the temporary server (started early by `gdflow run`) must be up
+    updates = {PREFECT_API_URL: api_url} if api_url else {}
     with temporary_settings(updates=updates, set_defaults=client_settings()):
         try:
             state = flow_fn(**parameters, return_state=True)
@@ -321,19 +333,7 @@ def _run_flow(
             raise _api_lost(api_url, exc, requested_signal()) from None
     if api_url:
         print(f"watch it at {ui_url(api_url)}/runs/flow-run/{state.state_details.flow_run_id}")
-    stopped_by = requested_signal()
-    if state.is_cancelled() and stopped_by is not None:
-        raise CliError(state.message or "cancelled", code=128 + int(stopped_by))
-    if not state.is_completed():
-        outcome = state.result(raise_on_failure=False)
-        if isinstance(outcome, BaseException):
-            text = str(outcome) or type(outcome).__name__
-            if not isinstance(outcome, GdflowError):
-                text = f"{type(outcome).__name__}: {text}"
-        else:
-            text = state.message or state.name or ""
-        raise CliError(text.splitlines()[0] if text else "the run failed")
-    return state.result(), url
+    return state
 
 
 def _api_lost(
@@ -350,35 +350,42 @@ def _api_lost(
     return CliError(f"stopped by {stopped_by.name}; {lost}", code=128 + int(stopped_by))
 
 
-@contextmanager
-def _database_in_environment(config: TrainConfig) -> Iterator[TrainConfig]:
-    """Hand --database-url to the flow through GDFLOW_DATABASE_URL, not as a flow parameter:
-    Prefect stores and shows parameters, and the URL may hold a password."""
-    from gdflow.storage.database import DATABASE_URL_ENV
+def _raise_unless_completed(state: Any) -> None:
+    """A CliError for a flow run that did not complete: exit 128+N when signal N stopped it,
+    else 1 with the error's first line (its class named unless it is a GdflowError)."""
+    from gdflow.config.errors import GdflowError
+    from gdflow.runs.signals import requested_signal
 
-    if config.database_url is None:
-        yield config
+    stopped_by = requested_signal()
+    if state.is_cancelled() and stopped_by is not None:
+        raise CliError(state.message or "cancelled", code=128 + int(stopped_by))
+    if state.is_completed():
         return
-    before = os.environ.get(DATABASE_URL_ENV)
-    os.environ[DATABASE_URL_ENV] = config.database_url
-    try:
-        yield config.model_copy(update={"database_url": None})
-    finally:
-        if before is None:
-            os.environ.pop(DATABASE_URL_ENV, None)
-        else:
-            os.environ[DATABASE_URL_ENV] = before
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):
+        text = str(outcome) or type(outcome).__name__
+        if not isinstance(outcome, GdflowError):
+            text = f"{type(outcome).__name__}: {text}"
+    else:
+        text = state.message or state.name or ""
+    raise CliError(text.splitlines()[0] if text else "the run failed")
 
 
-def cmd_run(values: dict[str, Any]) -> int:
+def _config_without_url(values: dict[str, Any], *, command: str = "run") -> TrainConfig:
+    """The config of the options without --database-url: the settings carry it, never a
+    Prefect parameter (Prefect stores and shows parameters, and the URL may hold a password)."""
+    return config_from_args(
+        {k: v for k, v in values.items() if k != "database_url"}, command=command
+    )
+
+
+def cmd_run(values: dict[str, Any], settings: Settings) -> int:
     """Run the training flow once; print the outcome; exit 0 only when it completed."""
-    config = config_from_args(values)
+    config = _config_without_url(values)
     server_ready = start_temporary_server_early()
     from gdflow.flows.train import train_flow
-    from gdflow.storage import mask_url
 
-    with _database_in_environment(config) as config:
-        summary, url = _run_flow(train_flow, config.database_url, server_ready, config=config)
+    summary = _run_flow(train_flow, settings, server_ready, config=config)
     run_id = summary["run_id"]
     print(
         f"run {run_id} {summary['status']}: {summary['epochs_done']} epochs "
@@ -388,11 +395,11 @@ def cmd_run(values: dict[str, Any]) -> int:
         from gdflow.reports.tables import evaluation_table
 
         print(evaluation_table(summary["evaluation"]))
-    print(f"metrics in {mask_url(url)}: {PROG} metrics {run_id}")
+    print(f"metrics in {settings.shown_database_url}: {PROG} metrics {run_id}")
     return 0
 
 
-def cmd_sweep(values: dict[str, Any]) -> int:
+def cmd_sweep(values: dict[str, Any], settings: Settings) -> int:
     """Run the sweep flow; print the comparison and the best run; exit 0 if any run completed."""
     names = ("lrs", "lr_range", "max_concurrency", "runner", "dask_address")
     options = {k: values.pop(k) for k in names if k in values}
@@ -401,25 +408,25 @@ def cmd_sweep(values: dict[str, Any]) -> int:
             "--lr does not apply to a sweep: give the learning rates with --lrs LR [LR ...] "
             f"or --lr-range MIN MAX COUNT; see '{PROG} sweep --help'"
         )
-    config = config_from_args(values, command="sweep")
+    config = _config_without_url(values, command="sweep")
     if "lrs" not in options and "lr_range" not in options:
         options["lrs"] = list(DEFAULT_LRS)
     from gdflow.flows.sweep import sweep_flow
     from gdflow.reports.tables import comparison_table
-    from gdflow.storage import mask_url
 
     # Workers of a running Dask scheduler live elsewhere and do not share this environment:
-    # there the URL travels in the flow's parameters (docs/sweeps.md: use one without a password).
-    remote = options.get("dask_address") is not None
-    with nullcontext(config) if remote else _database_in_environment(config) as config:
-        try:
-            sweep = SweepConfig(base=config, **options)
-        except ValidationError as exc:
-            raise CliError(describe_validation_error(exc, command="sweep")) from None
-        summary, url = _run_flow(sweep_flow, config.database_url, sweep=sweep)
+    # there --database-url travels in the flow's parameters (docs/sweeps.md: use one without
+    # a password).
+    if options.get("dask_address") is not None and values.get("database_url"):
+        config = config.model_copy(update={"database_url": settings.database_url})
+    try:
+        sweep = SweepConfig(base=config, **options)
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc, command="sweep")) from None
+    summary = _run_flow(sweep_flow, settings, sweep=sweep)
     rows = summary["rows"]
     best = next(row for row in rows if row["run"] == summary["best_run_id"])
-    print(f"sweep {summary['sweep_id']}: {len(rows)} runs in {mask_url(url)}")
+    print(f"sweep {summary['sweep_id']}: {len(rows)} runs in {settings.shown_database_url}")
     print(comparison_table(rows))
     loss = best["final loss"]
     shown = "unknown" if loss is None else f"{loss:.6g}"
@@ -427,16 +434,16 @@ def cmd_sweep(values: dict[str, Any]) -> int:
     return 0
 
 
-def cmd_serve(values: dict[str, Any]) -> int:
+def cmd_serve(values: dict[str, Any], settings: Settings) -> int:
     """Serve the scheduled and on-demand deployments until interrupted."""
     options = {k: values.pop(k) for k in ("cron", "timezone", "interval", "allow_overlap")}
-    config = config_from_args(values)
+    config = _config_without_url(values)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from gdflow.flows.deployments import build_deployments, find_api_url, ui_url
 
-    _open_existing(config.database_url).dispose()
+    _open_existing(settings)
     api_url = find_api_url()
     if api_url is None:
         raise CliError(
@@ -449,7 +456,7 @@ def cmd_serve(values: dict[str, Any]) -> int:
 
     with (
         temporary_settings(updates={PREFECT_API_URL: api_url}),
-        _database_in_environment(config) as config,  # the runs it starts inherit the environment
+        exported(settings),  # the runs it starts read the settings from their environment
     ):
         try:
             deployments = build_deployments(config, **options)
@@ -487,17 +494,15 @@ def cmd_server(host: str, port: int) -> int:
         raise CliError("the 'prefect' command is not installed; reinstall gdflow") from None
 
 
-def _open_existing(database_url: Optional[str]) -> Any:
-    """An engine on the metrics database (created if missing), after marking `crashed` the runs
-    whose process is gone (each said on stderr); errors become CliError."""
+def _open_existing(settings: Settings) -> Engine:
+    """The process's engine on the metrics database (created if missing), after marking
+    `crashed` the runs whose process is gone (each said on stderr); errors become CliError."""
     from gdflow.config.errors import GdflowError
     from gdflow.runs.recording import open_database, reconcile_runs
-    from gdflow.storage import default_database_url
 
-    url = database_url or default_database_url()
     try:
-        engine = open_database(url)
-        crashed = reconcile_runs(url)
+        engine = open_database(settings.database_url)
+        crashed = reconcile_runs(engine)
     except GdflowError as exc:
         raise CliError(str(exc)) from None
     for run_id in crashed:
@@ -509,7 +514,7 @@ def _open_existing(database_url: Optional[str]) -> Any:
     return engine
 
 
-def cmd_runs(limit: int, source: Optional[str], database_url: Optional[str]) -> int:
+def cmd_runs(limit: int, source: Optional[str], settings: Settings) -> int:
     """Print the latest runs as an aligned table."""
     from sqlalchemy.orm import Session
 
@@ -518,26 +523,23 @@ def cmd_runs(limit: int, source: Optional[str], database_url: Optional[str]) -> 
 
     if limit < 1:
         raise CliError(f"invalid --limit {limit}: must be at least 1")
-    engine = _open_existing(database_url)
-    with Session(engine) as session:
+    with Session(_open_existing(settings)) as session:
         runs = list_runs(session, limit=limit, data_source=source)
         if not runs:
             print("no runs recorded yet; start one with: gdflow run")
             return 0
         print(runs_table(runs))
-    engine.dispose()
     return 0
 
 
-def cmd_metrics(run_ref: str, fmt: str, database_url: Optional[str]) -> int:
+def cmd_metrics(run_ref: str, fmt: str, settings: Settings) -> int:
     """Print one run's per-epoch metrics as a table or CSV."""
     from sqlalchemy.orm import Session
 
     from gdflow.reports.tables import metrics_csv, metrics_table
     from gdflow.storage import get_metrics, get_run, latest_run_id
 
-    engine = _open_existing(database_url)
-    with Session(engine) as session:
+    with Session(_open_existing(settings)) as session:
         if run_ref == "latest":
             run_id = latest_run_id(session)
             if run_id is None:
@@ -557,15 +559,14 @@ def cmd_metrics(run_ref: str, fmt: str, database_url: Optional[str]) -> int:
         else:
             print(f"run {run.id} ({run.status}, {run.stop_reason or 'no stop reason yet'})")
             print(metrics_table(metrics, names))
-    engine.dispose()
     return 0
 
 
-def cmd_db(action: str, database_url: Optional[str]) -> int:
+def cmd_db(action: str, settings: Settings) -> int:
     """Report the schema revision of the database, or bring it to the newest one."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gdflow.storage import DatabaseError, default_database_url, make_engine, mask_url
+    from gdflow.storage import DatabaseError, engine_for
     from gdflow.storage.migrate import (
         MigrationError,
         current_revision,
@@ -573,21 +574,17 @@ def cmd_db(action: str, database_url: Optional[str]) -> int:
         head_revision,
     )
 
-    url = database_url or default_database_url()
-    shown = mask_url(url)
+    shown = settings.shown_database_url
     try:
-        engine = make_engine(url, create_schema=False)
-        try:
-            if action == "current":
-                with engine.connect() as connection:
-                    current = current_revision(connection) or "none"
-                head = head_revision()
-                state = "up to date" if current == head else "upgrade with: gdflow db upgrade"
-                print(f"database {shown}: revision {current} (newest {head}, {state})")
-                return 0
-            before, after = ensure_current(engine)
-        finally:
-            engine.dispose()
+        engine = engine_for(settings.database_url, migrate=False)
+        if action == "current":
+            with engine.connect() as connection:
+                current = current_revision(connection) or "none"
+            head = head_revision()
+            state = "up to date" if current == head else "upgrade with: gdflow db upgrade"
+            print(f"database {shown}: revision {current} (newest {head}, {state})")
+            return 0
+        before, after = ensure_current(engine)
     except (DatabaseError, MigrationError) as exc:
         raise CliError(str(exc)) from None
     except SQLAlchemyError as exc:
@@ -637,21 +634,22 @@ def _command(command: str, args: dict[str, Any]) -> int:
     """Run one gdflow command; user-facing failures become one `gdflow: error:` line."""
     if command in ("run", "sweep"):
         signal.signal(signal.SIGTERM, _raise_terminated)
-    urls = [str(args.get("database_url") or ""), os.environ.get("GDFLOW_DATABASE_URL", "")]
+    settings = Settings.load(database_url=args.get("database_url"))
+    urls = [settings.database_url, Settings.load().database_url]  # the environment's too
     try:
         if command == "run":
-            return cmd_run(args)
+            return cmd_run(args, settings)
         if command == "sweep":
-            return cmd_sweep(args)
+            return cmd_sweep(args, settings)
         if command == "serve":
-            return cmd_serve(args)
+            return cmd_serve(args, settings)
         if command == "server":
             return cmd_server(args["host"], args["port"])
         if command == "runs":
-            return cmd_runs(args["limit"], args["source"], args["database_url"])
+            return cmd_runs(args["limit"], args["source"], settings)
         if command == "db":
-            return cmd_db(args["action"], args["database_url"])
-        return cmd_metrics(args["run_id"], args["format"], args["database_url"])
+            return cmd_db(args["action"], settings)
+        return cmd_metrics(args["run_id"], args["format"], settings)
     except CliError as exc:
         from gdflow.storage.database import hide_password
 

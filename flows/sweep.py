@@ -11,9 +11,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as current_run
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from gdflow.config.errors import DivergedError, GdflowError
+from gdflow.config.errors import GdflowError
+from gdflow.config.settings import Settings
 from gdflow.config.sweep import (
     DEFAULT_LRS,
     SweepConfig,
@@ -29,14 +31,13 @@ from gdflow.flows.runners import describe, sweep_runner
 from gdflow.flows.train import train_flow
 from gdflow.reports.charts import loss_curves_svg, svg_data_uri
 from gdflow.reports.comparisons import sweep_markdown
-from gdflow.runs.recording import open_database, status_for
+from gdflow.runs.recording import in_transaction, open_database
+from gdflow.runs.status import status_of_exception
 from gdflow.storage import (
     RunStatus,
     create_sweep,
-    default_database_url,
     finish_sweep,
     get_metrics_sample,
-    mask_url,
     sweep_runs,
 )
 from gdflow.tasks.artifacts import CURVE_POINTS
@@ -68,7 +69,7 @@ def train_and_report(config: TrainConfig, sweep_id: int, database: str) -> dict[
     """
     where = f"{socket.gethostname()} pid {os.getpid()}"
     report = {"lr": config.lr, "worker": where}
-    mine = mask_url(config.database_url or default_database_url())
+    mine = Settings.load(database_url=config.database_url).shown_database_url
     if mine != database:
         message = (
             f"the worker on {where} records to {mine}, not to the sweep's database "
@@ -83,7 +84,10 @@ def train_and_report(config: TrainConfig, sweep_id: int, database: str) -> dict[
         message = str(outcome) or type(outcome).__name__
     else:
         message = state.message or state.name or "the run failed"
-    status = "diverged" if isinstance(outcome, DivergedError) else "failed"
+    diverged = (
+        isinstance(outcome, BaseException) and status_of_exception(outcome) is RunStatus.DIVERGED
+    )
+    status = "diverged" if diverged else "failed"
     return {**report, "status": status, "message": message.splitlines()[0]}
 
 
@@ -107,66 +111,61 @@ def _outcome(future: PrefectFuture[dict[str, Any]], lr: float) -> dict[str, Any]
 
 
 def _train_all(
-    configs: list[TrainConfig], sweep_id: int, sweep: SweepConfig, url: str
+    configs: list[TrainConfig], sweep_id: int, sweep: SweepConfig, database: str
 ) -> list[dict[str, Any]]:
-    """Train every config as a subflow on the sweep's runner (threads or Dask workers)."""
+    """Train every config as a subflow on the sweep's runner (threads or Dask workers);
+    `database` is the sweep's masked database URL, which each worker checks is its own."""
     with sweep_runner(sweep, len(configs)) as runner:
         futures: list[PrefectFuture[dict[str, Any]]] = [
             # Prefect 3.9's overloads of submit() mistype sync tasks on a typed runner.
             runner.submit(
                 train_one,  # type: ignore[arg-type]
-                {"config": c, "sweep_id": sweep_id, "database": mask_url(url)},
+                {"config": c, "sweep_id": sweep_id, "database": database},
             )
             for c in configs
         ]
         return [_outcome(future, float(config.lr)) for future, config in zip(futures, configs)]
 
 
-def _start(url: str, sweep: SweepConfig) -> int:
+def _start(engine: Engine, sweep: SweepConfig) -> int:
     """Insert the sweep row (committed at once) and return its id."""
-    engine = open_database(url)
-    try:
-        with Session(engine) as session, session.begin():
-            return create_sweep(
-                session,
-                name=sweep_name(sweep),
-                config={**sweep.model_dump(mode="json"), "base": sweep.base.public_dict()},
-                flow_run_id=str(current_run.id) if current_run.id else None,
-            )
-    finally:
-        engine.dispose()
+
+    def write(session: Session) -> int:
+        return create_sweep(
+            session,
+            name=sweep_name(sweep),
+            config={**sweep.model_dump(mode="json"), "base": sweep.base.public_dict()},
+            flow_run_id=str(current_run.id) if current_run.id else None,
+        )
+
+    return in_transaction(engine, write, what="recording the sweep's start")
 
 
-def _read_back(url: str, sweep_id: int) -> dict[str, Any]:
+def _read_back(engine: Engine, sweep_id: int) -> dict[str, Any]:
     """The sweep's runs from the database: comparison rows, the best run and the loss curves."""
-    engine = open_database(url)
-    try:
-        with Session(engine) as session:
-            runs = sweep_runs(session, sweep_id=sweep_id)
-            best = best_run(runs)
-            curves = []
-            for run in sorted(runs, key=lambda r: (run_lr(r), r.id)):
-                sample = get_metrics_sample(session, run_id=run.id, max_rows=CURVE_POINTS)
-                label = f"run {run.id}: lr {run_lr(run):g} ({run.status})"
-                curves.append((label, [m.epoch for m in sample], [m.loss for m in sample]))
-            return {
-                "rows": comparison_rows(runs),
-                "best_run_id": best.id if best else None,
-                "best_lr": run_lr(best) if best else None,
-                "curves": curves,
-            }
-    finally:
-        engine.dispose()
+    with Session(engine) as session:
+        runs = sweep_runs(session, sweep_id=sweep_id)
+        best = best_run(runs)
+        curves = []
+        for run in sorted(runs, key=lambda r: (run_lr(r), r.id)):
+            sample = get_metrics_sample(session, run_id=run.id, max_rows=CURVE_POINTS)
+            label = f"run {run.id}: lr {run_lr(run):g} ({run.status})"
+            curves.append((label, [m.epoch for m in sample], [m.loss for m in sample]))
+        return {
+            "rows": comparison_rows(runs),
+            "best_run_id": best.id if best else None,
+            "best_lr": run_lr(best) if best else None,
+            "curves": curves,
+        }
 
 
-def _finish(url: str, sweep_id: int, status: RunStatus, best_run_id: Optional[int]) -> None:
+def _finish(engine: Engine, sweep_id: int, status: RunStatus, best_run_id: Optional[int]) -> None:
     """Record how the sweep ended and its best run."""
-    engine = open_database(url)
-    try:
-        with Session(engine) as session, session.begin():
-            finish_sweep(session, sweep_id=sweep_id, status=status, best_run_id=best_run_id)
-    finally:
-        engine.dispose()
+
+    def write(session: Session) -> None:
+        finish_sweep(session, sweep_id=sweep_id, status=status, best_run_id=best_run_id)
+
+    in_transaction(engine, write, what="recording the sweep's end")
 
 
 def _publish(sweep_id: int, report: dict[str, Any]) -> None:
@@ -200,25 +199,26 @@ def sweep_flow(
 ) -> dict[str, Any]:
     """Train the base config at every learning rate of the sweep and record which did best."""
     logger = get_run_logger()
-    url = sweep.base.database_url or default_database_url()
+    settings = Settings.load(database_url=sweep.base.database_url)
+    engine = open_database(settings.database_url)
     configs = sweep_configs(sweep)
-    sweep_id = _start(url, sweep)
+    sweep_id = _start(engine, sweep)
     logger.info(
         "Sweep %d: %d learning rates (%s) on %s, recording to %s",
         sweep_id,
         len(configs),
         ", ".join(f"{float(c.lr):g}" for c in configs),
         describe(sweep, len(configs)),
-        mask_url(url),
+        settings.shown_database_url,
     )
     try:
-        outcomes = _train_all(configs, sweep_id, sweep, url)
-        report = _read_back(url, sweep_id)
+        outcomes = _train_all(configs, sweep_id, sweep, settings.shown_database_url)
+        report = _read_back(engine, sweep_id)
         best_id = report["best_run_id"]
-        _finish(url, sweep_id, RunStatus.COMPLETED if best_id else RunStatus.FAILED, best_id)
+        _finish(engine, sweep_id, RunStatus.COMPLETED if best_id else RunStatus.FAILED, best_id)
     except BaseException as exc:
         try:
-            _finish(url, sweep_id, status_for(exc), None)
+            _finish(engine, sweep_id, status_of_exception(exc), None)
         except Exception as bookkeeping:  # noqa: BLE001 - the original error matters more
             logger.warning("Could not record sweep %d as failed: %s", sweep_id, bookkeeping)
         raise
@@ -244,5 +244,5 @@ def sweep_flow(
         "best_lr": report["best_lr"],
         "rows": rows,
         "outcomes": outcomes,
-        "database_url": mask_url(url),
+        "database_url": settings.shown_database_url,
     }

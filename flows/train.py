@@ -12,11 +12,32 @@ from prefect.runtime import flow_run as current_run
 from prefect.states import Cancelled, State
 
 from gdflow.config.errors import DivergedError
+from gdflow.config.settings import Settings
 from gdflow.config.train import TrainConfig, safe_label
-from gdflow.runs.recording import end_run, mark_unfinished, start_run, status_for
-from gdflow.storage import RunStatus, default_database_url, mask_url
+from gdflow.data.dataset import Dataset
+from gdflow.runs.recording import (
+    RunRef,
+    end_run,
+    failure_outcome,
+    mark_unfinished,
+    open_database,
+    start_run,
+)
+from gdflow.runs.status import (
+    ends_training_early,
+    status_of_exception,
+    status_of_state,
+    status_of_stop,
+)
+from gdflow.storage import RunStatus, mask_url
 from gdflow.tasks.artifacts import publish_run_report
-from gdflow.tasks.pipeline import evaluate_prediction, initialize_weight, load_data, persist, train
+from gdflow.tasks.pipeline import (
+    evaluate_prediction,
+    initialize_weight,
+    load_data,
+    persist,
+    train_model,
+)
 from gdflow.training.devices import resolve_device
 from gdflow.training.result import TrainResult
 
@@ -59,27 +80,58 @@ def _on_unfinished(flow: Any, flow_run: FlowRun, state: State) -> None:
         config = _config_of(flow_run.parameters or {})
     except Exception:  # noqa: BLE001 - invalid parameters: no gdflow run was started
         return
+    settings = Settings.load(database_url=config.database_url)
     mark_unfinished(
-        config.database_url or default_database_url(),
+        open_database(settings.database_url),
         flow_run_id=str(flow_run.id),
-        state_type=str(getattr(state.type, "value", state.type)).lower(),
-        message=state.message or state.name or "",
+        outcome=failure_outcome(status_of_state(state.type), state.message or state.name or ""),
     )
 
 
-def _record_failure(url: str, run_id: int, exc: BaseException) -> None:
+def _start(config: TrainConfig, settings: Settings, sweep_id: Optional[int]) -> RunRef:
+    """Record the run in status `running` and say where it records; a retry of this flow run
+    restarts its run."""
+    logger = get_run_logger()
+    run_id, restarted = start_run(
+        open_database(settings.database_url),
+        config=config.public_dict(),
+        data_source=config.data_source,
+        flow_run_id=current_run.id,
+        flow_run_name=current_run.name,
+        sweep_id=sweep_id,
+    )
+    if restarted:
+        logger.info(
+            "Run %d restarts for a retry of this flow run; its epochs are rewritten", run_id
+        )
+    logger.info("Run %d recording to %s", run_id, settings.shown_database_url)
+    return RunRef(run_id=run_id, database_url=settings.database_url)
+
+
+def _device(config: TrainConfig) -> str:
+    """The device this run trains on ('auto' resolved and logged)."""
+    device = str(resolve_device(config.device))
+    if config.device == "auto":
+        get_run_logger().info("Device 'auto' resolved to %s", device)
+    return device
+
+
+def _evaluate(
+    config: TrainConfig, dataset: Dataset, result: TrainResult
+) -> Optional[dict[str, Any]]:
+    """The evaluation of the trained parameters; none for a run that diverged or was cancelled."""
+    if ends_training_early(status_of_stop(result.stop_reason)):
+        return None
+    return evaluate_prediction(config, dataset, result.final_params)
+
+
+def _record_failure(run: RunRef, exc: BaseException) -> None:
     """Mark the run failed or cancelled; never let the bookkeeping hide the original error."""
     try:
-        status = status_for(exc)
-        end_run(
-            url,
-            run_id=run_id,
-            status=status,
-            stop_reason="error" if status is RunStatus.FAILED else status.value,
-            error=str(exc) or type(exc).__name__,
-        )
+        outcome = failure_outcome(status_of_exception(exc), str(exc) or type(exc).__name__)
+        end_run(open_database(run.database_url), run_id=run.run_id, outcome=outcome)
     except Exception as bookkeeping:  # noqa: BLE001 - the original error matters more
-        get_run_logger().warning("Could not record run %d as failed: %s", run_id, bookkeeping)
+        get_run_logger().warning("Could not record run %d as failed: %s", run.run_id, bookkeeping)
 
 
 def _diverged_message(run_id: int, result: TrainResult, dtype: str) -> str:
@@ -97,6 +149,40 @@ def _diverged_message(run_id: int, result: TrainResult, dtype: str) -> str:
     return f"{head}: the learning rate {result.lr:g} is too large; lower --lr ({advice})"
 
 
+def _cancelled(run_id: int, result: TrainResult) -> State[Any]:
+    """The Cancelled state of a run that a signal stopped, its recorded epochs named."""
+    message = (
+        f"run {run_id} cancelled: {result.verdict_detail}; its {result.epochs_done} "
+        f"epoch(s) are recorded: gdflow metrics {run_id}"
+    )
+    get_run_logger().warning(message[0].upper() + message[1:])
+    return Cancelled(message=message)
+
+
+def _summary(
+    run: RunRef, result: TrainResult, evaluation: Optional[dict[str, Any]]
+) -> dict[str, Any]:
+    """The completed run's summary (the flow's result), logged in one line."""
+    get_run_logger().info(
+        "Run %d completed: %d epochs (%s), final loss %.6g; metrics: gdflow metrics %d",
+        run.run_id,
+        result.epochs_done,
+        result.stop_reason,
+        result.final_loss,
+        run.run_id,
+    )
+    return {
+        "run_id": run.run_id,
+        "status": RunStatus.COMPLETED.value,
+        "epochs_done": result.epochs_done,
+        "stop_reason": result.stop_reason,
+        "final_loss": result.final_loss,
+        "final_params": result.final_params,
+        "evaluation": evaluation,
+        "database_url": mask_url(run.database_url),
+    }
+
+
 @flow(
     name="train",
     flow_run_name=_flow_run_name,
@@ -111,68 +197,26 @@ def train_flow(
 ) -> dict[str, Any] | State[Any]:
     """Train a linear model by gradient descent and record every epoch in the database;
     return the run's summary, or a Cancelled state when a signal stopped training."""
-    logger = get_run_logger()
-    url = config.database_url or default_database_url()
-    run_id, restarted = start_run(
-        url,
-        config=config.public_dict(),
-        data_source=config.data_source,
-        flow_run_id=current_run.id,
-        flow_run_name=current_run.name,
-        sweep_id=sweep_id,
-    )
-    if restarted:
-        logger.info(
-            "Run %d restarts for a retry of this flow run; its epochs are rewritten", run_id
-        )
-    logger.info("Run %d recording to %s", run_id, mask_url(url))
-    seconds: Optional[float] = None
+    run = _start(config, Settings.load(database_url=config.database_url), sweep_id)
+    result: Optional[TrainResult] = None
     try:
-        device = str(resolve_device(config.device))
-        if config.device == "auto":
-            logger.info("Device 'auto' resolved to %s", device)
+        device = _device(config)
         _tag_flow_run(run_tags(config, device))
         dataset = load_data(config)
         initial = initialize_weight(config, dataset.feature_names)
-        result = train(config, dataset, initial, device=device, run_id=run_id, database_url=url)
-        seconds = result.seconds
-        evaluation = None
-        if result.stop_reason not in ("diverged", "cancelled"):
-            evaluation = evaluate_prediction(config, dataset, result.final_params)
-        status = persist(run_id=run_id, database_url=url, result=result, evaluation=evaluation)
-        if status is RunStatus.DIVERGED:
-            raise DivergedError(_diverged_message(run_id, result, config.dtype))
-    except DivergedError:
-        publish_run_report(url, run_id, seconds=seconds)
-        raise
+        result = train_model(config, dataset, initial, device=device, run=run)
+        evaluation = _evaluate(config, dataset, result)
+        status = persist(run=run, result=result, evaluation=evaluation)
     except BaseException as exc:
-        _record_failure(url, run_id, exc)
+        _record_failure(run, exc)
         if isinstance(exc, Exception):
-            publish_run_report(url, run_id, seconds=seconds)
+            publish_run_report(
+                run.database_url, run.run_id, seconds=result.seconds if result else None
+            )
         raise
-    publish_run_report(url, run_id, seconds=seconds)
+    publish_run_report(run.database_url, run.run_id, seconds=result.seconds)
+    if status is RunStatus.DIVERGED:
+        raise DivergedError(_diverged_message(run.run_id, result, config.dtype))
     if status is RunStatus.CANCELLED:
-        message = (
-            f"run {run_id} cancelled: {result.verdict_detail}; its {result.epochs_done} "
-            f"epoch(s) are recorded: gdflow metrics {run_id}"
-        )
-        logger.warning(message[0].upper() + message[1:])
-        return Cancelled(message=message)
-    logger.info(
-        "Run %d completed: %d epochs (%s), final loss %.6g; metrics: gdflow metrics %d",
-        run_id,
-        result.epochs_done,
-        result.stop_reason,
-        result.final_loss,
-        run_id,
-    )
-    return {
-        "run_id": run_id,
-        "status": status.value,
-        "epochs_done": result.epochs_done,
-        "stop_reason": result.stop_reason,
-        "final_loss": result.final_loss,
-        "final_params": result.final_params,
-        "evaluation": evaluation,
-        "database_url": mask_url(url),
-    }
+        return _cancelled(run.run_id, result)
+    return _summary(run, result, evaluation)

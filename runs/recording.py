@@ -1,42 +1,78 @@
-"""Bridge from training to storage: open a run, write epoch chunks, record how the run ended."""
+"""Bridge from training to storage: open a run, write epoch chunks, record how the run ended.
+
+Each operation takes the process's engine (`open_database`) and owns one short transaction,
+retried on transient errors; the data functions of `storage` only ever see its session.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gdflow.config.errors import GdflowError
 from gdflow.runs.liveness import current_owner, owner_alive
+from gdflow.runs.status import status_of_stop, stop_reason_of
 from gdflow.storage import (
     DatabaseError,
     MetricBatch,
+    RunOutcome,
     RunStatus,
     append_metric_batch,
     create_run,
+    engine_for,
     find_run_id,
     finish_run,
     get_run,
-    make_engine,
+    mask_url,
     restart_run,
     retry_transient,
     running_runs,
+    update_run,
 )
+from gdflow.training.conditioning import Conditioning
 from gdflow.training.records import EpochChunk
+from gdflow.training.result import TrainResult
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Where a run is recorded: its id and its database (plain values, safe to hand to tasks);
+    the repr masks the URL's password."""
+
+    run_id: int
+    database_url: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"RunRef(run_id={self.run_id}, database_url={mask_url(self.database_url)!r})"
 
 
 def open_database(url: str) -> Engine:
-    """An engine with the schema in place; DatabaseError becomes a one-line GdflowError."""
+    """This process's engine for `url`, schema checked; DatabaseError becomes a GdflowError."""
     try:
-        return make_engine(url)
+        return engine_for(url)
     except DatabaseError as exc:
         raise GdflowError(str(exc)) from None
 
 
+def in_transaction(engine: Engine, write: Callable[[Session], T], *, what: str) -> T:
+    """Call `write(session)` inside one transaction, the whole transaction retried on
+    transient errors (the writes given here must be idempotent)."""
+
+    def attempt() -> T:
+        with Session(engine) as session, session.begin():
+            return write(session)
+
+    return retry_transient(attempt, what=what)
+
+
 def start_run(
-    url: str,
+    engine: Engine,
     *,
     config: dict[str, Any],
     data_source: str,
@@ -48,29 +84,44 @@ def start_run(
     restarts a run already recorded for this flow run (a retry: its epochs are cleared)."""
     owner = current_owner()
 
-    def write() -> tuple[int, bool]:
-        with Session(engine) as session, session.begin():
-            existing = find_run_id(session, flow_run_id=flow_run_id) if flow_run_id else None
-            if existing is not None:
-                restart_run(session, run_id=existing, owner=owner)
-                return existing, True
-            run_id = create_run(
-                session,
-                config=config,
-                data_source=data_source,
-                parameter_names=[],
-                flow_run_id=flow_run_id,
-                flow_run_name=flow_run_name,
-                sweep_id=sweep_id,
-                owner=owner,
-            )
-            return run_id, False
+    def write(session: Session) -> tuple[int, bool]:
+        existing = find_run_id(session, flow_run_id=flow_run_id) if flow_run_id else None
+        if existing is not None:
+            restart_run(session, run_id=existing, owner=owner)
+            return existing, True
+        run_id = create_run(
+            session,
+            config=config,
+            data_source=data_source,
+            parameter_names=[],
+            flow_run_id=flow_run_id,
+            flow_run_name=flow_run_name,
+            sweep_id=sweep_id,
+            owner=owner,
+        )
+        return run_id, False
 
-    engine = open_database(url)
-    try:
-        return retry_transient(write, what="recording the run's start")
-    finally:
-        engine.dispose()
+    return in_transaction(engine, write, what="recording the run's start")
+
+
+def record_setup(
+    engine: Engine, *, run_id: int, names: list[str], device: str, conditioning: Conditioning
+) -> None:
+    """Record what training is about to use: parameter names, device and the data's
+    conditioning (stability bound, condition number, warnings)."""
+
+    def write(session: Session) -> None:
+        update_run(
+            session,
+            run_id=run_id,
+            parameter_names=names,
+            device=device,
+            max_stable_lr=conditioning.max_stable_lr,
+            condition_number=conditioning.condition_number,
+            warnings=conditioning.warnings,
+        )
+
+    in_transaction(engine, write, what="recording the run's set-up")
 
 
 @dataclass
@@ -93,82 +144,72 @@ class MetricWriter:
             val_losses=None if chunk.val_losses is None else chunk.val_losses.tolist(),
         )
 
-        def write() -> int:
-            with Session(self.engine) as session, session.begin():
-                return append_metric_batch(session, run_id=self.run_id, batch=batch)
+        def write(session: Session) -> int:
+            return append_metric_batch(session, run_id=self.run_id, batch=batch)
 
         first, last = (batch.epochs[0], batch.epochs[-1]) if batch.epochs else (0, 0)
-        self.written += retry_transient(write, what=f"writing epochs {first}-{last}")
+        self.written += in_transaction(self.engine, write, what=f"writing epochs {first}-{last}")
 
 
-def end_run(url: str, *, run_id: int, status: RunStatus, **fields: Any) -> None:
+def outcome_of(result: TrainResult, evaluation: Optional[dict[str, Any]]) -> RunOutcome:
+    """The outcome of a run whose training returned `result`: its status, summary and
+    evaluation, with the verdict as the error of a run that did not complete."""
+    status = status_of_stop(result.stop_reason)
+    error = None if status is RunStatus.COMPLETED else f"{status.value}: {result.verdict_detail}"
+    return RunOutcome(
+        status=status,
+        stop_reason=result.stop_reason,
+        error=error,
+        epochs_done=result.epochs_done,
+        final_loss=result.final_loss,
+        final_params=result.final_params,
+        evaluation=evaluation,
+        best_epoch=result.best_epoch,
+        best_loss=result.best_loss,
+    )
+
+
+def failure_outcome(status: RunStatus, message: str) -> RunOutcome:
+    """The outcome of a run ended by an error: its status, stop reason and message."""
+    return RunOutcome(status=status, stop_reason=stop_reason_of(status), error=message)
+
+
+def end_run(engine: Engine, *, run_id: int, outcome: RunOutcome) -> None:
     """Record the run's outcome and summary in one transaction."""
-    engine = open_database(url)
 
-    def write() -> None:
-        with Session(engine) as session, session.begin():
-            finish_run(session, run_id=run_id, status=status, **fields)
+    def write(session: Session) -> None:
+        finish_run(session, run_id=run_id, outcome=outcome)
 
-    try:
-        retry_transient(write, what="recording the run's outcome")
-    finally:
-        engine.dispose()
+    in_transaction(engine, write, what="recording the run's outcome")
 
 
-def status_for(exc: BaseException) -> RunStatus:
-    """The run status an exception leaves behind: cancelled for interrupts, else failed."""
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ in {
-        "TerminationSignal",
-        "CancelledRun",
-    }:
-        return RunStatus.CANCELLED
-    return RunStatus.FAILED
+def mark_unfinished(engine: Engine, *, flow_run_id: str, outcome: RunOutcome) -> None:
+    """Give the run of a flow run the outcome of its ended flow run, if it is still `running`."""
+
+    def write(session: Session) -> None:
+        run_id = find_run_id(session, flow_run_id=flow_run_id)
+        run = get_run(session, run_id=run_id) if run_id is not None else None
+        if run is not None and run.status == RunStatus.RUNNING.value:
+            finish_run(session, run_id=run.id, outcome=outcome)
+
+    in_transaction(engine, write, what="recording the flow run's end")
 
 
-def mark_unfinished(url: str, *, flow_run_id: str, state_type: str, message: str) -> None:
-    """Give a run still `running` the status of its ended flow run (failed, crashed, cancelled)."""
-    status = {
-        "crashed": RunStatus.CRASHED,
-        "cancelled": RunStatus.CANCELLED,
-        "cancelling": RunStatus.CANCELLED,
-    }.get(state_type, RunStatus.FAILED)
-    engine = open_database(url)
-    try:
-        with Session(engine) as session, session.begin():
-            run_id = find_run_id(session, flow_run_id=flow_run_id)
-            run = get_run(session, run_id=run_id) if run_id is not None else None
-            if run is None or run.status != RunStatus.RUNNING.value:
-                return
-            finish_run(
-                session,
-                run_id=run.id,
-                status=status,
-                stop_reason="error" if status is RunStatus.FAILED else status.value,
-                error=message,
-            )
-    finally:
-        engine.dispose()
-
-
-def reconcile_runs(url: str) -> list[int]:
+def reconcile_runs(engine: Engine) -> list[int]:
     """Mark `crashed` every run left `running` by a process of this host that is gone (killed,
     or died without recording its end); return their ids. Runs of other hosts are left alone."""
-    engine = open_database(url)
-    try:
-        with Session(engine) as session, session.begin():
-            crashed = []
-            for run in running_runs(session):
-                if owner_alive(run.host, run.pid, run.pid_started):
-                    continue
-                finish_run(
-                    session,
-                    run_id=run.id,
-                    status=RunStatus.CRASHED,
-                    stop_reason=RunStatus.CRASHED.value,
-                    error=f"crashed: its process {run.pid} on {run.host} ended without "
-                    f"recording an outcome (killed?) after {run.epochs_done} epoch(s)",
-                )
-                crashed.append(run.id)
-            return crashed
-    finally:
-        engine.dispose()
+
+    def write(session: Session) -> list[int]:
+        crashed = []
+        for run in running_runs(session):
+            if owner_alive(run.host, run.pid, run.pid_started):
+                continue
+            message = (
+                f"crashed: its process {run.pid} on {run.host} ended without "
+                f"recording an outcome (killed?) after {run.epochs_done} epoch(s)"
+            )
+            finish_run(session, run_id=run.id, outcome=failure_outcome(RunStatus.CRASHED, message))
+            crashed.append(run.id)
+        return crashed
+
+    return in_transaction(engine, write, what="reconciling runs of ended processes")

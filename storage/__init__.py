@@ -3,11 +3,18 @@
 This package knows nothing of Prefect or torch: it stores plain Python values.
 """
 
-from gdflow.storage.database import DatabaseError, default_database_url, make_engine, mask_url
+from gdflow.storage.database import (
+    DatabaseError,
+    dispose_engines,
+    engine_for,
+    make_engine,
+    mask_url,
+)
 from gdflow.storage.models import Base, EpochMetric, Run, Sweep
 from gdflow.storage.repository import (
     MetricBatch,
     MetricRow,
+    RunOutcome,
     RunStatus,
     append_metric_batch,
     append_metrics,
@@ -36,13 +43,15 @@ __all__ = [
     "MetricBatch",
     "MetricRow",
     "Run",
+    "RunOutcome",
     "RunStatus",
     "Sweep",
     "append_metric_batch",
     "append_metrics",
     "create_run",
     "create_sweep",
-    "default_database_url",
+    "dispose_engines",
+    "engine_for",
     "find_run_id",
     "finish_run",
     "finish_sweep",

@@ -1,9 +1,14 @@
-"""Engines from a URL: SQLite in WAL mode with a busy timeout, the schema migrated on first use."""
+"""Engines from a URL: SQLite in WAL mode with a busy timeout, the schema migrated on first use.
+
+`engine_for(url)` keeps one engine per URL per process and checks its schema once; a forked
+child drops the engines it inherited (their pooled connections belong to the parent).
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -12,8 +17,6 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from gdflow.storage.migrate import MigrationError, ensure_current
 
-#: Environment variable that overrides the default database URL.
-DATABASE_URL_ENV = "GDFLOW_DATABASE_URL"
 #: How long a SQLite writer waits for a lock held by another run before failing (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Query parameters of a URL whose values are secrets.
@@ -22,14 +25,6 @@ _SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|secret|token|api_?key)=
 
 class DatabaseError(RuntimeError):
     """The metrics database cannot be opened or written; the message says how to fix it."""
-
-
-def default_database_url() -> str:
-    """Return `$GDFLOW_DATABASE_URL`, else the SQLite file `~/.gdflow/gdflow.db`."""
-    url = os.environ.get(DATABASE_URL_ENV, "").strip()
-    if url:
-        return url
-    return "sqlite:///" + str(Path("~/.gdflow/gdflow.db").expanduser())
 
 
 def mask_url(url: str) -> str:
@@ -173,3 +168,61 @@ def _first_line(exc: BaseException, url: str = "") -> str:
     text = str(orig if orig is not None else exc)
     line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return hide_password(line, url)
+
+
+class _EngineCache:
+    """One engine per URL for this process, its schema checked once; safe across threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.engines: dict[str, Engine] = {}
+        self.current: set[str] = set()
+
+    def get(self, url: str, *, migrate: bool) -> Engine:
+        """The cached engine of `url` (created on first use), migrated to the head if asked."""
+        with self.lock:
+            engine = self.engines.get(url)
+            if engine is None:
+                engine = make_engine(url, create_schema=False)
+                self.engines[url] = engine
+            if migrate and url not in self.current:
+                try:
+                    _create_schema(engine, mask_url(url))
+                except DatabaseError:
+                    del self.engines[url]
+                    raise
+                self.current.add(url)
+            return engine
+
+    def dispose(self) -> None:
+        """Close every cached engine's connections and forget them."""
+        with self.lock:
+            engines = list(self.engines.values())
+            self.engines.clear()
+            self.current.clear()
+        for engine in engines:
+            engine.dispose()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's engines without closing its connections."""
+        for engine in self.engines.values():
+            engine.dispose(close=False)
+        self.lock = threading.Lock()  # a lock held by another thread at fork time stays held
+        self.engines = {}
+        self.current = set()
+
+
+_ENGINES = _EngineCache()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ENGINES.forget_after_fork)
+
+
+def engine_for(url: str, *, migrate: bool = True) -> Engine:
+    """This process's engine for `url`, created once and (by default) with its schema brought
+    to the newest revision once; raise DatabaseError when the database cannot be used."""
+    return _ENGINES.get(url, migrate=migrate)
+
+
+def dispose_engines() -> None:
+    """Close and forget every engine `engine_for` made (tests; the end of a long process)."""
+    _ENGINES.dispose()

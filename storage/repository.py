@@ -260,35 +260,37 @@ def _insert_ignoring_duplicates(dialect: str) -> Any:
     return insert(EpochMetric)
 
 
-def finish_run(
-    session: Session,
-    *,
-    run_id: int,
-    status: RunStatus,
-    epochs_done: Optional[int] = None,
-    final_loss: Optional[float] = None,
-    final_params: Optional[dict[str, float]] = None,
-    stop_reason: Optional[str] = None,
-    error: Optional[str] = None,
-    evaluation: Optional[dict[str, Any]] = None,
-    best_epoch: Optional[int] = None,
-    best_loss: Optional[float] = None,
-    finished_at: Optional[datetime] = None,
-) -> None:
-    """Record how a run ended; fields left as None keep their stored value."""
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: its status and, where known, its summary; None keeps the stored value."""
+
+    status: RunStatus
+    stop_reason: Optional[str] = None
+    error: Optional[str] = None
+    epochs_done: Optional[int] = None
+    final_loss: Optional[float] = None
+    final_params: Optional[dict[str, float]] = None
+    evaluation: Optional[dict[str, Any]] = None
+    best_epoch: Optional[int] = None
+    best_loss: Optional[float] = None
+    finished_at: Optional[datetime] = None
+
+
+def finish_run(session: Session, *, run_id: int, outcome: RunOutcome) -> None:
+    """Record how a run ended; fields of the outcome left as None keep their stored value."""
     values: dict[str, Any] = {
-        "status": status.value,
-        "finished_at": finished_at or datetime.now(UTC),
+        "status": outcome.status.value,
+        "finished_at": outcome.finished_at or datetime.now(UTC),
     }
     optional = {
-        "epochs_done": epochs_done,
-        "final_loss": _finite_or_none(final_loss),
-        "final_params": final_params,
-        "stop_reason": stop_reason,
-        "error": error,
-        "evaluation": evaluation,
-        "best_epoch": best_epoch,
-        "best_loss": _finite_or_none(best_loss),
+        "epochs_done": outcome.epochs_done,
+        "final_loss": _finite_or_none(outcome.final_loss),
+        "final_params": outcome.final_params,
+        "stop_reason": outcome.stop_reason,
+        "error": outcome.error,
+        "evaluation": outcome.evaluation,
+        "best_epoch": outcome.best_epoch,
+        "best_loss": _finite_or_none(outcome.best_loss),
     }
     values.update({k: v for k, v in optional.items() if v is not None})
     session.execute(update(Run).where(Run.id == run_id).values(**values))

@@ -110,52 +110,48 @@ def publish_run_report(database_url: str, run_id: int, *, seconds: Optional[floa
 
 
 def _publish(database_url: str, run_id: int, seconds: Optional[float]) -> None:
-    engine = open_database(database_url)
-    try:
-        with Session(engine) as session:
-            run = get_run(session, run_id=run_id)
-            if run is None:
-                return
-            curve = get_metrics_sample(session, run_id=run_id, max_rows=CURVE_POINTS)
-            history = list_runs(session, limit=TREND_RUNS, data_source=run.data_source)
-            names = list(run.parameter_names or [])
-            data_source = run.data_source
-            summary: dict[str, Any] = {
-                "run_id": run.id,
-                "status": run.status,
-                "stop_reason": run.stop_reason,
-                "epochs_done": run.epochs_done,
-                "max_epochs": run.config.get("epochs"),
-                "final_loss": run.final_loss,
-                "final_params": run.final_params,
-                "evaluation": run.evaluation,
-                "config": run.config,
-                "error": run.error,
-                "device": run.device,
-                "database_url": mask_url(database_url),
-                "seconds": seconds,
-                "best_epoch": run.best_epoch,
-                "best_loss": run.best_loss,
-                "max_stable_lr": run.max_stable_lr,
-                "condition_number": run.condition_number,
-                "warnings": run.warnings,
+    with Session(open_database(database_url)) as session:
+        run = get_run(session, run_id=run_id)
+        if run is None:
+            return
+        curve = get_metrics_sample(session, run_id=run_id, max_rows=CURVE_POINTS)
+        history = list_runs(session, limit=TREND_RUNS, data_source=run.data_source)
+        names = list(run.parameter_names or [])
+        data_source = run.data_source
+        summary: dict[str, Any] = {
+            "run_id": run.id,
+            "status": run.status,
+            "stop_reason": run.stop_reason,
+            "epochs_done": run.epochs_done,
+            "max_epochs": run.config.get("epochs"),
+            "final_loss": run.final_loss,
+            "final_params": run.final_params,
+            "evaluation": run.evaluation,
+            "config": run.config,
+            "error": run.error,
+            "device": run.device,
+            "database_url": mask_url(database_url),
+            "seconds": seconds,
+            "best_epoch": run.best_epoch,
+            "best_loss": run.best_loss,
+            "max_stable_lr": run.max_stable_lr,
+            "condition_number": run.condition_number,
+            "warnings": run.warnings,
+        }
+        trend = [
+            {
+                "run_id": past.id,
+                "started_at": past.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                "status": past.status,
+                "epochs_done": past.epochs_done,
+                "final_loss": past.final_loss,
+                "final_params": past.final_params,
             }
-            trend = [
-                {
-                    "run_id": past.id,
-                    "started_at": past.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    "status": past.status,
-                    "epochs_done": past.epochs_done,
-                    "final_loss": past.final_loss,
-                    "final_params": past.final_params,
-                }
-                for past in history
-            ]
-            epochs = [m.epoch for m in curve]
-            losses = [m.loss for m in curve]
-            params: list[dict[str, Optional[float]]] = [dict(m.params) for m in curve]
-    finally:
-        engine.dispose()
+            for past in history
+        ]
+        epochs = [m.epoch for m in curve]
+        losses = [m.loss for m in curve]
+        params: list[dict[str, Optional[float]]] = [dict(m.params) for m in curve]
     create_markdown_artifact(summary_markdown(summary), description=f"gdflow run {run_id}: summary")
     create_markdown_artifact(
         loss_curve_markdown(epochs, losses, title=f"Run {run_id}: training loss"),

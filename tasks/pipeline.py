@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Optional
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy.orm import Session
 
 from gdflow.config.errors import GdflowError
 from gdflow.config.train import TrainConfig
 from gdflow.data.dataset import Dataset, load_dataset, split_validation
-from gdflow.runs.recording import MetricWriter, end_run, open_database
+from gdflow.runs.recording import (
+    MetricWriter,
+    RunRef,
+    end_run,
+    open_database,
+    outcome_of,
+    record_setup,
+)
 from gdflow.runs.signals import stop_on_signals, stop_requested
-from gdflow.storage import RunStatus, update_run
+from gdflow.storage import RunStatus
 from gdflow.tasks.artifacts import ProgressArtifact
 from gdflow.tasks.dashboard_feed import quiet_when_unreachable
-from gdflow.training.conditioning import analyse, auto_learning_rate
+from gdflow.training.conditioning import Conditioning, analyse, auto_learning_rate
 from gdflow.training.devices import resolve_device
 from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
 from gdflow.training.loop import Hooks, fit
@@ -73,22 +80,48 @@ def initialize_weight(config: TrainConfig, feature_names: tuple[str, ...]) -> di
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(
-    config: TrainConfig,
-    dataset: Dataset,
-    initial: dict[str, float],
-    *,
-    device: str,
-    run_id: int,
-    database_url: str,
+def train_model(
+    config: TrainConfig, dataset: Dataset, initial: dict[str, float], *, device: str, run: RunRef
 ) -> TrainResult:
     """Run gradient descent on `device`, writing epoch metrics to the database as it goes."""
-    logger = get_run_logger()
     problem = TrainingProblem.prepare(dataset, initial, standardize=config.standardize)
-    lr = config.lr
-    if lr == "auto":
-        lr = auto_learning_rate(problem.x, bias=config.bias, optimizer=config.optimizer)
-        logger.info("Learning rate 'auto' resolved to %.6g", lr)
+    lr = learning_rate(config, problem)
+    conditioning = check_conditioning(config, problem, lr)
+    engine = open_database(run.database_url)
+    record_setup(
+        engine, run_id=run.run_id, names=list(initial), device=device, conditioning=conditioning
+    )
+    progress = ProgressArtifact(
+        config.epochs,
+        description=f"gdflow run {run.run_id}: epochs done of {config.epochs}",
+        logger=get_run_logger(),
+    )
+    writer = MetricWriter(engine=engine, run_id=run.run_id)
+    on_chunk = _chunk_handler(config, problem, writer, progress)
+    with stop_on_signals(), progress:
+        result = fit(
+            problem.data,
+            problem.initial,
+            optimization(config, lr),
+            device=resolve_device(device),
+            hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
+        )
+    result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
+    _log_stop(result)
+    return result
+
+
+def learning_rate(config: TrainConfig, problem: TrainingProblem) -> float:
+    """The configured learning rate, with 'auto' resolved from the data (and logged)."""
+    if config.lr != "auto":
+        return config.lr
+    lr = auto_learning_rate(problem.x, bias=config.bias, optimizer=config.optimizer)
+    get_run_logger().info("Learning rate 'auto' resolved to %.6g", lr)
+    return lr
+
+
+def check_conditioning(config: TrainConfig, problem: TrainingProblem, lr: float) -> Conditioning:
+    """The data's conditioning at learning rate `lr`; each of its warnings is logged."""
     conditioning = analyse(
         problem.x,
         bias=config.bias,
@@ -99,53 +132,24 @@ def train(
         standardized=config.standardize,
     )
     for warning in conditioning.warnings:
-        logger.warning(warning)
-    engine = open_database(database_url)
-    try:
-        with Session(engine) as session, session.begin():
-            update_run(
-                session,
-                run_id=run_id,
-                parameter_names=list(initial),
-                device=device,
-                max_stable_lr=conditioning.max_stable_lr,
-                condition_number=conditioning.condition_number,
-                warnings=conditioning.warnings,
-            )
-        writer = MetricWriter(engine=engine, run_id=run_id)
-        progress = ProgressArtifact(
-            config.epochs,
-            description=f"gdflow run {run_id}: epochs done of {config.epochs}",
-            logger=logger,
-        )
-        progress_logger = quiet_when_unreachable(logger)
+        get_run_logger().warning(warning)
+    return conditioning
 
-        def on_chunk(chunk: EpochChunk) -> None:
-            chunk = problem.to_original(chunk)
-            writer(chunk)
-            _log_progress(progress_logger, chunk, config.log_every)
-            progress.update(int(chunk.epochs[-1]))
 
-        with stop_on_signals(), progress:
-            result = fit(
-                problem.data,
-                problem.initial,
-                optimization(config, lr),
-                device=resolve_device(device),
-                hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
-            )
-    finally:
-        engine.dispose()
-    result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
-    logger.info(
-        "Stopped after %d epoch(s): %s, %s (%.3f s on %s)",
-        result.epochs_done,
-        result.stop_reason,
-        result.verdict_detail,
-        result.seconds,
-        result.device,
-    )
-    return result
+def _chunk_handler(
+    config: TrainConfig, problem: TrainingProblem, writer: MetricWriter, progress: ProgressArtifact
+) -> Callable[[EpochChunk], None]:
+    """The callback `fit` hands each chunk to: stored (synchronously), logged, and shown as
+    progress (off the training thread; progress lines stay out of an unreachable API)."""
+    logger = quiet_when_unreachable(get_run_logger())
+
+    def on_chunk(chunk: EpochChunk) -> None:
+        chunk = problem.to_original(chunk)
+        writer(chunk)
+        _log_progress(logger, chunk, config.log_every)
+        progress.update(int(chunk.epochs[-1]))
+
+    return on_chunk
 
 
 def optimization(config: TrainConfig, lr: float) -> Optimization:
@@ -165,6 +169,18 @@ def optimization(config: TrainConfig, lr: float) -> Optimization:
         patience=config.patience,
         plateau_epochs=config.plateau_epochs,
         diverge_factor=config.diverge_factor,
+    )
+
+
+def _log_stop(result: TrainResult) -> None:
+    """Log how training ended: epochs, verdict, time and device."""
+    get_run_logger().info(
+        "Stopped after %d epoch(s): %s, %s (%.3f s on %s)",
+        result.epochs_done,
+        result.stop_reason,
+        result.verdict_detail,
+        result.seconds,
+        result.device,
     )
 
 
@@ -208,32 +224,8 @@ def evaluate_prediction(
 
 
 @task(name="persist", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def persist(
-    *,
-    run_id: int,
-    database_url: str,
-    result: TrainResult,
-    evaluation: Optional[dict[str, Any]],
-) -> RunStatus:
+def persist(*, run: RunRef, result: TrainResult, evaluation: Optional[dict[str, Any]]) -> RunStatus:
     """Record the run's outcome, summary and evaluation in one transaction."""
-    status = {
-        "diverged": RunStatus.DIVERGED,
-        "cancelled": RunStatus.CANCELLED,
-    }.get(result.stop_reason, RunStatus.COMPLETED)
-    error = None
-    if status is not RunStatus.COMPLETED:
-        error = f"{status.value}: {result.verdict_detail}"
-    end_run(
-        database_url,
-        run_id=run_id,
-        status=status,
-        epochs_done=result.epochs_done,
-        final_loss=result.final_loss,
-        final_params=result.final_params,
-        stop_reason=result.stop_reason,
-        error=error,
-        evaluation=evaluation,
-        best_epoch=result.best_epoch,
-        best_loss=result.best_loss,
-    )
-    return status
+    outcome = outcome_of(result, evaluation)
+    end_run(open_database(run.database_url), run_id=run.run_id, outcome=outcome)
+    return outcome.status

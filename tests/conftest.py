@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gdflow.storage import dispose_engines
 from tests.pg_server import PostgresServer, postgres_server
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -37,11 +38,12 @@ SHARED_TRAJECTORY = REPO.parent / "shared" / "reference" / "seed_trajectory.csv"
 
 
 @pytest.fixture
-def database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh SQLite file for this test, also set as GDFLOW_DATABASE_URL."""
     url = f"sqlite:///{tmp_path / 'metrics.db'}"
     monkeypatch.setenv("GDFLOW_DATABASE_URL", url)
-    return url
+    yield url
+    dispose_engines()  # the process's engines on this test's files: their connections closed
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +65,7 @@ def postgres_url(postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> I
     url = postgres.url(name)
     monkeypatch.setenv("GDFLOW_DATABASE_URL", url)
     yield url
+    dispose_engines()  # before the drop: PostgreSQL refuses to drop a database in use
     postgres.drop_database(name)
 
 

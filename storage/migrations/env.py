@@ -29,9 +29,10 @@ def _main() -> None:
     if connection is not None:
         _run(connection)
         return
-    from gdflow.storage.database import default_database_url
+    # The `alembic` command line is a program of its own: it resolves the URL like gdflow does.
+    from gdflow.config.settings import Settings
 
-    url = context.config.get_main_option("sqlalchemy.url") or default_database_url()
+    url = context.config.get_main_option("sqlalchemy.url") or Settings.load().database_url
     engine = create_engine(url)
     try:
         with engine.begin() as connection:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import csv
 import io
 import re
+import signal
 import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Connection, Engine, event
 
 from gdflow.cli.main import build_parser, main
 from gdflow.config.train import TrainConfig
+from gdflow.storage import dispose_engines
 from tests.conftest import read_trajectory
 from tests.processes import GdflowMain, run_cli
 
@@ -165,3 +168,37 @@ def test_db_upgrade_and_current_report_the_schema_revision(
         main(["db", "upgrade", "--database-url", f"sqlite:///{tmp_path}"])
     assert info.value.code == 1
     assert capsys.readouterr().err.startswith("gdflow: error: database path")
+
+
+def test_a_run_opens_one_engine_and_checks_the_schema_once(
+    prefect_api_url: str, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One engine per database URL per process, its Alembic revision read once, however many
+    steps of `gdflow run` (reconcile, start, train, persist, report) use the database."""
+    assert main(["db", "upgrade"]) == 0  # at the head: each revision check is one SELECT
+    dispose_engines()  # as in a new process
+    path = database_url.removeprefix("sqlite:///")
+    engines: list[Engine] = []
+    checks: list[str] = []
+
+    def connected(connection: Connection) -> None:
+        engine = connection.engine
+        if engine.url.database == path and not any(seen is engine for seen in engines):
+            engines.append(engine)
+
+    def executed(connection: Connection, _cursor, statement: str, *_args) -> None:  # type: ignore[no-untyped-def]
+        if connection.engine.url.database == path and "FROM alembic_version" in statement:
+            checks.append(statement)
+
+    sigterm = signal.getsignal(signal.SIGTERM)
+    event.listen(Engine, "engine_connect", connected)
+    event.listen(Engine, "before_cursor_execute", executed)
+    try:
+        assert main(["run", "--epochs", "5", "--log-every", "0"]) == 0
+    finally:
+        event.remove(Engine, "engine_connect", connected)
+        event.remove(Engine, "before_cursor_execute", executed)
+        signal.signal(signal.SIGTERM, sigterm)
+    assert "run 1 completed: 5 epochs" in capsys.readouterr().out
+    assert len(engines) == 1, f"{len(engines)} engines opened on {path}"
+    assert len(checks) == 1, checks

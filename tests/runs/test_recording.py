@@ -15,14 +15,25 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from gdflow.runs.liveness import current_owner, owner_alive, process_started
-from gdflow.runs.recording import MetricWriter, end_run, reconcile_runs, start_run
+from gdflow.runs.recording import (
+    MetricWriter,
+    end_run,
+    failure_outcome,
+    open_database,
+    reconcile_runs,
+    start_run,
+)
 from gdflow.storage import RunStatus, get_metrics, get_run, make_engine, update_run
 from gdflow.training.records import EpochChunk
 
 
 def _start(url: str, flow_run_id: str | None = "flow-run-1") -> tuple[int, bool]:
     return start_run(
-        url, config={}, data_source="toy", flow_run_id=flow_run_id, flow_run_name="toy"
+        open_database(url),
+        config={},
+        data_source="toy",
+        flow_run_id=flow_run_id,
+        flow_run_name="toy",
     )
 
 
@@ -54,7 +65,8 @@ def test_a_flow_run_started_again_restarts_its_run(database_url: str) -> None:
     engine = make_engine(database_url)
     MetricWriter(engine=engine, run_id=run_id)(_chunk(1, 30))
     engine.dispose()
-    end_run(database_url, run_id=run_id, status=RunStatus.FAILED, error="first attempt")
+    outcome = failure_outcome(RunStatus.FAILED, "first attempt")
+    end_run(open_database(database_url), run_id=run_id, outcome=outcome)
     again, restarted = _start(database_url)
     assert (again, restarted) == (run_id, True)
     run, epochs = _run(database_url, run_id)
@@ -84,17 +96,17 @@ def test_runs_of_dead_processes_are_reconciled_as_crashed(database_url: str) -> 
         update_run(session, run_id=ids["remote"], host="elsewhere", pid=child.pid)
     engine.dispose()
     assert owner_alive(**dead)
-    assert reconcile_runs(database_url) == [ids["reused"]]
+    assert reconcile_runs(open_database(database_url)) == [ids["reused"]]
     child.kill()
     child.wait()
     assert not owner_alive(**dead)
-    assert reconcile_runs(database_url) == [ids["dead"]]
+    assert reconcile_runs(open_database(database_url)) == [ids["dead"]]
     run, _ = _run(database_url, ids["dead"])
     assert run.status == "crashed" and run.stop_reason == "crashed"
     assert f"process {child.pid}" in run.error and "after 12 epoch(s)" in run.error
     assert _run(database_url, ids["alive"])[0].status == "running"
     assert _run(database_url, ids["remote"])[0].status == "running"
-    assert reconcile_runs(database_url) == []
+    assert reconcile_runs(open_database(database_url)) == []
     assert current_owner()["pid"] == os.getpid()
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, event, inspect, text
 from sqlalchemy.orm import Session
 
 from gdflow.storage import (
     DatabaseError,
     create_run,
-    default_database_url,
+    dispose_engines,
+    engine_for,
     get_run,
     list_runs,
     make_engine,
@@ -89,13 +92,6 @@ def test_missing_driver_is_a_clear_error() -> None:
         make_engine("nosuchdialect://host/db")
 
 
-def test_default_url_honours_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GDFLOW_DATABASE_URL", "sqlite:////tmp/x.db")
-    assert default_database_url() == "sqlite:////tmp/x.db"
-    monkeypatch.delenv("GDFLOW_DATABASE_URL")
-    assert default_database_url().endswith("/.gdflow/gdflow.db")
-
-
 def test_mask_url_hides_password() -> None:
     masked = mask_url("postgresql+psycopg://user:s3cret@db.example/metrics")
     assert "s3cret" not in masked
@@ -135,3 +131,48 @@ def test_a_database_from_an_earlier_schema_gains_the_new_columns(tmp_path: Path)
         assert conn.execute(text("SELECT loss, val_loss FROM epoch_metrics")).all() == [(0.5, None)]
     engine.dispose()
     make_engine(f"sqlite:///{path}").dispose()  # and again: nothing left to add
+
+
+def test_threads_share_one_engine_per_url_and_its_schema_is_checked_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    make_engine(url).dispose()  # at the head: each revision check is one SELECT
+    checks: list[str] = []
+
+    def executed(connection: Connection, _cursor, statement: str, *_args) -> None:  # type: ignore[no-untyped-def]
+        if "FROM alembic_version" in statement:
+            checks.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", executed)
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            engines = list(pool.map(lambda _: engine_for(url), range(16)))
+    finally:
+        event.remove(Engine, "before_cursor_execute", executed)
+        dispose_engines()
+    assert all(engine is engines[0] for engine in engines) and len(checks) == 1
+    assert engine_for(url) is not engines[0]  # disposed engines are forgotten
+    dispose_engines()
+
+
+def test_a_forked_child_opens_its_own_engine(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = engine_for(url)
+    with parent.connect() as connection:  # a pooled connection the child must not use
+        connection.execute(text("SELECT 1"))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running pytest's teardown
+        try:
+            child = engine_for(url)
+            with child.connect() as connection:
+                count = connection.execute(text("SELECT count(*) FROM runs")).scalar()
+            os.write(write, b"own" if child is not parent and count == 0 else b"shared")
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read, 16)
+    os.close(read)
+    assert (status, answer) == (0, b"own")
+    assert engine_for(url) is parent  # the parent keeps its engine
+    dispose_engines()

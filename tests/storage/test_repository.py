@@ -16,6 +16,7 @@ from gdflow.storage import (
     EpochMetric,
     MetricBatch,
     MetricRow,
+    RunOutcome,
     RunStatus,
     append_metric_batch,
     append_metrics,
@@ -62,15 +63,14 @@ def test_run_lifecycle_round_trip(engine: Engine) -> None:
         run = get_run(session, run_id=run_id)
         assert run is not None and run.status == "running" and run.epochs_done == 2
     with Session(engine) as session, session.begin():
-        finish_run(
-            session,
-            run_id=run_id,
+        outcome = RunOutcome(
             status=RunStatus.COMPLETED,
             final_loss=6.69,
             final_params={"w": 1.39},
             stop_reason="max_epochs",
             evaluation={"train_loss": 1.0},
         )
+        finish_run(session, run_id=run_id, outcome=outcome)
     with Session(engine) as session:
         run = get_run(session, run_id=run_id)
         assert run is not None
