@@ -4,14 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test reliability bench setup clean
+.PHONY: run test test-fast lint typecheck-tree reliability bench setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=68'
 
+# --no-compile: modules are byte-compiled when first imported, not all of torch up front.
+# setuptools>=68 (pyproject's build requirement) lets tests build the wheel without isolation.
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv with gdflow and its test tools
@@ -20,8 +22,19 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 	$(BIN)/gdflow run
 	$(BIN)/gdflow runs --limit 5
 
-test: setup  ## run the test suite
+test: lint  ## lint, then run the test suite
 	$(BIN)/python -m pytest
+
+test-fast: setup  ## the pure tests: no Prefect server, no subprocess, no PostgreSQL (seconds)
+	$(BIN)/python -m pytest -q -m 'not process'
+
+typecheck-tree: setup  ## build/typecheck/gdflow/X -> X, the package layout mypy reads
+	$(BIN)/python .ci/typecheck_tree.py build/typecheck
+
+lint: setup typecheck-tree  ## ruff check, ruff format --check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 RELIABILITY_TESTS := tests/flows/test_concurrency.py tests/flows/test_faults.py \
 	tests/storage/test_retry.py tests/runs/test_recording.py tests/runs/test_signals.py \

@@ -7,17 +7,18 @@ import json
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import insert
+from sqlalchemy import Engine, insert
 from sqlalchemy.orm import Session
 
 from benchmarks.common import Result, interleaved
-from gdflow.storage import EpochMetric, MetricBatch, append_metric_batch, create_run, make_engine
 from gdflow.data.dataset import load_toy
 from gdflow.runs.recording import MetricWriter
+from gdflow.storage import EpochMetric, MetricBatch, append_metric_batch, create_run, make_engine
 from gdflow.training.loop import Hooks, fit
 from gdflow.training.model import TrainingData
 from gdflow.training.optimization import Optimization
@@ -39,7 +40,7 @@ class _Files:
         return self.folder / f"bench-{self.count}.db"
 
 
-def _sqlite3_baseline(path: Path, rows: list[tuple[object, ...]]) -> None:
+def _sqlite3_baseline(path: Path, rows: Sequence[tuple[object, ...]]) -> None:
     """Plain sqlite3: same pragmas, same columns and key, one executemany in one transaction."""
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode=WAL")
@@ -56,7 +57,7 @@ class _Timer:
     last = 0.0
 
 
-def _engine_with_run(path: Path) -> tuple[object, int]:
+def _engine_with_run(path: Path) -> tuple[Engine, int]:
     engine = make_engine(f"sqlite:///{path}")
     with Session(engine) as session, session.begin():
         run_id = create_run(session, config={}, data_source="bench", parameter_names=["w"])
@@ -81,7 +82,7 @@ def storage(records: int, repeats: int, files: _Files) -> list[Result]:
     rows = [
         (1, e, loss, json.dumps({"w": p[0]}), g, lr, None)
         for e, loss, p, g, lr in zip(
-            batch.epochs, batch.losses, batch.params, grads.tolist(), batch.lrs
+            batch.epochs, batch.losses, batch.params, grads.tolist(), lrs.tolist()
         )
     ]
     chunks = [
@@ -97,23 +98,23 @@ def storage(records: int, repeats: int, files: _Files) -> list[Result]:
     ]
     seconds: dict[str, list[float]] = {"sqlite3": [], "batch": [], "writer": [], "core": []}
 
-    def timed(name: str, action: object) -> None:
+    def timed(name: str, action: Callable[[Engine, int], None]) -> None:
         engine, run_id = _engine_with_run(files.new())
         started = time.perf_counter()
-        action(engine, run_id)  # type: ignore[operator]
+        action(engine, run_id)
         seconds[name].append(time.perf_counter() - started)
-        engine.dispose()  # type: ignore[attr-defined]
+        engine.dispose()
 
-    def batch_write(engine: object, run_id: int) -> None:
-        with Session(engine) as session, session.begin():  # type: ignore[call-overload]
+    def batch_write(engine: Engine, run_id: int) -> None:
+        with Session(engine) as session, session.begin():
             append_metric_batch(session, run_id=run_id, batch=batch)
 
-    def writer(engine: object, run_id: int) -> None:
-        write = MetricWriter(engine=engine, run_id=run_id)  # type: ignore[arg-type]
+    def writer(engine: Engine, run_id: int) -> None:
+        write = MetricWriter(engine=engine, run_id=run_id)
         for chunk in chunks:
             write(chunk)
 
-    def core(engine: object, run_id: int) -> None:  # the previous implementation, for context
+    def core(engine: Engine, run_id: int) -> None:  # the previous implementation, for context
         values = [
             {
                 "run_id": run_id,
@@ -125,7 +126,7 @@ def storage(records: int, repeats: int, files: _Files) -> list[Result]:
             }
             for r, p in zip(rows, batch.params)
         ]
-        with Session(engine) as session, session.begin():  # type: ignore[call-overload]
+        with Session(engine) as session, session.begin():
             session.execute(insert(EpochMetric), values)
 
     for _ in range(repeats):
@@ -171,7 +172,7 @@ def recording(epochs: int, repeats: int, files: _Files) -> Result:
         writer = MetricWriter(engine, run_id)  # type: ignore[arg-type]
         fit(TrainingData(data.x, data.y), {"w": 1.0}, opt, device=cpu, hooks=Hooks(on_chunk=writer))
         _Timer.last = time.perf_counter() - started
-        engine.dispose()  # type: ignore[attr-defined]
+        engine.dispose()
 
     on_times: list[float] = []
 

@@ -14,23 +14,8 @@ from prefect.runtime import flow_run as current_run
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from gdflow.flows.runners import describe, sweep_runner
-from gdflow.flows.train import train_flow
-from gdflow.storage import (
-    RunStatus,
-    create_sweep,
-    finish_sweep,
-    get_metrics_sample,
-    sweep_runs,
-)
-from gdflow.tasks.artifacts import CURVE_POINTS
-from gdflow.config.train import TrainConfig
 from gdflow.config.errors import GdflowError
 from gdflow.config.settings import Settings
-from gdflow.runs.recording import in_transaction, open_database
-from gdflow.runs.status import status_of_exception
-from gdflow.reports.charts import loss_curves_svg, svg_data_uri
-from gdflow.reports.comparisons import sweep_markdown
 from gdflow.config.sweep import (
     DEFAULT_LRS,
     SweepConfig,
@@ -41,6 +26,21 @@ from gdflow.config.sweep import (
     sweep_configs,
     sweep_name,
 )
+from gdflow.config.train import TrainConfig
+from gdflow.flows.runners import describe, sweep_runner
+from gdflow.flows.train import train_flow
+from gdflow.reports.charts import loss_curves_svg, svg_data_uri
+from gdflow.reports.comparisons import sweep_markdown
+from gdflow.runs.recording import in_transaction, open_database
+from gdflow.runs.status import status_of_exception
+from gdflow.storage import (
+    RunStatus,
+    create_sweep,
+    finish_sweep,
+    get_metrics_sample,
+    sweep_runs,
+)
+from gdflow.tasks.artifacts import CURVE_POINTS
 
 #: Key of the sweep's markdown artifact (Prefect versions it across sweeps).
 ARTIFACT_KEY = "gdflow-sweep"

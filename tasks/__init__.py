@@ -1,1 +1,1 @@
-"""The Prefect layer over the plain functions: the five tasks of a run and its dashboard artifacts."""
+"""The Prefect layer over the plain functions: a run's five tasks and its dashboard artifacts."""

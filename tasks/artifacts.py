@@ -17,11 +17,11 @@ from prefect.logging import get_logger
 from prefect.runtime import flow_run, task_run
 from sqlalchemy.orm import Session
 
-from gdflow.storage import get_metrics_sample, get_run, list_runs, mask_url
-from gdflow.runs.recording import open_database
 from gdflow.reports.comparisons import trend_markdown
 from gdflow.reports.markdown import loss_curve_markdown
 from gdflow.reports.run_report import metrics_table_rows, summary_markdown
+from gdflow.runs.recording import open_database
+from gdflow.storage import get_metrics_sample, get_run, list_runs, mask_url
 from gdflow.tasks.dashboard_feed import DashboardFeed, dashboard_reachable
 
 #: Rows of the per-epoch table artifact (the database keeps every epoch).

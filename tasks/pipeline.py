@@ -30,9 +30,9 @@ from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_
 from gdflow.training.loop import Hooks, fit
 from gdflow.training.optimization import Optimization
 from gdflow.training.parameters import initial_parameters, parameter_names
+from gdflow.training.preprocessing import TrainingProblem
 from gdflow.training.records import EpochChunk, progress_line
 from gdflow.training.result import TrainResult
-from gdflow.training.preprocessing import TrainingProblem
 
 
 def retry_unless_user_error(_task: Any, _task_run: Any, state: Any) -> bool:

@@ -1,10 +1,19 @@
-"""Shared fixtures: a temporary metrics database per test, and no telemetry from Prefect."""
+"""Shared fixtures: a temporary metrics database per test, and no telemetry from Prefect.
+
+Tests that start processes (a Prefect server, the CLI, PostgreSQL, process pools) carry the
+`process` marker; `make test-fast` runs the others (`-m 'not process'`). A test that uses one of
+PROCESS_FIXTURES is marked automatically; any other unmarked test that starts a process fails
+with a message saying to mark it, so the fast selection stays true as tests are added.
+"""
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +24,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 #: Fixtures that start real processes (Prefect servers, served deployments), for any test folder.
 pytest_plugins = ["tests.processes"]
+
+#: Fixtures that start processes: a test using one is marked `process`.
+PROCESS_FIXTURES = frozenset(
+    {"prefect_api_url", "prefect_server", "served", "postgres", "postgres_url"}
+)
 
 REPO = Path(__file__).resolve().parents[1]
 #: The seed's reference trajectory, vendored so the tests run without ../shared.
@@ -61,3 +75,62 @@ def read_trajectory(path: Path = SEED_TRAJECTORY) -> list[dict[str, float]]:
 
     with path.open() as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `process` every test that uses a process fixture or is `heavy`."""
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & PROCESS_FIXTURES or item.get_closest_marker("heavy"):
+            item.add_marker(pytest.mark.process)
+
+
+#: The test being set up or run, when it is not marked `process` (None otherwise).
+_unmarked: list[str] = []
+
+
+def _refuse(what: str) -> None:
+    if _unmarked:
+        raise RuntimeError(
+            f"{_unmarked[0]} starts a process ({what}) but is not marked `process`: add "
+            "@pytest.mark.process, or use a fixture of tests/conftest.py PROCESS_FIXTURES"
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse process starts from tests that are not marked `process` (see the module line)."""
+    popen_init = subprocess.Popen.__init__
+    process_start = multiprocessing.process.BaseProcess.start
+
+    def guarded_popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
+        _refuse(f"subprocess {args!r:.80}")
+        popen_init(self, args, *rest, **kw)
+
+    def guarded_start(self: multiprocessing.process.BaseProcess) -> None:
+        _refuse("multiprocessing")
+        process_start(self)
+
+    subprocess.Popen.__init__ = guarded_popen  # type: ignore[method-assign]
+    multiprocessing.process.BaseProcess.start = guarded_start  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """Guard the setup of an unmarked test (session fixtures start here too)."""
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Guard the body of an unmarked test."""
+    return (yield from _guarded(item))
+
+
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("process"):
+        return (yield)
+    _unmarked.append(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _unmarked.clear()

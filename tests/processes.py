@@ -1,7 +1,10 @@
-"""Fixtures and helpers that start real processes: Prefect servers, served deployments, the CLI."""
+"""Fixtures and helpers that start real processes: Prefect servers, served deployments, the CLI
+(in a process of its own, or in this one against the session's server: gdflow_main)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import signal
@@ -9,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,52 @@ def prefect_api_url() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
+
+
+@dataclass(frozen=True)
+class Done:
+    """What one in-process `gdflow` command did, shaped like subprocess.CompletedProcess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+#: gdflow_main(args, database_url=..., cwd=...) -> Done
+GdflowMain = Callable[..., Done]
+
+
+@pytest.fixture
+def gdflow_main(prefect_api_url: str, monkeypatch: pytest.MonkeyPatch) -> GdflowMain:
+    """Run `gdflow ARGS` as main(ARGS) in this process, recording on the session's server:
+    the CLI's exit status, error line and records, without seconds of torch and Prefect imports
+    per command (a process stays for what only a process shows: the console script, signals,
+    Prefect's own console output).
+
+    Output is read from sys.stdout and sys.stderr redirected to buffers that stay open: a
+    Prefect console handler configured during a run may keep writing to them afterwards
+    (pytest's capfd closes its streams at the end of each test).
+    """
+
+    from gdflow.cli.main import main
+
+    def run(args: list[str], *, database_url: str, cwd: Path) -> Done:
+        monkeypatch.setenv("GDFLOW_DATABASE_URL", database_url)
+        monkeypatch.setenv("NO_COLOR", "1")
+        monkeypatch.setenv("COLUMNS", "200")
+        monkeypatch.chdir(cwd)
+        sigterm = signal.getsignal(signal.SIGTERM)  # `gdflow run` installs its own
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(args)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
+        return Done(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+    return run
 
 
 def run_cli(

@@ -1,4 +1,5 @@
-"""Hostile input end to end: `gdflow run` in a real process against the harness server.
+"""Hostile input through the CLI: `gdflow run` against the harness server, in process
+(main(ARGS)) and, for one failing file and one password case, in a real process.
 
 Every hostile data file either trains (exit 0) or ends with exactly one `gdflow: error:` line
 and no traceback; the database is left with no run `running` and no completed run missing
@@ -14,6 +15,7 @@ import io
 import json
 import re
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gdflow.config.errors import GdflowError, one_line
+from gdflow.data.dataset import load_dataset
 from tests.conftest import REPO
-from tests.processes import run_cli
 from tests.data.test_hostile_input import CURATED
+from tests.processes import GdflowMain, run_cli
 
 SECRET = "s3cret-Pa55"
 HOSTILE_NAMES = (
@@ -52,14 +56,15 @@ def _write_counts() -> Iterator[None]:
     (out / "hostile-input.json").write_text(json.dumps(OBSERVED, indent=2, sort_keys=True))
 
 
-def gdflow(args: list[str], *, api_url: str, database_url: str, cwd: Path) -> str | None:
-    """Run `gdflow ARGS`; None when it exits 0, else its one error line (checked)."""
-    done = run_cli(args, api_url=api_url, database_url=database_url, cwd=cwd, timeout=240)
+def gdflow(run: GdflowMain, args: list[str], *, database_url: str, cwd: Path) -> str | None:
+    """Run `gdflow ARGS` with `run`; None when it exits 0, else its one error line (checked)."""
+    done = run(args, database_url=database_url, cwd=cwd)
     OBSERVED["cli_runs"] += 1
     assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
     if done.returncode == 0:
         OBSERVED["exit_0"] += 1
         return None
+    assert done.returncode == 1, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("gdflow: error:")]
     assert len(errors) == 1, done.stderr[-3000:]
     assert done.stderr.rstrip().endswith(errors[0])
@@ -91,19 +96,19 @@ def database_state(url: str) -> dict[str, int]:
 
 
 def train_on(
-    path: Path, *options: str, epochs: int, api_url: str, database_url: str
+    run: GdflowMain, path: Path, *options: str, epochs: int, database_url: str
 ) -> tuple[str | None, dict[str, int]]:
     """`gdflow run --data PATH`: its error line (None: exit 0) and the database's state."""
     error = gdflow(
+        run,
         ["run", "--data", str(path), "--epochs", str(epochs), "--log-every", "0", *options],
-        api_url=api_url,
         database_url=database_url,
         cwd=path.parent,
     )
     return error, database_state(database_url)
 
 
-#: The files named in issue #6, end to end (tests/tasks/test_hostile_input.py loads them all).
+#: The files named in issue #6, end to end (tests/data/test_hostile_input.py loads them all).
 END_TO_END = [
     "empty.csv",
     "header-only.csv",
@@ -118,14 +123,32 @@ END_TO_END = [
 ]
 
 
-@pytest.mark.parametrize("name", END_TO_END)
+def console_script(api_url: str) -> GdflowMain:
+    """Run the installed `gdflow` console script in a process of its own, as a user does."""
+
+    def run(args: list[str], *, database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        return run_cli(args, api_url=api_url, database_url=database_url, cwd=cwd, timeout=240)
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "name", [*END_TO_END, pytest.param("nan-cell.csv", id="nan-cell.csv-console-script")]
+)
 def test_hostile_file_trains_or_fails_in_one_line(
-    name: str, prefect_api_url: str, database_url: str, tmp_path: Path
+    name: str,
+    gdflow_main: GdflowMain,
+    prefect_api_url: str,
+    database_url: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     content, expected = CURATED[name]
     path = tmp_path / name
     path.write_bytes(content)
-    error, state = train_on(path, epochs=20, api_url=prefect_api_url, database_url=database_url)
+    process = request.node.callspec.id.endswith("console-script")
+    run = console_script(prefect_api_url) if process else gdflow_main
+    error, state = train_on(run, path, epochs=20, database_url=database_url)
     OBSERVED["cases"][name] = {"error": error, **state}
     assert (error is None) == (expected is None), error
     if error is None:
@@ -136,13 +159,14 @@ def test_hostile_file_trains_or_fails_in_one_line(
 
 
 def test_a_directory_as_data_fails_in_one_line(
-    prefect_api_url: str, database_url: str, tmp_path: Path
+    gdflow_main: GdflowMain, database_url: str, tmp_path: Path
 ) -> None:
     folder = tmp_path / "folder.csv"
     folder.mkdir()
-    error, state = train_on(folder, epochs=20, api_url=prefect_api_url, database_url=database_url)
+    error, state = train_on(gdflow_main, folder, epochs=20, database_url=database_url)
     OBSERVED["cases"]["directory"] = {"error": error, **state}
-    assert error is not None and "is a directory" in error
+    assert error is not None
+    assert "is a directory" in error
 
 
 @pytest.mark.parametrize(
@@ -156,22 +180,26 @@ def test_huge_values_in_float64_fail_with_what_to_change(
     content: str,
     status: str,
     message: str,
-    prefect_api_url: str,
+    gdflow_main: GdflowMain,
     database_url: str,
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "huge.csv"
     path.write_text(content)
     error, state = train_on(
-        path, "--dtype", "float64", epochs=20, api_url=prefect_api_url, database_url=database_url
+        gdflow_main, path, "--dtype", "float64", epochs=20, database_url=database_url
     )
     OBSERVED["cases"][f"huge-1e300-float64-{status}"] = {"error": error, **state}
-    assert error is not None and message in error
+    assert error is not None
+    assert message in error
     assert state == {"runs": 1, status: 1, "epoch_rows": 0}
 
 
 def _flow_run(api_url: str, flow_run_id: str) -> tuple[Any, list[Any], list[Any]]:
     """The flow run, its artifacts and its logs, read back through the Prefect client."""
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs of a flow run in this process: sent in the background
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -192,7 +220,7 @@ def _flow_run(api_url: str, flow_run_id: str) -> tuple[Any, list[Any], list[Any]
 
 
 def test_hostile_names_are_stored_verbatim_and_shown_escaped(
-    prefect_api_url: str, database_url: str, tmp_path: Path
+    gdflow_main: GdflowMain, prefect_api_url: str, database_url: str, tmp_path: Path
 ) -> None:
     stem = "<img src=x onerror=alert(1)> **b** [l](javascript:x)"
     path = tmp_path / f"{stem}.csv"
@@ -201,9 +229,7 @@ def test_hostile_names_are_stored_verbatim_and_shown_escaped(
     writer.writerow([*HOSTILE_NAMES, "y"])
     writer.writerows([[i, i + 1, i * 2, 1 - i, 3 * i + 1] for i in range(6)])
     path.write_text(out.getvalue())
-    error, state = train_on(
-        path, "--bias", epochs=30, api_url=prefect_api_url, database_url=database_url
-    )
+    error, state = train_on(gdflow_main, path, "--bias", epochs=30, database_url=database_url)
     assert error is None
     OBSERVED["cases"]["hostile-names-end-to-end"] = {"error": error, **state}
     weights = [f"w_{name}" for name in HOSTILE_NAMES]
@@ -257,12 +283,12 @@ def test_hostile_names_are_stored_verbatim_and_shown_escaped(
     ],
 )
 def test_a_password_in_a_bad_database_url_is_never_shown(
-    url: str, commands: list[list[str]], prefect_api_url: str, tmp_path: Path
+    url: str, commands: list[list[str]], gdflow_main: GdflowMain, tmp_path: Path
 ) -> None:
-    """As --database-url, and as GDFLOW_DATABASE_URL (run_cli sets it) for the read commands."""
+    """As --database-url, and as GDFLOW_DATABASE_URL for the read commands."""
     for command in commands:
         args = [*command, "--database-url", url] if command == ["run"] else command
-        done = run_cli(args, api_url=prefect_api_url, database_url=url, cwd=tmp_path)
+        done = gdflow_main(args, database_url=url, cwd=tmp_path)
         OBSERVED["cli_runs"] += 1
         output = done.stdout + done.stderr
         assert done.returncode == 1 and SECRET not in output and "Traceback" not in output
@@ -307,8 +333,8 @@ def test_a_password_passed_to_the_flow_directly_stays_out_of_logs_and_artifacts(
 ) -> None:
     """A deployment or the UI may put the URL in the parameters; everything gdflow writes
     masks it (Prefect itself shows parameters as given: RELIABILITY.md says so)."""
-    from gdflow.flows.train import train_flow
     from gdflow.config.train import TrainConfig
+    from gdflow.flows.train import train_flow
 
     url = f"sqlite:///file:{tmp_path / 'm.db'}?mode=rwc&password={SECRET}&uri=true"
     state = train_flow(config=TrainConfig(database_url=url, epochs=3), return_state=True)
@@ -339,19 +365,36 @@ def small_tables(draw: st.DrawFn) -> bytes:
 
 
 @settings(
-    max_examples=3,
+    max_examples=6,
     deadline=None,
     derandomize=True,
-    database=None,  # the same 3 examples every time: no replay of earlier failures
+    database=None,  # the same examples every time: no replay of earlier failures
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(content=small_tables())
 def test_generated_files_end_to_end(
-    content: bytes, prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory
+    content: bytes, gdflow_main: GdflowMain, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """The CLI agrees with the loader: a file it refuses fails the run with its message; a file
+    it loads trains every epoch, or fails as a recorded run that did not complete."""
     folder = tmp_path_factory.mktemp("generated")
     path = folder / "generated.csv"
     path.write_bytes(content)
+    try:
+        load_dataset(str(path))
+        refused = None
+    except GdflowError as exc:
+        refused = str(exc)
     url = f"sqlite:///{folder / 'metrics.db'}"
-    error, state = train_on(path, epochs=10, api_url=prefect_api_url, database_url=url)
+    error, state = train_on(gdflow_main, path, epochs=10, database_url=url)
     OBSERVED["cases"].setdefault("generated", []).append({"error": error, **state})
+    if refused is not None:
+        assert error is not None, refused
+        assert one_line(refused) in error
+        assert state == {"runs": 1, "failed": 1, "epoch_rows": 0}
+    elif error is None:
+        assert state == {"runs": 1, "completed": 1, "epoch_rows": 10}
+    else:  # loaded, but -1e38 (fits float32) squares to more than float32 holds
+        assert b"-1e38" in content, error
+        assert re.search(r"too large to train on|loss of the initial parameters overflows", error)
+        assert state["runs"] == 1 and state["epoch_rows"] == 0 and "completed" not in state

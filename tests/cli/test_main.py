@@ -1,4 +1,5 @@
-"""The `gdflow` command end to end: a real process, a real SQLite file, the harness server."""
+"""The `gdflow` command: end to end in a real process once, its bad-input cases in process;
+a real SQLite file and the harness server throughout."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from gdflow.cli.main import build_parser, main
 from gdflow.config.train import TrainConfig
 from gdflow.storage import dispose_engines
 from tests.conftest import read_trajectory
-from tests.processes import run_cli
+from tests.processes import GdflowMain, run_cli
 
 
 def _recorded_runs(database_url: str) -> list[tuple[str, str | None, str | None]]:
-    path = database_url.removeprefix("sqlite:///")
+    path = Path(database_url.removeprefix("sqlite:///"))
+    if not path.exists():
+        return []
     with sqlite3.connect(path) as conn:
         return conn.execute("SELECT status, stop_reason, error FROM runs ORDER BY id").fetchall()
 
@@ -95,7 +98,7 @@ def test_run_with_defaults_then_read_back(
     ],
 )
 def test_bad_input_is_one_line_and_a_non_zero_exit(
-    prefect_api_url: str,
+    gdflow_main: GdflowMain,
     database_url: str,
     tmp_path: Path,
     args: list[str],
@@ -107,17 +110,15 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     (tmp_path / "holes.csv").write_text("a,y\n1,2\nnan,3\n")
     (tmp_path / "file.txt").write_text("a file, not a directory")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    done = run_cli(["run", *args], api_url=prefect_api_url, database_url=database_url, cwd=tmp_path)
-    assert done.returncode != 0
+    done = gdflow_main(["run", *args], database_url=database_url, cwd=tmp_path)
+    assert done.returncode == 1
     assert "Traceback" not in done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("gdflow: error: ")
 
     assert re.search(message, last), last
-    if recorded is None:
-        assert not Path(database_url.removeprefix("sqlite:///")).exists() or not _recorded_runs(
-            database_url
-        )
+    if recorded is None:  # refused before a run was recorded (or a database file made)
+        assert _recorded_runs(database_url) == []
     else:
         ((status, stop_reason, error),) = _recorded_runs(database_url)
         assert status == recorded and error

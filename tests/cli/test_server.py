@@ -58,6 +58,7 @@ def _port_free(port: int) -> bool:
         return True
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_to_gdflow_server_stops_its_prefect_server(

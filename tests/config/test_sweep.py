@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from gdflow.config.train import TrainConfig
-from gdflow.training.evaluation import evaluate
 from gdflow.config.sweep import (
     COLUMNS,
     MAX_RUNS,
@@ -24,6 +22,8 @@ from gdflow.config.sweep import (
     sweep_configs,
     sweep_name,
 )
+from gdflow.config.train import TrainConfig
+from gdflow.training.evaluation import evaluate
 
 
 @dataclass

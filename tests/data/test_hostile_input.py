@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gdflow.cli.main import CliError, config_from_args
+from gdflow.config.errors import GdflowError, one_line
 from gdflow.config.train import TrainConfig
 from gdflow.data.dataset import MAX_COLUMNS, Dataset, load_dataset
-from gdflow.config.errors import GdflowError, one_line
 
 #: Examples per property: the whole file runs in seconds on two busy cores.
 FAST = settings(
@@ -51,6 +51,20 @@ def load_or_one_line(path: Path, **kwargs: Any) -> Dataset | GdflowError:
     assert dataset.n_rows >= 1 and dataset.n_features >= 1
     assert np.isfinite(dataset.x).all() and np.isfinite(dataset.y).all()
     return dataset
+
+
+def assert_loaded_as_written(data: Dataset, frame: pd.DataFrame, dtype: str = "float32") -> None:
+    """The loaded rows are the frame's named columns, in order, cast once to `dtype`."""
+    by_name = {str(name): frame[name] for name in frame.columns}
+
+    def column(name: str) -> np.ndarray:
+        return np.asarray(pd.to_numeric(by_name[name]), dtype=np.float64).astype(dtype)
+
+    expected_x = np.column_stack([column(name) for name in data.feature_names])
+    tolerance = {"rtol": float(np.finfo(dtype).eps), "atol": float(np.finfo(dtype).tiny)}
+    assert data.x.dtype == data.y.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(data.x, expected_x, **tolerance)
+    np.testing.assert_allclose(data.y.reshape(-1), column(data.target_name), **tolerance)
 
 
 # --- the config -------------------------------------------------------------------------------
@@ -81,7 +95,8 @@ def test_any_options_build_a_config_or_fail_in_one_line(options: dict[str, Any])
     assert_one_line(config.run_name())
     assert isinstance(config.public_dict(), dict)
     for number in (config.lr, config.init, config.tolerance):
-        assert not isinstance(number, float) or math.isfinite(number)
+        if isinstance(number, float):
+            assert math.isfinite(number), number
     assert 0 <= config.seed <= 2**64 - 1
 
 
@@ -163,6 +178,7 @@ def test_any_parquet_table_loads_or_fails_in_one_line(frame: pd.DataFrame, dtype
             assert list(result.feature_names) + [result.target_name] == [
                 str(c) for c in frame.columns
             ]
+            assert_loaded_as_written(result, frame, dtype)
 
 
 @FAST
@@ -177,7 +193,13 @@ def test_any_column_choice_loads_or_fails_in_one_line(
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "data.csv"
         frame.to_csv(path, index=False)
-        load_or_one_line(path, features=features, target=target)
+        result = load_or_one_line(path, features=features, target=target)
+        if isinstance(result, Dataset):
+            if features is not None:
+                assert list(result.feature_names) == features
+            if target is not None:
+                assert result.target_name == target
+            assert_loaded_as_written(result, frame)
 
 
 # --- the cases named in issue #6 --------------------------------------------------------------
@@ -226,6 +248,7 @@ def test_named_hostile_files(name: str, tmp_path: Path) -> None:
     result = load_or_one_line(path)
     if expected is None:
         assert isinstance(result, Dataset), result
+        assert_loaded_as_written(result, pd.read_csv(io.BytesIO(content)))
     else:
         assert isinstance(result, GdflowError)
         assert re.search(expected, str(result)), str(result)
@@ -241,6 +264,9 @@ def test_hostile_column_names_are_kept_verbatim(tmp_path: Path) -> None:
         "**bold** | pipe",
         "[x](javascript:alert(1))",
     )
+    assert data.target_name == "y"
+    np.testing.assert_array_equal(data.x, np.array([[1, 2, 3, 4], [2, 3, 4, 5]], np.float32))
+    np.testing.assert_array_equal(data.y.reshape(-1), np.array([5, 6], np.float32))
 
 
 def test_a_directory_or_duplicate_parquet_names_fail_in_one_line(tmp_path: Path) -> None:
@@ -264,8 +290,8 @@ def test_a_file_name_with_a_line_break_stays_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("standardize", [False, True])
 def test_features_whose_squares_overflow_float64_fail_in_one_line(standardize: bool) -> None:
-    from gdflow.training.conditioning import analyse
     from gdflow.data.dataset import make_dataset
+    from gdflow.training.conditioning import analyse
     from gdflow.training.preprocessing import TrainingProblem
 
     data = make_dataset(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import PrefectServer, stop_process
 from tests.flows.reliability import (
     Reader,
     check_every_epoch_once,
@@ -17,9 +16,10 @@ from tests.flows.reliability import (
     server_env,
     start_gdflow,
 )
+from tests.processes import PrefectServer, stop_process
 
 RUNS = 8
-EPOCHS = 6000  # with a flush every 2 s or 4096 epochs: several chunks per run, interleaved
+EPOCHS = 4500  # with a flush every 2 s or 4096 epochs: two chunks or more per run, interleaved
 #: A temporary Prefect server's failed start, as its log records it.
 SERVER_START_FAILURE = "Application startup failed. Exiting."
 

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from gdflow.config.sweep import SweepConfig
+from gdflow.config.train import TrainConfig
 from gdflow.flows.runners import is_loopback
 from gdflow.flows.sweep import sweep_flow
 from gdflow.storage import EpochMetric, get_sweep, make_engine, sweep_runs
-from gdflow.config.train import TrainConfig
-from gdflow.config.sweep import SweepConfig
 from tests.processes import free_port, run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
@@ -145,6 +145,8 @@ def test_workers_that_would_record_elsewhere_refuse_to_train(
 def test_an_unreachable_scheduler_fails_the_sweep_in_one_line(
     prefect_api_url: str, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # In a process of its own: in this one, the Dask client of the dask_cluster fixture would
+    # be the default client, and the sweep ran on that cluster instead of failing.
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "2s")
     done = run_cli(

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gdflow.flows.train import train_flow
 from gdflow.config.train import TrainConfig
-from tests.processes import PrefectServer, latest_run, stop_process, venv_command, wait_for
+from gdflow.flows.train import train_flow
 from tests.flows.reliability import (
     check_every_epoch_once,
     ephemeral_env,
@@ -24,6 +23,7 @@ from tests.flows.reliability import (
     start_gdflow,
     temporary_servers_of,
 )
+from tests.processes import PrefectServer, latest_run, stop_process, venv_command, wait_for
 
 LONG_RUN = ["run", "--epochs", "100000000", "--log-every", "0"]
 
@@ -96,6 +96,7 @@ def test_sigterm_ends_the_run_cancelled_with_every_epoch_written(
     print(f"\nobserved (SIGTERM): 1 run cancelled, {epochs} epoch rows, exit 143")
 
 
+@pytest.mark.process
 def test_ctrl_c_in_a_terminal_ends_the_run_cancelled_without_a_server(tmp_path: Path) -> None:
     env = ephemeral_env(tmp_path / "prefect-home", tmp_path / "metrics.db")
     process, database = _training(env, tmp_path)

@@ -87,6 +87,7 @@ def _rate(database: Path, process: subprocess.Popen[bytes], log: Path) -> float:
     return (epoch_rows(database) - rows) / (time.monotonic() - start)
 
 
+@pytest.mark.process
 def test_a_server_that_stops_mid_run_neither_slows_training_nor_holds_sigterm(
     own_server: tuple[PrefectServer, subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:

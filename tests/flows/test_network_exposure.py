@@ -70,6 +70,7 @@ def _outside_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc/net/tcp")
 def test_gdflow_server_listens_on_loopback_only(tmp_path: Path) -> None:
     port = free_port()

@@ -13,11 +13,11 @@ from prefect.artifacts import Artifact
 from sqlalchemy.orm import Session
 
 from gdflow.cli.main import main
+from gdflow.config.sweep import SweepConfig
+from gdflow.config.train import TrainConfig
 from gdflow.flows.sweep import ARTIFACT_KEY, sweep_flow
 from gdflow.storage import get_sweep, make_engine, sweep_runs
-from gdflow.config.train import TrainConfig
-from gdflow.config.sweep import SweepConfig
-from tests.processes import run_cli
+from tests.processes import GdflowMain
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -90,11 +90,10 @@ def test_a_sweep_where_every_run_diverges_fails_with_one_line(database_url: str)
 
 
 def test_gdflow_sweep_prints_the_comparison_and_the_best(
-    prefect_api_url: str, database_url: str, tmp_path: Path
+    gdflow_main: GdflowMain, database_url: str, tmp_path: Path
 ) -> None:
-    done = run_cli(
+    done = gdflow_main(
         ["sweep", "--lrs", "0.01", "0.1", "--log-every", "0"],
-        api_url=prefect_api_url,
         database_url=database_url,
         cwd=tmp_path,
     )

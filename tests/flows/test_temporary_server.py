@@ -88,6 +88,7 @@ def _api_url(log: Path, process: subprocess.Popen[bytes]) -> str:
 
 
 @linux_only
+@pytest.mark.process
 @pytest.mark.parametrize("end", ["exit", "SIGKILL"])
 def test_the_temporary_server_has_its_own_group_and_ends_with_gdflow(
     end: str, prefect_home: Path, tmp_path: Path
@@ -130,6 +131,7 @@ def test_the_temporary_server_has_its_own_group_and_ends_with_gdflow(
 
 
 @linux_only
+@pytest.mark.process
 def test_a_server_that_does_not_answer_in_time_is_one_error_naming_its_rolled_log(
     tmp_path: Path,
 ) -> None:
@@ -155,6 +157,7 @@ def test_the_start_up_timeout_is_prefects_and_120_s_at_least(configured: int, us
         assert startup_timeout() == used
 
 
+@pytest.mark.process
 @pytest.mark.usefixtures("settings_restored")
 def test_use_server_points_every_thread_and_child_process_at_the_server() -> None:
     url = "http://127.0.0.1:9/api"

@@ -8,9 +8,9 @@ import cloudpickle
 import pytest
 from sqlalchemy.orm import Session
 
+from gdflow.config.train import TrainConfig
 from gdflow.flows.train import train_flow
 from gdflow.storage import latest_run_id, make_engine
-from gdflow.config.train import TrainConfig
 from tests.conftest import read_trajectory
 from tests.processes import latest_run
 
@@ -96,7 +96,9 @@ def test_divergence_is_recorded_with_the_epochs_before_it(database_url: str) -> 
 def test_invalid_parameters_are_rejected_before_training(database_url: str) -> None:
     state = train_flow(config={"lr": -1, "database_url": database_url}, return_state=True)
     assert state.is_failed()
-    assert "lr" in str(state.result(raise_on_failure=False))
+    message = str(state.result(raise_on_failure=False))
+    assert message.startswith("Flow run received invalid parameters:"), message
+    assert "config.lr.constrained-float: Input should be greater than 0" in message
     engine = make_engine(database_url)
     with Session(engine) as session:
         assert latest_run_id(session) is None

@@ -91,7 +91,7 @@ def test_several_process_workers_share_one_pool_and_one_database(
             return set(names) <= online
 
         wait_for(both_online, timeout=120, what="both workers to poll the pool")
-        lrs = [0.005, 0.01, 0.02, 0.03]
+        lrs = [0.005, 0.01, 0.02]  # with --limit 1, one worker cannot take all three at once
         with prefect_server.client() as client:
             ids = [
                 client.create_flow_run_from_deployment(
@@ -104,7 +104,7 @@ def test_several_process_workers_share_one_pool_and_one_database(
         for worker in workers:
             stop_process(worker)
 
-    assert [r.state.type.value for r in runs] == ["COMPLETED"] * 4, [r.state for r in runs]
+    assert [r.state.type.value for r in runs] == ["COMPLETED"] * len(lrs), [r.state for r in runs]
     assert {r.labels.get("prefect.worker.name") for r in runs} == set(names)  # both took runs
     recorded = _rows(
         database,

@@ -10,6 +10,7 @@ import subprocess
 import threading
 
 import numpy as np
+import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -75,6 +76,7 @@ def test_a_flow_run_started_again_restarts_its_run(database_url: str) -> None:
     assert other != run_id and not restarted
 
 
+@pytest.mark.process
 def test_runs_of_dead_processes_are_reconciled_as_crashed(database_url: str) -> None:
     engine = make_engine(database_url)
     child = subprocess.Popen(["sleep", "60"])

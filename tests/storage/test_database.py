@@ -8,8 +8,19 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, event, inspect, text
+from sqlalchemy.orm import Session
 
-from gdflow.storage import DatabaseError, dispose_engines, engine_for, make_engine, mask_url
+from gdflow.storage import (
+    DatabaseError,
+    create_run,
+    dispose_engines,
+    engine_for,
+    get_run,
+    list_runs,
+    make_engine,
+    mask_url,
+)
+from gdflow.storage.migrate import head_revision
 
 
 def test_sqlite_engine_uses_wal_and_busy_timeout(tmp_path: Path) -> None:
@@ -24,9 +35,38 @@ def test_sqlite_engine_uses_wal_and_busy_timeout(tmp_path: Path) -> None:
 
 
 def test_schema_creation_is_idempotent(tmp_path: Path) -> None:
+    """Opening a database that already has the schema changes nothing and keeps its rows."""
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    make_engine(url).dispose()
-    make_engine(url).dispose()
+    engine = make_engine(url)
+    with Session(engine) as session, session.begin():
+        run_id = create_run(session, config={"lr": 0.5}, data_source="toy", parameter_names=["w"])
+    before = _schema(engine)
+    engine.dispose()
+
+    again = make_engine(url)
+    assert _schema(again) == before
+    with again.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [
+            (head_revision(),)
+        ]
+    with Session(again) as session:
+        run = get_run(session, run_id=run_id)
+        assert run is not None and run.config == {"lr": 0.5}
+        assert list_runs(session) == [run]
+    again.dispose()
+
+
+def _schema(engine: Engine) -> dict[str, list[tuple[str, str]]]:
+    """Each table's columns and their types, and its indexes."""
+    inspector = inspect(engine)
+    return {
+        table: [(c["name"], str(c["type"])) for c in inspector.get_columns(table)]
+        + [
+            (i["name"] or "", ",".join(map(str, i["column_names"])))
+            for i in inspector.get_indexes(table)
+        ]
+        for table in sorted(inspector.get_table_names())
+    }
 
 
 def test_directory_as_database_is_a_clear_error(tmp_path: Path) -> None:

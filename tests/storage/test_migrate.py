@@ -142,6 +142,7 @@ with engine.connect() as connection:
 """
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("start", ["empty", FIRST_REVISION])
 def test_processes_opening_an_old_database_at_once_do_not_race(
     database_url: str, start: str

@@ -52,7 +52,8 @@ def test_a_bad_url_fails_in_one_line_without_its_password(url: str) -> None:
         make_engine(url)
     message = str(caught.value)
     assert SECRET not in message and len(message.splitlines()) == 1, message
-    assert "***" in message or "password" not in url
+    if "password=" in url:  # a password in the query is masked where the URL is shown
+        assert "***" in message, message
 
 
 def test_a_file_path_with_colon_and_at_is_not_masked() -> None:
