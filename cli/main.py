@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 PROG = "gdflow"
+#: Seconds `gdflow run` and `gdflow sweep` wait at the end for Prefect's log and event workers.
+EXIT_GRACE_SECONDS = 5.0
+#: Seconds a signal-stopped run whose outcome is recorded waits for an unreachable Prefect API.
+STOP_GRACE_SECONDS = 5.0
+#: True when `main` runs as the console script (its own process, which it may end).
+_console_script = False
 
 
 class CliError(Exception):
@@ -313,20 +319,20 @@ def _run_on_server(
     flow_fn: Any, server_ready: Callable[[], None], parameters: dict[str, Any]
 ) -> Any:
     """Run the flow against the running Prefect server (and say where to watch it), else
-    against the temporary one; return its final state. Prefect's client retries once by default
-    (a user's own setting wins), so a lost API costs seconds, not minutes of retries."""
+    against the temporary one; return its final state. Prefect's client keeps its own retries
+    (a busy server answers 503 under load); a stopped run whose API is gone ends in seconds
+    all the same (`_StopDeadline`)."""
     import httpx  # Prefect's HTTP client library
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from gdflow.flows.deployments import find_api_url, ui_url
     from gdflow.runs.signals import requested_signal
-    from gdflow.tasks.dashboard_feed import client_settings
 
     api_url = find_api_url()
     if not api_url:
         server_ready()  # the temporary server (started early by `gdflow run`) must be up
     updates = {PREFECT_API_URL: api_url} if api_url else {}
-    with temporary_settings(updates=updates, set_defaults=client_settings()):
+    with temporary_settings(updates=updates), _StopDeadline(api_url):
         try:
             state = flow_fn(**parameters, return_state=True)
         except httpx.TransportError as exc:  # the engine could not reach the API
@@ -334,6 +340,40 @@ def _run_on_server(
     if api_url:
         print(f"watch it at {ui_url(api_url)}/runs/flow-run/{state.state_details.flow_run_id}")
     return state
+
+
+class _StopDeadline:
+    """In the console script: once a signal has stopped the run, its outcome is in the database
+    and the Prefect API does not answer, give Prefect STOP_GRACE_SECONDS to take the flow run's
+    final state, then end the process with one line (its client would retry for a minute)."""
+
+    def __init__(self, api_url: Optional[str]) -> None:
+        self.api_url = api_url
+        self.done = threading.Event()
+
+    def __enter__(self) -> _StopDeadline:
+        if _console_script:
+            threading.Thread(target=self._watch, name="gdflow-stop-deadline", daemon=True).start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.done.set()
+
+    def _watch(self) -> None:
+        from gdflow.runs.recording import outcome_recorded
+        from gdflow.runs.signals import requested_signal
+        from gdflow.tasks.dashboard_feed import dashboard_reachable
+
+        while not self.done.wait(0.2):
+            stopped_by = requested_signal()
+            if stopped_by is None or not outcome_recorded() or dashboard_reachable() is not False:
+                continue
+            if self.done.wait(STOP_GRACE_SECONDS):
+                return
+            error = _api_lost(self.api_url, TimeoutError("no answer"), stopped_by)
+            print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(error.code)
 
 
 def _api_lost(
@@ -598,16 +638,14 @@ def cmd_db(action: str, settings: Settings) -> int:
     return 0
 
 
-#: Seconds `gdflow run` and `gdflow sweep` wait at the end for Prefect's log and event workers.
-EXIT_GRACE_SECONDS = 5.0
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `gdflow` console script."""
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     if command not in ("run", "sweep") or argv is not None:
         return _command(command, args)
+    global _console_script
+    _console_script = True
     try:  # the console script (no argv) of a run: end in bounded time
         code = _command(command, args)
     except SystemExit as exc:

@@ -6,6 +6,7 @@ retried on transient errors; the data functions of `storage` only ever see its s
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
@@ -38,6 +39,15 @@ from gdflow.training.records import EpochChunk
 from gdflow.training.result import TrainResult
 
 T = TypeVar("T")
+
+#: Set once a run of this process has its outcome in the database (see `outcome_recorded`).
+_OUTCOME_RECORDED = threading.Event()
+
+
+def outcome_recorded() -> bool:
+    """True once a run of this process has recorded how it ended (whatever Prefect knows):
+    from then on, nothing of the run is lost if the process ends."""
+    return _OUTCOME_RECORDED.is_set()
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,7 @@ def end_run(engine: Engine, *, run_id: int, outcome: RunOutcome) -> None:
         finish_run(session, run_id=run_id, outcome=outcome)
 
     in_transaction(engine, write, what="recording the run's outcome")
+    _OUTCOME_RECORDED.set()
 
 
 def mark_unfinished(engine: Engine, *, flow_run_id: str, outcome: RunOutcome) -> None:

@@ -7,8 +7,6 @@ said once, as a warning; when the API answers again, so is that, and it gets the
 `close()` waits a bounded time for the last value, so a run that ends while the server is down
 ends at once. `dashboard_reachable()` tells the rest of the run what the feeds last found.
 
-`client_settings()` are the Prefect client settings gdflow gives a run: a failed request is
-retried once, after about 2 s, so a run whose server went away ends in seconds. And
 `deliver_or_drop(timeout)` waits a bounded time for Prefect's log and event workers, which
 otherwise hold the process at exit for as long as they retry a server that does not answer.
 """
@@ -31,9 +29,6 @@ REQUEST_TIMEOUT = 5.0
 SEND_INTERVAL = 0.5
 #: Seconds between two tries while the API does not answer.
 RETRY_INTERVAL = 2.0
-#: Retries of a failed request by Prefect's clients in a gdflow run (one, after about 2 s),
-#: unless PREFECT_CLIENT_MAX_RETRIES is set: Prefect's default, 5, waits about a minute.
-RUN_CLIENT_MAX_RETRIES = 1
 
 #: What the feeds of this process last found: True (answered), False (did not), None (not
 #: tried yet). One value per process: every feed talks to the same API.
@@ -61,11 +56,6 @@ def deliver_or_drop(timeout: float) -> bool:
         if not isinstance(outcome, tuple) or outcome[1]:
             return False
     return True
-
-
-def client_settings() -> dict[Any, Any]:
-    """Defaults for Prefect's client settings in a gdflow run (a user's own settings win)."""
-    return {PREFECT_CLIENT_MAX_RETRIES: RUN_CLIENT_MAX_RETRIES}
 
 
 class DashboardFeed:
