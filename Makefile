@@ -50,7 +50,7 @@ RELIABILITY_TESTS := tests/flows/test_concurrency.py tests/flows/test_faults.py 
 RECORD ?=
 
 reliability: setup  ## the fault-injection tests of RELIABILITY.md, printing what they observe
-	$(BIN)/python -m pytest -q -s $(RELIABILITY_TESTS) > reliability.log 2>&1; \
+	GDFLOW_EPHEMERAL_RUNS=8 $(BIN)/python -m pytest -q -s $(RELIABILITY_TESTS) > reliability.log 2>&1; \
 	status=$$?; grep -E '^observed|^FAILED|^[0-9]+ (passed|failed)' reliability.log; \
 	if [ $$status -eq 0 ] && [ -n "$(RECORD)" ]; then \
 		$(BIN)/python -m benchmarks.record reliability --log reliability.log \

@@ -27,7 +27,14 @@ pytest_plugins = ["tests.processes"]
 
 #: Fixtures that start processes: a test using one is marked `process`.
 PROCESS_FIXTURES = frozenset(
-    {"prefect_api_url", "prefect_server", "served", "postgres", "postgres_url"}
+    {
+        "prefect_api_url",
+        "prefect_server",
+        "own_prefect_server",
+        "served",
+        "postgres",
+        "postgres_url",
+    }
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -189,10 +189,10 @@ def wait_for(check, *, timeout: float, interval: float = 0.5, what: str = "condi
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    """`prefect server start` on a free loopback port with its own PREFECT_HOME."""
-    home = tmp_path_factory.mktemp("prefect-home")
+@contextlib.contextmanager
+def running_prefect_server(home: Path) -> Iterator[PrefectServer]:
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME, until the end
+    of the block."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
@@ -230,6 +230,21 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         )
     finally:
         stop_process(server)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A real Prefect server for the session (shared with `gdflow serve` of `served`)."""
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A Prefect server for one test: deployments named as `gdflow serve` names its own
+    (gdflow-nightly, gdflow-on-demand) would be taken over by the session's `gdflow serve`."""
+    with running_prefect_server(tmp_path_factory.mktemp("own-prefect-home")) as server:
+        yield server
 
 
 def copy_project(root: Path) -> tuple[Path, dict[str, str]]:

@@ -208,8 +208,9 @@ def test_cancelling_a_run_records_it_cancelled_with_its_partial_metrics(served: 
 
 
 def test_prefect_yaml_deploys_and_a_worker_runs_it(
-    prefect_server: PrefectServer, tmp_path: Path
+    own_prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
+    prefect_server = own_prefect_server  # its deployments must not meet `gdflow serve`'s
     project, env = copy_project(tmp_path)
     database = tmp_path / "metrics.db"
     prefect = venv_command("prefect")
