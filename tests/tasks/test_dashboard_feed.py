@@ -28,15 +28,17 @@ def closed_port_api() -> Iterator[None]:
 
 def test_put_never_waits_for_a_slow_api_and_the_newest_value_wins() -> None:
     release = threading.Event()
+    entered = threading.Event()
     sent: list[float] = []
 
     def send(_client: Any, value: float) -> None:
+        entered.set()
         release.wait(30)  # the first request hangs until released
         sent.append(value)
 
     feed = DashboardFeed(send, what="progress", logger=logging.getLogger("test"))
     feed.put(0.0)
-    time.sleep(0.2)  # the side thread is now stuck in its first request
+    assert entered.wait(30)  # the side thread is now stuck in its first request
     started = time.monotonic()
     for value in range(1, 101):
         feed.put(float(value))
