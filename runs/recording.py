@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -34,9 +34,11 @@ from gdflow.storage import (
     running_runs,
     update_run,
 )
-from gdflow.training.conditioning import Conditioning
-from gdflow.training.records import EpochChunk
-from gdflow.training.result import TrainResult
+
+if TYPE_CHECKING:  # types only: the read-only commands reconcile runs without importing torch
+    from gdflow.training.conditioning import Conditioning
+    from gdflow.training.records import EpochChunk
+    from gdflow.training.result import TrainResult
 
 T = TypeVar("T")
 

@@ -6,28 +6,44 @@ cancelled run) are public classes of `prefect.exceptions`, matched by class, nev
 
 from __future__ import annotations
 
-from prefect.client.schemas.objects import StateType
-from prefect.exceptions import CancelledRun, TerminationSignal
+from functools import cache
+from typing import TYPE_CHECKING
 
 from gdflow.config.errors import DivergedError
 from gdflow.storage import RunStatus
+
+if TYPE_CHECKING:  # Prefect is imported when a status is asked of an exception or a state:
+    # `gdflow runs` and the other read-only commands reconcile runs without importing it.
+    from prefect.client.schemas.objects import StateType
 
 #: Stop reasons of `fit` that are not a completed run; any other reason completes it.
 _STOP_REASONS: dict[str, RunStatus] = {
     "diverged": RunStatus.DIVERGED,
     "cancelled": RunStatus.CANCELLED,
 }
-#: Exceptions that end a run in a status other than failed (the first match wins).
-_EXCEPTIONS: tuple[tuple[tuple[type[BaseException], ...], RunStatus], ...] = (
-    ((KeyboardInterrupt, SystemExit, TerminationSignal, CancelledRun), RunStatus.CANCELLED),
-    ((DivergedError,), RunStatus.DIVERGED),
-)
-#: Prefect state types of an ended flow run that are not a plain failure.
-_STATES: dict[StateType, RunStatus] = {
-    StateType.CRASHED: RunStatus.CRASHED,
-    StateType.CANCELLED: RunStatus.CANCELLED,
-    StateType.CANCELLING: RunStatus.CANCELLED,
-}
+
+
+@cache
+def _exceptions() -> tuple[tuple[tuple[type[BaseException], ...], RunStatus], ...]:
+    """Exceptions that end a run in a status other than failed (the first match wins)."""
+    from prefect.exceptions import CancelledRun, TerminationSignal
+
+    return (
+        ((KeyboardInterrupt, SystemExit, TerminationSignal, CancelledRun), RunStatus.CANCELLED),
+        ((DivergedError,), RunStatus.DIVERGED),
+    )
+
+
+@cache
+def _states() -> dict[StateType, RunStatus]:
+    """Prefect state types of an ended flow run that are not a plain failure."""
+    from prefect.client.schemas.objects import StateType
+
+    return {
+        StateType.CRASHED: RunStatus.CRASHED,
+        StateType.CANCELLED: RunStatus.CANCELLED,
+        StateType.CANCELLING: RunStatus.CANCELLED,
+    }
 
 
 def status_of_stop(stop_reason: str) -> RunStatus:
@@ -38,7 +54,7 @@ def status_of_stop(stop_reason: str) -> RunStatus:
 def status_of_exception(exc: BaseException) -> RunStatus:
     """The status an exception leaves behind: cancelled for interrupts and termination,
     diverged for DivergedError, else failed."""
-    for classes, status in _EXCEPTIONS:
+    for classes, status in _exceptions():
         if isinstance(exc, classes):
             return status
     return RunStatus.FAILED
@@ -46,7 +62,7 @@ def status_of_exception(exc: BaseException) -> RunStatus:
 
 def status_of_state(state_type: StateType) -> RunStatus:
     """The status of a run whose flow run ended in `state_type` without recording its end."""
-    return _STATES.get(state_type, RunStatus.FAILED)
+    return _states().get(state_type, RunStatus.FAILED)
 
 
 def stop_reason_of(status: RunStatus) -> str:

@@ -131,15 +131,39 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _printed(code: str, cwd: Path) -> str:
+    """The last line `code` prints, run as by `_python`; it must exit 0."""
+    done = _python(code, cwd)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
 @pytest.mark.process
 def test_importing_storage_loads_neither_prefect_nor_torch(tmp_path: Path) -> None:
     code = (
         "import sys, gdflow.storage, gdflow.storage.migrate; "
         "print(sorted(m for m in ('prefect', 'torch') if m in sys.modules))"
     )
-    done = _python(code, tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]"
+    assert _printed(code, tmp_path) == "[]"
+
+
+@pytest.mark.process
+def test_the_read_only_commands_load_neither_prefect_nor_torch(tmp_path: Path) -> None:
+    """`gdflow runs`, `metrics` and `db` answer in well under a second: they read the database
+    (reconciling runs left running) without importing Prefect or torch (seconds each)."""
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    code = (
+        "import sys\nfrom gdflow.cli.main import main\n"
+        "def code(args):\n"
+        "    try:\n"
+        f"        return main([*args, '--database-url', {url!r}])\n"
+        "    except SystemExit as stop:\n"
+        "        return stop.code\n"
+        "codes = [code(a) for a in (['runs'], ['db', 'current'], ['metrics', 'latest'])]\n"
+        "print(codes, sorted(m for m in ('prefect', 'torch') if m in sys.modules))"
+    )
+    # `metrics latest` on a new database: exit 1 with its one-line error, still no import
+    assert _printed(code, tmp_path) == "[0, 0, 1] []"
 
 
 @pytest.mark.process
@@ -149,9 +173,7 @@ def test_the_toy_run_path_does_not_load_pandas(tmp_path: Path) -> None:
         "import sys, gdflow.flows.train; from gdflow.data.dataset import load_dataset; "
         "load_dataset(None); print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))"
     )
-    done = _python(code, tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]"
+    assert _printed(code, tmp_path) == "[]"
 
 
 @pytest.mark.process
@@ -167,9 +189,7 @@ def test_only_gdflow_is_importable_from_another_directory(tmp_path: Path) -> Non
         "print(json.dumps({'bare': bare, 'import tasks': plain,"
         " 'pipeline': gdflow.tasks.pipeline.__name__}))"
     )
-    done = _python(code, tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == {
+    assert json.loads(_printed(code, tmp_path)) == {
         "bare": {name: False for name in _subpackages()},
         "import tasks": "No module named 'tasks'",
         "pipeline": "gdflow.tasks.pipeline",

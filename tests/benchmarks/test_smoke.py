@@ -80,7 +80,7 @@ def test_orchestration_benchmark_runs_once_in_ephemeral_mode(
 
     if server_is_healthy(local_api_url()):
         pytest.skip("a Prefect server listens on 127.0.0.1:4200: ephemeral mode is not measured")
-    rows = rows_of("orchestration", capsys)  # about 20-40 s: one gdflow run, one seed run
+    rows = rows_of("orchestration", capsys)  # one gdflow run, one seed run (no warm-up)
     assert sorted(rows) == ["orchestration, ephemeral"]
     assert re.fullmatch(
         r"gdflow run [\d.]+ s, seed script [\d.]+ s \(medians of 1\)",

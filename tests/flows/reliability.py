@@ -11,6 +11,12 @@ from pathlib import Path
 
 from tests.processes import PrefectServer, start_background, venv_command
 
+#: `gdflow run` processes at once in the concurrency tests (SQLite against a server, SQLite in
+#: ephemeral mode, PostgreSQL): three in `make test` (concurrent writers, interleaved chunks, at
+#: a third of the CPU time), eight under `make reliability` (GDFLOW_CONCURRENT_RUNS=8), whose
+#: figures RELIABILITY.md records.
+CONCURRENT_RUNS = int(os.environ.get("GDFLOW_CONCURRENT_RUNS", "3"))
+
 
 def server_env(server: PrefectServer, database: Path) -> dict[str, str]:
     """Environment of a `gdflow` command that records on `server` into `database`."""

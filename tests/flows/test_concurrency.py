@@ -3,13 +3,13 @@ a reader polling throughout: every run completes, every epoch is stored once, no
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.flows.reliability import (
+    CONCURRENT_RUNS,
     Reader,
     check_every_epoch_once,
     ephemeral_env,
@@ -19,10 +19,9 @@ from tests.flows.reliability import (
 )
 from tests.processes import PrefectServer, stop_process
 
-#: Runs at once: eight against a server; in ephemeral mode (each run starts its own temporary
-#: Prefect server) four in `make test`, eight under `make reliability` (GDFLOW_EPHEMERAL_RUNS=8),
-#: whose figures RELIABILITY.md records.
-RUNS = {"server": 8, "ephemeral": int(os.environ.get("GDFLOW_EPHEMERAL_RUNS", "4"))}
+#: Timing- or load-sensitive: `make test` runs this module alone, after the parallel part.
+pytestmark = pytest.mark.alone
+
 EPOCHS = 4500  # with a flush every 2 s or 4096 epochs: two chunks or more per run, interleaved
 #: A temporary Prefect server's failed start, as its log records it.
 SERVER_START_FAILURE = "Application startup failed. Exiting."
@@ -88,7 +87,7 @@ def test_concurrent_runs_store_every_epoch_once(
         env = ephemeral_env(tmp_path / "prefect-home", database)
         _initialise_prefect_home(env, tmp_path)
     started = time.monotonic()
-    count = RUNS[mode]
+    count = CONCURRENT_RUNS
     polls = _run_all(env, tmp_path, database, count=count, timeout=420)
     runs = check_every_epoch_once(database)
     restarts = 0

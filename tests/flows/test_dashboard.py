@@ -13,6 +13,9 @@ import pytest
 from tests.conftest import REPO
 from tests.processes import PrefectServer, Served, venv_command, wait_for
 
+#: Timing- or load-sensitive: `make test` runs this module alone, after the parallel part.
+pytestmark = pytest.mark.alone
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "test-artifacts"
 

@@ -23,6 +23,9 @@ from tests.processes import (
     wait_for,
 )
 
+#: Timing- or load-sensitive: `make test` runs this module alone, after the parallel part.
+pytestmark = pytest.mark.alone
+
 #: The notice of an unreachable dashboard (tasks/dashboard_feed.py).
 NOTICE = "Prefect dashboard unreachable at"
 #: Seconds over which a training rate is measured, before and after the server stops.

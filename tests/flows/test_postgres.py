@@ -1,4 +1,4 @@
-"""gdflow on a real PostgreSQL server: the seed's run end to end, and eight runs at once."""
+"""gdflow on a real PostgreSQL server: the seed's run end to end, and several runs at once."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import read_trajectory
+from tests.flows.reliability import CONCURRENT_RUNS
 from tests.processes import latest_run, run_cli
 
 
@@ -41,7 +42,8 @@ def test_the_seed_run_end_to_end_on_postgresql(
 
 
 @pytest.mark.heavy
-def test_eight_concurrent_runs_store_every_epoch_once(
+@pytest.mark.alone
+def test_concurrent_runs_store_every_epoch_once(
     prefect_api_url: str, postgres_url: str, tmp_path: Path
 ) -> None:
     epochs = 5_000  # at least two chunks per run (4096 epochs or 2 s each), interleaved
@@ -63,7 +65,7 @@ def test_eight_concurrent_runs_store_every_epoch_once(
             text=True,
             stdin=subprocess.DEVNULL,
         )
-        for i in range(8)
+        for i in range(CONCURRENT_RUNS)
     ]
     outputs = [run.communicate(timeout=600) for run in runs]
     for run, (out, err) in zip(runs, outputs):
@@ -80,7 +82,7 @@ def test_eight_concurrent_runs_store_every_epoch_once(
             )
         ).all()
     engine.dispose()
-    assert len(summary) == 8
+    assert len(summary) == CONCURRENT_RUNS
     for _run_id, status, done, rows, distinct, first, last in summary:
         assert status == "completed"
         assert done == rows == distinct == epochs

@@ -26,6 +26,7 @@ def closed_port_api() -> Iterator[None]:
     dashboard_feed._reachable = before
 
 
+@pytest.mark.alone  # times put(): `make test` runs it after the parallel part
 def test_put_never_waits_for_a_slow_api_and_the_newest_value_wins() -> None:
     release = threading.Event()
     entered = threading.Event()
