@@ -14,6 +14,9 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _UNSAFE_LABEL = re.compile(r"[^\w.+-]")
 #: The largest seed torch's generators take.
 MAX_SEED = 2**64 - 1
+#: Model families gdflow trains, and the task each one does.
+FAMILIES: dict[str, str] = {"linear": "regression", "logistic": "binary", "softmax": "multiclass"}
+Task = Literal["regression", "binary", "multiclass"]
 
 
 def safe_label(text: str, limit: int = 40) -> str:
@@ -42,6 +45,24 @@ class TrainConfig(BaseModel):
         default=None,
         description="Target column of --data (default: the last column).",
     )
+    model: str = Field(
+        default="linear",
+        description=(
+            "Model family: linear (regression, MSE; the seed), logistic (binary "
+            "classification, cross-entropy) or softmax (multiclass classification)."
+        ),
+    )
+    task: Optional[Task] = Field(
+        default=None,
+        description="regression, binary or multiclass (default: the one --model does).",
+    )
+    class_weight: Optional[Literal["balanced"]] = Field(
+        default=None,
+        description=(
+            "'balanced': weight each row by n / (classes x rows of its class), for "
+            "imbalanced classes (classifiers only; default: every row weighs 1)."
+        ),
+    )
     validation_split: float = Field(
         default=0.0,
         ge=0.0,
@@ -51,8 +72,9 @@ class TrainConfig(BaseModel):
     standardize: bool = Field(
         default=False,
         description=(
-            "Standardise features (and centre the target) on the training split; parameters "
-            "and predictions stay in the original units. Implies --bias unless --no-bias."
+            "Standardise features (and centre a regression target; never a class label) on "
+            "the training split; parameters and predictions stay in the original units. "
+            "Implies --bias unless --no-bias."
         ),
     )
     bias: bool = Field(default=False, description="Fit an intercept b as well as the weights.")
@@ -144,12 +166,33 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _standardize_implies_bias(cls, data: Any) -> Any:
-        """Centring needs an intercept: --standardize turns --bias on unless it is given."""
+        """Centring needs an intercept: --standardize turns --bias on unless it is given. A
+        classifier starts from zero weights (every class equally likely) unless --init is given."""
+        model = data.get("model") if isinstance(data, dict) else None
+        if str(model).strip().lower() in ("logistic", "softmax") and data.get("init") is None:
+            data = {**data, "init": 0.0}
         flag = data.get("standardize") if isinstance(data, dict) else None
         if flag is True or str(flag).strip().lower() in {"1", "true", "t", "yes", "y", "on"}:
             implied = {"bias": True, "lr": "auto"}
             return {**data, **{k: v for k, v in implied.items() if data.get(k) is None}}
         return data
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _check_model(cls, value: Any) -> Any:
+        """A known family, in any case."""
+        text = str(value).strip().lower()
+        if text not in FAMILIES:
+            raise ValueError(f"must be one of {', '.join(FAMILIES)}")
+        return text
+
+    @field_validator("task", "class_weight", mode="before")
+    @classmethod
+    def _lower_choice(cls, value: Any) -> Any:
+        """Choices in any case; blank (an empty UI form field) is not given."""
+        if isinstance(value, str):
+            return value.strip().lower() or None
+        return value
 
     @field_validator("data", "target", "database_url", mode="before")
     @classmethod
@@ -237,7 +280,27 @@ class TrainConfig(BaseModel):
             raise ValueError("--momentum applies to --optimizer sgd only")
         if self.nesterov and self.momentum == 0:
             raise ValueError("--nesterov needs --momentum above 0")
+        family_task = FAMILIES[self.model]
+        if self.task is not None and self.task != family_task:
+            raise ValueError(
+                f"--task {self.task} contradicts --model {self.model}, which does "
+                f"{family_task}; drop --task or choose another --model"
+            )
+        if self.class_weight is not None and family_task == "regression":
+            raise ValueError(
+                "--class-weight applies to classifiers (--model logistic or softmax) only"
+            )
         return self
+
+    @property
+    def resolved_task(self) -> Task:
+        """The task of this run: --task, else the one --model does."""
+        return self.task or FAMILIES[self.model]  # type: ignore[return-value]
+
+    @property
+    def classifier(self) -> bool:
+        """Whether the run classifies (its target is a class label)."""
+        return self.resolved_task != "regression"
 
     @property
     def prediction_inputs(self) -> list[list[float]]:

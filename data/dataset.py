@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from gdflow.config.errors import GdflowError
+from gdflow.data.labels import Label, check_validation_classes, encode_labels
 from gdflow.data.reading import read_numeric
 
 if TYPE_CHECKING:  # pandas is imported where a file is read: the toy run never needs it
@@ -44,6 +45,8 @@ class Dataset:
     y_val: Optional[np.ndarray] = None
     #: Columns of the file left out as its row index (written by pandas' to_csv/to_parquet).
     index_columns: tuple[str, ...] = ()
+    #: A classifier's classes in order; `y` (and `y_val`) hold class indices. None: regression.
+    classes: Optional[tuple[Label, ...]] = None
 
     @property
     def n_rows(self) -> int:
@@ -248,8 +251,10 @@ def select_columns(
     target: Optional[str],
     source: str,
     dtype: str = "float32",
+    labels: Optional[Labels] = None,
 ) -> Dataset:
-    """Pick feature and target columns, check they are numeric and finite, build a Dataset."""
+    """Pick feature and target columns, check they are numeric and finite, build a Dataset.
+    With `labels` the target holds class labels (any type), encoded as class indices."""
     columns = [str(c) for c in frame.columns]
     frame = frame.set_axis(columns, axis=1)
     if len(set(columns)) != len(columns):
@@ -281,12 +286,17 @@ def select_columns(
             f"{source}: {len(feature_names)} feature columns, more than the {MAX_FEATURES} "
             "gdflow trains on; choose some with --features"
         )
-    for name in [*feature_names, target_name]:
+    for name in feature_names if labels else [*feature_names, target_name]:
         _check_numeric(frame[name], name, source)
+    classes = None
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
         x = frame[feature_names].to_numpy(dtype=dtype)
-        y = frame[target_name].to_numpy(dtype=dtype)
-    return make_dataset(
+        if labels:
+            raw = frame[target_name].astype(object).where(frame[target_name].notna(), None)
+            y, classes = labels.encode(raw.to_numpy(), column=target_name, source=source)
+        else:
+            y = frame[target_name].to_numpy(dtype=dtype)
+    dataset = make_dataset(
         x,
         y,
         feature_names=feature_names,
@@ -294,6 +304,7 @@ def select_columns(
         source=source,
         dtype=dtype,
     )
+    return replace(dataset, classes=classes)
 
 
 def _check_numeric(column: pd.Series, name: str, source: str) -> None:
@@ -313,12 +324,27 @@ def _check_numeric(column: pd.Series, name: str, source: str) -> None:
             )
         raise GdflowError(
             f"column {name!r} in {source} is not numeric (value {column[bad].iloc[0]!r} in "
-            f"data row {row}); use numeric columns for --features and --target"
+            f"data row {row}); use numeric columns for --features and --target (a target of "
+            "class labels needs --model logistic or softmax)"
         )
     raise GdflowError(
         f"column {name!r} in {source} is not numeric ({column.dtype}); "
         "use numeric columns for --features and --target"
     )
+
+
+@dataclass(frozen=True)
+class Labels:
+    """How a classifier's target is read: the task ('binary', 'multiclass') and the model."""
+
+    task: str
+    model: str
+
+    def encode(
+        self, values: Sequence[object] | np.ndarray, *, column: str, source: str
+    ) -> tuple[np.ndarray, tuple[Label, ...]]:
+        """Class indices of the labels and the classes (see `data.labels`)."""
+        return encode_labels(values, task=self.task, model=self.model, column=column, source=source)
 
 
 def load_dataset(
@@ -327,10 +353,12 @@ def load_dataset(
     features: Optional[Sequence[str]] = None,
     target: Optional[str] = None,
     dtype: str = "float32",
+    labels: Optional[Labels] = None,
 ) -> Dataset:
-    """Load the toy data (no path) or the chosen columns of a CSV or Parquet file."""
+    """Load the toy data (no path) or the chosen columns of a CSV or Parquet file. With
+    `labels`, the target holds class labels, encoded as class indices (`Dataset.classes`)."""
     if path is None:
-        return load_toy(dtype)
+        return _with_labels(load_toy(dtype), labels)
     index = check_header(path)
     fast = read_numeric(path, features=features, target=target, dtype=dtype, skip=index)
     if fast is not None and len(fast[2]) <= MAX_FEATURES:  # else the general path says why
@@ -338,12 +366,23 @@ def load_dataset(
         dataset = make_dataset(
             x, y, feature_names=feature_names, target_name=target_name, source=path, dtype=dtype
         )
+        dataset = _with_labels(dataset, labels)
     else:
         frame = read_table(path, csv_index=index == ("",))
         if frame.shape[0] == 0:
             raise GdflowError(f"data file {path!r} has a header but no data rows; add data rows")
-        dataset = select_columns(frame, features=features, target=target, source=path, dtype=dtype)
+        dataset = select_columns(
+            frame, features=features, target=target, source=path, dtype=dtype, labels=labels
+        )
     return replace(dataset, index_columns=index)
+
+
+def _with_labels(dataset: Dataset, labels: Optional[Labels]) -> Dataset:
+    """A numeric dataset whose target values are class labels, encoded (unchanged without)."""
+    if labels is None:
+        return dataset
+    y, classes = labels.encode(dataset.y, column=dataset.target_name, source=dataset.source)
+    return replace(dataset, y=y.astype(dataset.x.dtype), classes=classes)
 
 
 def split_validation(dataset: Dataset, fraction: float, *, seed: int) -> Dataset:
@@ -359,6 +398,13 @@ def split_validation(dataset: Dataset, fraction: float, *, seed: int) -> Dataset
         )
     order = np.random.default_rng(seed).permutation(n)
     train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
+    if dataset.classes is not None:
+        check_validation_classes(
+            dataset.y[train].astype(np.int64),
+            dataset.y[val].astype(np.int64),
+            dataset.classes,
+            split=fraction,
+        )
     return replace(
         dataset,
         x=np.ascontiguousarray(dataset.x[train]),

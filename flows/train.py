@@ -203,7 +203,7 @@ def train_flow(
         device = _device(config)
         _tag_flow_run(run_tags(config, device))
         dataset = load_data(config)
-        initial = initialize_weight(config, dataset.feature_names)
+        initial = initialize_weight(config, dataset.feature_names, dataset.classes)
         result = train_model(config, dataset, initial, device=device, run=run)
         evaluation = _evaluate(config, dataset, result)
         status = persist(run=run, result=result, evaluation=evaluation)

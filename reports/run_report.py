@@ -82,7 +82,16 @@ def _parameters(final: Mapping[str, float], evaluation: Optional[Mapping[str, An
 def _losses(summary: Mapping[str, Any], evaluation: Mapping[str, Any]) -> str:
     """The final loss and, with an evaluation, the least-squares loss, the gap and the distance."""
     losses = [f"**final loss:** {num(summary.get('final_loss'), 6)}"]
-    if evaluation:
+    if evaluation and "classes" in evaluation:
+        optimum = evaluation.get("optimum") or {}
+        if optimum.get("loss") is None:
+            losses.append(
+                f"**exact optimum:** none ({escape_markdown(str(optimum.get('reason')))})"
+            )
+        else:
+            losses.append(f"**exact optimum loss:** {num(optimum['loss'], 6)}")
+            losses.append(f"**relative gap:** {num(optimum.get('relative_gap'), 4)}")
+    elif evaluation:
         optimum_loss = evaluation.get("least_squares", {}).get("loss")
         losses.append(f"**least-squares loss:** {num(optimum_loss, 6)}")
         losses.append(f"**gap:** {num(evaluation.get('loss_gap'), 6)}")
@@ -105,16 +114,50 @@ def _diagnostics(summary: Mapping[str, Any]) -> str:
 
 
 def _model_metrics(evaluation: Mapping[str, Any]) -> str:
-    """MSE, RMSE, MAE and R² on the training and validation rows that were evaluated."""
+    """MSE, RMSE, MAE and R² (a classifier's metrics and confusion matrices) on the training
+    and validation rows that were evaluated."""
     rows = [(key, evaluation[key]) for key in ("train", "validation") if evaluation.get(key)]
     if not rows:
         return ""
+    if "classes" in evaluation:
+        return _classifier_metrics(rows, [str(c) for c in evaluation["classes"]])
     lines = ["| data | MSE | RMSE | MAE | R² |", "|---|---:|---:|---:|---:|"]
     lines += [
         f"| {label} | " + " | ".join(num(m.get(k), 6) for k in ("mse", "rmse", "mae", "r2")) + " |"
         for label, m in rows
     ]
     return "### Metrics of the trained model\n\n" + "\n".join(lines)
+
+
+def _classifier_metrics(rows: Sequence[tuple[str, Mapping[str, Any]]], classes: list[str]) -> str:
+    """A classifier's metrics per split, then each split's confusion matrix as a table."""
+    names = [k for k in CLASSIFIER_COLUMNS if k in rows[0][1]]
+    lines = [
+        "| data | " + " | ".join(cell(k) for k in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    lines += [
+        f"| {label} | " + " | ".join(num(m.get(k), 4) for k in names) + " |" for label, m in rows
+    ]
+    parts = ["### Metrics of the trained model\n\n" + "\n".join(lines)]
+    for label, metrics in rows:
+        matrix = metrics.get("confusion_matrix")
+        if not matrix:
+            continue
+        head = "| true \\ predicted | " + " | ".join(cell(c) for c in classes) + " |"
+        body = [
+            f"| {cell(c)} | " + " | ".join(str(int(v)) for v in row) + " |"
+            for c, row in zip(classes, matrix)
+        ]
+        parts.append(
+            f"#### Confusion matrix ({label})\n\n"
+            + "\n".join([head, "|---|" + "---:|" * len(classes), *body])
+        )
+    return "\n\n".join(parts)
+
+
+#: A classifier's metric columns, in the order the report shows those it has.
+CLASSIFIER_COLUMNS = ("log_loss", "accuracy", "roc_auc", "precision", "recall", "f1", "macro_f1")
 
 
 def _predictions(predictions: Sequence[Mapping[str, Any]]) -> str:
@@ -145,7 +188,7 @@ def _param_section(final: Mapping[str, float], evaluation: Optional[Mapping[str,
         lines = ["| parameter | trained |", "|---|---:|"]
         lines += [f"| {cell(name)} | {num(value)} |" for name, value in final.items()]
         return "\n".join(lines)
-    optimum: Mapping[str, float] = evaluation.get("least_squares", {}).get("params", {})
+    optimum: Mapping[str, float] = (evaluation.get("least_squares") or {}).get("params", {})
     names = [*final, *(name for name in optimum if name not in final)]
     lines = ["| parameter | trained | least squares | difference |", "|---|---:|---:|---:|"]
     for name in names:
@@ -156,8 +199,14 @@ def _param_section(final: Mapping[str, float], evaluation: Optional[Mapping[str,
 
 
 def _prediction(prediction: Mapping[str, Any]) -> str:
-    """`f(5) = 10.000`, as the seed prints it."""
+    """`f(5) = 10.000`, as the seed prints it; a classifier's class and probabilities."""
     args = ", ".join(f"{float(v):g}" for v in prediction["input"])
+    if "class" in prediction:
+        shown = ", ".join(
+            f"{escape_markdown(str(k))} {float(v):.3f}"
+            for k, v in prediction["probabilities"].items()
+        )
+        return f"f({args}) = {escape_markdown(str(prediction['class']))} (P: {shown})"
     return f"f({args}) = {float(prediction['output']):.3f}"
 
 

@@ -95,8 +95,54 @@ def metrics_csv(metrics: Sequence[Any], names: Sequence[str]) -> str:
     return out.getvalue()
 
 
+#: A classifier's metrics as the tables show them, by task (binary: two classes).
+CLASSIFIER_METRICS = {
+    "binary": ("log_loss", "accuracy", "roc_auc", "precision", "recall", "f1"),
+    "multiclass": ("log_loss", "accuracy", "macro_f1"),
+}
+
+
+def classifier_metric_names(evaluation: dict[str, Any]) -> tuple[str, ...]:
+    """The metrics a classifier's evaluation holds (binary or multiclass)."""
+    return CLASSIFIER_METRICS["binary" if "roc_auc" in evaluation["train"] else "multiclass"]
+
+
+def classifier_table(evaluation: dict[str, Any]) -> str:
+    """A classifier's metrics per split, its confusion matrices, and the gap to the exact
+    optimum of its training objective (or why there is none)."""
+    names = classifier_metric_names(evaluation)
+    rows = [
+        [split, *(format_number(evaluation[split].get(k)) for k in names)]
+        for split in ("train", "validation")
+        if evaluation.get(split)
+    ]
+    parts = [table(["data", *names], rows, [False, *([True] * len(names))])]
+    classes = [str(label) for label in evaluation.get("classes", [])]
+    for split in ("train", "validation"):
+        matrix = (evaluation.get(split) or {}).get("confusion_matrix")
+        if matrix and classes:
+            cells = [
+                [f"true {label}", *(str(v) for v in row)] for label, row in zip(classes, matrix)
+            ]
+            headers = [f"{split} confusion", *(f"predicted {label}" for label in classes)]
+            parts.append(table(headers, cells, [False, *([True] * len(classes))]))
+    optimum = evaluation.get("optimum") or {}
+    if optimum.get("loss") is None:
+        parts.append(f"no exact optimum: {optimum.get('reason')}")
+    else:
+        loss = format_number(optimum["loss"])
+        line = f"exact optimum of the training loss (Newton, float64): {loss}"
+        if optimum.get("relative_gap") is not None:
+            line += f"; training loss is {100 * optimum['relative_gap']:.3g}% above it"
+        parts.append(line)
+    return "\n\n".join(parts)
+
+
 def evaluation_table(evaluation: dict[str, Any]) -> str:
-    """MSE, RMSE, MAE and R^2 on the training (and validation) rows beside least squares."""
+    """MSE, RMSE, MAE and R^2 on the training (and validation) rows beside least squares; a
+    classifier's metrics (`classifier_table`)."""
+    if "classes" in evaluation:
+        return classifier_table(evaluation)
     optimum = evaluation["least_squares"]
     rows = [
         ["train", *(format_number(evaluation["train"][k]) for k in ("mse", "rmse", "mae", "r2"))],

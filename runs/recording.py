@@ -7,7 +7,7 @@ retried on transient errors; the data functions of `storage` only ever see its s
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
@@ -117,10 +117,19 @@ def start_run(
 
 
 def record_setup(
-    engine: Engine, *, run_id: int, names: list[str], device: str, conditioning: Conditioning
+    engine: Engine,
+    *,
+    run_id: int,
+    names: list[str],
+    device: str,
+    conditioning: Conditioning,
+    model: str = "linear",
+    task: str = "regression",
+    classes: Optional[Sequence[Any]] = None,
 ) -> None:
-    """Record what training is about to use: parameter names, device and the data's
-    conditioning (stability bound, condition number, warnings)."""
+    """Record what training is about to use: parameter names, device, the model and its task,
+    a classifier's classes in order, and the data's conditioning (stability bound, condition
+    number, warnings)."""
 
     def write(session: Session) -> None:
         update_run(
@@ -131,6 +140,9 @@ def record_setup(
             max_stable_lr=conditioning.max_stable_lr,
             condition_number=conditioning.condition_number,
             warnings=conditioning.warnings,
+            model=model,
+            task=task,
+            classes=None if classes is None else list(classes),
         )
 
     in_transaction(engine, write, what="recording the run's set-up")
@@ -154,6 +166,9 @@ class MetricWriter:
             grad_norms=chunk.grad_norms.tolist(),
             lrs=chunk.lrs.tolist(),
             val_losses=None if chunk.val_losses is None else chunk.val_losses.tolist(),
+            val_accuracies=(
+                None if chunk.val_accuracies is None else chunk.val_accuracies.tolist()
+            ),
         )
 
         def write(session: Session) -> int:

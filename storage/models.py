@@ -54,6 +54,11 @@ class Run(Base):
     max_stable_lr: Mapped[Optional[float]] = mapped_column(Float)
     condition_number: Mapped[Optional[float]] = mapped_column(Float)
     warnings: Mapped[Optional[list[str]]] = mapped_column(JSON)
+    #: The model family (NULL: a linear regression recorded before families existed), its task
+    #: and, for a classifier, its classes in order (a class index is a position in this list).
+    model: Mapped[Optional[str]] = mapped_column(String(200))
+    task: Mapped[Optional[str]] = mapped_column(String(20))
+    classes: Mapped[Optional[list[Any]]] = mapped_column(JSON)
     sweep_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL"), index=True
     )
@@ -78,3 +83,5 @@ class EpochMetric(Base):
     grad_norm: Mapped[Optional[float]] = mapped_column(Float)
     lr: Mapped[Optional[float]] = mapped_column(Float)
     val_loss: Mapped[Optional[float]] = mapped_column(Float)
+    #: A classifier's share of validation rows classified right after the epoch's update.
+    val_accuracy: Mapped[Optional[float]] = mapped_column(Float)

@@ -40,6 +40,7 @@ class MetricRow:
     grad_norm: Optional[float] = None
     lr: Optional[float] = None
     val_loss: Optional[float] = None
+    val_accuracy: Optional[float] = None
 
 
 def _finite_or_none(value: Optional[float]) -> Optional[float]:
@@ -134,10 +135,11 @@ class MetricBatch:
     grad_norms: Optional[Sequence[float]] = None
     lrs: Optional[Sequence[float]] = None
     val_losses: Optional[Sequence[float]] = None
+    val_accuracies: Optional[Sequence[float]] = None
 
 
 #: Columns of an epoch row, in the order of the tuples `_insert_rows` takes.
-_COLUMNS = ("run_id", "epoch", "loss", "params", "grad_norm", "lr", "val_loss")
+_COLUMNS = ("run_id", "epoch", "loss", "params", "grad_norm", "lr", "val_loss", "val_accuracy")
 _SQLITE_INSERT = (
     f"INSERT INTO {EpochMetric.__tablename__} ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT (run_id, epoch) DO NOTHING"
@@ -155,6 +157,7 @@ def append_metrics(session: Session, *, run_id: int, rows: Iterable[MetricRow]) 
             _finite_or_none(row.grad_norm),
             row.lr,
             _finite_or_none(row.val_loss),
+            _finite_or_none(row.val_accuracy),
         )
         for row in rows
     ]
@@ -174,6 +177,7 @@ def append_metric_batch(session: Session, *, run_id: int, batch: MetricBatch) ->
             missing if batch.grad_norms is None else _finite_column(batch.grad_norms),
             missing if batch.lrs is None else batch.lrs,
             missing if batch.val_losses is None else _finite_column(batch.val_losses),
+            missing if batch.val_accuracies is None else _finite_column(batch.val_accuracies),
         )
     )
     return _insert_rows(session, run_id=run_id, rows=values)
@@ -197,7 +201,8 @@ def _json_objects(names: Sequence[str], rows: Sequence[Sequence[float]]) -> list
 
 
 def _insert_rows(session: Session, *, run_id: int, rows: list[tuple[Any, ...]]) -> int:
-    """Insert (run_id, epoch, loss, params JSON, grad_norm, lr, val_loss) tuples, skipping
+    """Insert (run_id, epoch, loss, params JSON, grad_norm, lr, val_loss, val_accuracy) tuples,
+    skipping
     epochs already stored (so a retried chunk neither fails nor duplicates), and advance the
     run's `epochs_done`. SQLite gets one DBAPI executemany; other databases SQLAlchemy Core."""
     if not rows:

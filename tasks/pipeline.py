@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from gdflow.config.errors import GdflowError
 from gdflow.config.train import TrainConfig
-from gdflow.data.dataset import Dataset, load_dataset, split_validation
+from gdflow.data.dataset import Dataset, Labels, load_dataset, split_validation
 from gdflow.runs.recording import (
     MetricWriter,
     RunRef,
@@ -24,6 +24,8 @@ from gdflow.runs.signals import stop_on_signals, stop_requested
 from gdflow.storage import RunStatus
 from gdflow.tasks.artifacts import ProgressArtifact
 from gdflow.tasks.dashboard_feed import quiet_when_unreachable
+from gdflow.training.classification import class_weights
+from gdflow.training.classifier_evaluation import class_prediction_line, evaluate_classifier
 from gdflow.training.conditioning import Conditioning, analyse, auto_learning_rate
 from gdflow.training.devices import resolve_device
 from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
@@ -49,8 +51,13 @@ def retry_unless_user_error(_task: Any, _task_run: Any, state: Any) -> bool:
 )
 def load_data(config: TrainConfig) -> Dataset:
     """Load the configured data and check it can train the configured model."""
+    labels = Labels(config.resolved_task, config.model) if config.classifier else None
     dataset = load_dataset(
-        config.data, features=config.features, target=config.target, dtype=config.dtype
+        config.data,
+        features=config.features,
+        target=config.target,
+        dtype=config.dtype,
+        labels=labels,
     )
     check_predict_rows(config.prediction_inputs, dataset.n_features)
     dataset = split_validation(dataset, config.validation_split, seed=config.seed)
@@ -69,14 +76,28 @@ def load_data(config: TrainConfig) -> Dataset:
         dataset.target_name,
         dataset.source,
     )
+    if dataset.classes is not None:
+        get_run_logger().info(
+            "Classes of %s: %s", dataset.target_name, ", ".join(map(str, dataset.classes))
+        )
     return dataset
 
 
 @task(name="initialize-weight", cache_policy=NO_CACHE)
-def initialize_weight(config: TrainConfig, feature_names: tuple[str, ...]) -> dict[str, float]:
-    """Initial parameter values, named after the features."""
-    names = parameter_names(feature_names, bias=config.bias)
+def initialize_weight(
+    config: TrainConfig, feature_names: tuple[str, ...], classes: Optional[tuple[Any, ...]] = None
+) -> dict[str, float]:
+    """Initial parameter values, named after the features (and a softmax model's classes)."""
+    per_class = classes if config.model == "softmax" else None
+    names = parameter_names(feature_names, bias=config.bias, classes=per_class)
     return initial_parameters(names, init=config.init, seed=config.seed)
+
+
+def row_weights(config: TrainConfig, dataset: Dataset) -> Optional[Any]:
+    """A classifier's weight per training row for --class-weight (None: every row weighs 1)."""
+    if config.class_weight is None or dataset.classes is None:
+        return None
+    return class_weights(dataset.y.astype("int64"), len(dataset.classes), config.class_weight)
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -84,12 +105,25 @@ def train_model(
     config: TrainConfig, dataset: Dataset, initial: dict[str, float], *, device: str, run: RunRef
 ) -> TrainResult:
     """Run gradient descent on `device`, writing epoch metrics to the database as it goes."""
-    problem = TrainingProblem.prepare(dataset, initial, standardize=config.standardize)
+    problem = TrainingProblem.prepare(
+        dataset,
+        initial,
+        standardize=config.standardize,
+        family=config.model,
+        weights=row_weights(config, dataset),
+    )
     lr = learning_rate(config, problem)
     conditioning = check_conditioning(config, problem, lr)
     engine = open_database(run.database_url)
     record_setup(
-        engine, run_id=run.run_id, names=list(initial), device=device, conditioning=conditioning
+        engine,
+        run_id=run.run_id,
+        names=list(initial),
+        device=device,
+        conditioning=conditioning,
+        model=config.model,
+        task=config.resolved_task,
+        classes=dataset.classes,
     )
     progress = ProgressArtifact(
         config.epochs,
@@ -115,7 +149,13 @@ def learning_rate(config: TrainConfig, problem: TrainingProblem) -> float:
     """The configured learning rate, with 'auto' resolved from the data (and logged)."""
     if config.lr != "auto":
         return config.lr
-    lr = auto_learning_rate(problem.x, bias=config.bias, optimizer=config.optimizer)
+    lr = auto_learning_rate(
+        problem.x,
+        bias=config.bias,
+        optimizer=config.optimizer,
+        family=config.model,
+        weights=problem.weights,
+    )
     get_run_logger().info("Learning rate 'auto' resolved to %.6g", lr)
     return lr
 
@@ -130,6 +170,8 @@ def check_conditioning(config: TrainConfig, problem: TrainingProblem, lr: float)
         momentum=config.momentum,
         nesterov=config.nesterov,
         standardized=config.standardize,
+        family=config.model,
+        weights=problem.weights,
     )
     for warning in conditioning.warnings:
         get_run_logger().warning(warning)
@@ -190,18 +232,28 @@ def _log_progress(logger: Any, chunk: EpochChunk, every: int) -> None:
         return
     for i, epoch in enumerate(chunk.epochs.tolist()):
         if (epoch - 1) % every == 0:
-            params = dict(zip(chunk.names, (float(v) for v in chunk.params[i])))
-            logger.info(progress_line(epoch, params, float(chunk.losses[i])))
+            shown = chunk.names if len(chunk.names) <= MAX_PARAMS_SHOWN else ()
+            params = dict(zip(shown, (float(v) for v in chunk.params[i])))
+            line = progress_line(epoch, params, float(chunk.losses[i]))
+            if chunk.val_accuracies is not None:
+                line += f", validation accuracy = {float(chunk.val_accuracies[i]):.3f}"
+            logger.info(line)
+
+
+#: Parameters a progress line shows, at most (the seed's line shows w; a softmax has dozens).
+MAX_PARAMS_SHOWN = 8
 
 
 @task(name="evaluate-prediction", cache_policy=NO_CACHE)
 def evaluate_prediction(
     config: TrainConfig, dataset: Dataset, params: dict[str, float]
 ) -> dict[str, Any]:
-    """Predictions for the configured inputs, the training loss and the least-squares gap."""
+    """Predictions for the configured inputs, the training loss and the gap to the optimum."""
     validation = None
     if dataset.x_val is not None and dataset.y_val is not None:
         validation = (dataset.x_val, dataset.y_val)
+    if dataset.classes is not None:
+        return _evaluate_classifier(config, dataset, params, validation)
     evaluation = evaluate(
         dataset.x,
         dataset.y,
@@ -220,6 +272,37 @@ def evaluate_prediction(
         evaluation["param_distance"],
         evaluation["loss_gap"],
     )
+    return evaluation
+
+
+def _evaluate_classifier(
+    config: TrainConfig, dataset: Dataset, params: dict[str, float], validation: Any
+) -> dict[str, Any]:
+    """`evaluate_prediction` for a classifier: classes and probabilities, metrics per split,
+    the gap to the exact optimum (or why none exists), logged."""
+    assert dataset.classes is not None
+    evaluation = evaluate_classifier(
+        dataset.x,
+        dataset.y,
+        params,
+        family=config.model,
+        classes=dataset.classes,
+        weights=row_weights(config, dataset),
+        predict_rows=config.prediction_inputs,
+        validation=validation,
+    )
+    logger = get_run_logger()
+    for prediction in evaluation["predictions"]:
+        logger.info(class_prediction_line(prediction))
+    optimum = evaluation["optimum"]
+    if optimum["loss"] is None:
+        logger.info("No exact optimum to compare with: %s", optimum["reason"])
+    else:
+        logger.info(
+            "Exact optimum (Newton, float64): loss %.6g; relative loss gap %.3g",
+            optimum["loss"],
+            optimum["relative_gap"] if optimum["relative_gap"] is not None else float("nan"),
+        )
     return evaluation
 
 

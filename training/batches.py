@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
+
+
+class BatchModel(Protocol):
+    """A model whose loss `MiniBatches` can take on a subset of its training rows."""
+
+    x: torch.Tensor
+
+    def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
+        """The model's loss on the training rows `index`."""
 
 
 class MiniBatches:
@@ -20,19 +28,18 @@ class MiniBatches:
 
     def epoch(
         self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        model: Callable[[torch.Tensor], torch.Tensor],
+        model: BatchModel,
         params: list[torch.Tensor],
         optimizer: torch.optim.Optimizer,
     ) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
         """One pass of mini-batch steps; returns the row-weighted mean batch loss, last grads."""
+        x = model.x
         order = torch.randperm(self.n, generator=self.generator, device=self.device)
         total = torch.zeros((), dtype=x.dtype, device=x.device)
         grads = torch.zeros(0, dtype=x.dtype, device=x.device)
         for start in range(0, self.n, self.size):
             index = order[start : start + self.size]
-            loss = ((model(x[index]) - y[index]) ** 2).mean()
+            loss = model.batch_loss(index)
             loss.backward()
             with torch.no_grad():
                 grads = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]

@@ -4,6 +4,11 @@ For the MSE loss of a linear model the Hessian is H = (2/n) A^T A (A: the design
 column of ones for the bias). Full-batch gradient descent is stable for lr < 2 / lambda_max
 (2 (1 + momentum) / lambda_max with heavy-ball momentum), and the condition number
 lambda_max / lambda_min says how many epochs plain gradient descent needs (about kappa).
+
+A classifier's Hessian changes with the weights but never exceeds c A^T W A / n (W: the row
+weights; c = 1/4 for the logistic loss, 1/2 for softmax cross-entropy), so L = lambda_max of that
+bound is a smoothness constant and lr < 2 / L is a sufficient, not a tight, stability bound:
+above it gdflow warns that the loss may diverge.
 """
 
 from __future__ import annotations
@@ -29,20 +34,30 @@ class Conditioning:
     warnings: list[str] = field(default_factory=list)
 
 
-def hessian_eigenvalues(x: np.ndarray, *, bias: bool) -> np.ndarray:
-    """Eigenvalues (ascending) of the MSE loss Hessian of a linear model on `x`."""
+#: The loss's curvature in the model's outputs, at most: the factor c of the Hessian bound.
+CURVATURE = {"linear": 2.0, "logistic": 0.25, "softmax": 0.5}
+
+
+def hessian_eigenvalues(
+    x: np.ndarray, *, bias: bool, family: str = "linear", weights: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Eigenvalues (ascending) of the MSE loss Hessian of a linear model on `x`, or of a
+    classifier's Hessian bound c A^T W A / n (`family` logistic or softmax, `weights` per row)."""
     x64 = np.asarray(x, dtype=np.float64)
     n, d = x64.shape
     gram = np.empty((d + bias, d + bias))
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
-        gram[:d, :d] = x64.T @ x64
+        weighted = x64 if weights is None else x64 * np.asarray(weights, np.float64)[:, None]
+        gram[:d, :d] = weighted.T @ x64
         if bias:
-            sums = x64.sum(axis=0)
+            sums = weighted.sum(axis=0)
             gram[:d, d] = gram[d, :d] = sums
-            gram[d, d] = n
+            gram[d, d] = n if weights is None else float(np.sum(weights, dtype=np.float64))
     if not np.isfinite(gram).all():
         raise features_too_large(float(np.abs(x64).max()))
-    return np.linalg.eigvalsh(2.0 / n * gram)
+    if family == "linear":
+        return np.linalg.eigvalsh(2.0 / n * gram)
+    return np.linalg.eigvalsh(CURVATURE[family] / n * gram)
 
 
 def analyse(
@@ -54,9 +69,11 @@ def analyse(
     momentum: float = 0.0,
     nesterov: bool = False,
     standardized: bool = False,
+    family: str = "linear",
+    weights: Optional[np.ndarray] = None,
 ) -> Conditioning:
     """Stability bound, condition number and warnings for training on `x` with `lr`."""
-    eigenvalues = hessian_eigenvalues(x, bias=bias)
+    eigenvalues = hessian_eigenvalues(x, bias=bias, family=family, weights=weights)
     top, bottom = float(eigenvalues[-1]), float(eigenvalues[0])
     if not top > 0:
         return Conditioning(None, None, ["the features are all zero: nothing to learn"])
@@ -66,16 +83,24 @@ def analyse(
         max_lr = 2.0 * (1.0 + momentum) / ((1.0 + 2.0 * momentum) if nesterov else 1.0) / top
     condition = top / bottom if bottom > top * 1e-15 else math.inf
     warnings: list[str] = []
-    if max_lr is not None and lr is not None and lr >= max_lr:
+    if max_lr is not None and lr is not None and lr >= max_lr and family == "linear":
         warnings.append(
             f"learning rate {lr:g} is above the largest stable step {max_lr:.4g} "
             f"(2{'(1+momentum)' if momentum else ''}/largest Hessian eigenvalue) for this data: "
             f"the loss will diverge; use --lr below {max_lr:.3g}"
         )
-    if math.isinf(condition):
+    elif max_lr is not None and lr is not None and lr >= max_lr:
         warnings.append(
-            "the features are linearly dependent (singular Hessian): the least-squares "
-            "solution is not unique; drop redundant --features"
+            f"learning rate {lr:g} is above {max_lr:.4g}, the step below which gradient descent "
+            f"on the {family} loss surely converges (2{'(1+momentum)' if momentum else ''}/L, L "
+            f"its smoothness constant): the loss may diverge; use --lr below {max_lr:.3g} to "
+            "be sure"
+        )
+    if math.isinf(condition):
+        solution = "least-squares solution" if family == "linear" else "optimum"
+        warnings.append(
+            f"the features are linearly dependent (singular Hessian): the {solution} is not "
+            "unique; drop redundant --features"
         )
     elif condition > SLOW_CONDITION:
         advice = "" if standardized else "; --standardize usually fixes this"
@@ -86,9 +111,17 @@ def analyse(
     return Conditioning(max_lr, None if math.isinf(condition) else condition, warnings)
 
 
-def auto_learning_rate(x: np.ndarray, *, bias: bool, optimizer: str = "sgd") -> float:
-    """The 'auto' learning rate: 1 / largest Hessian eigenvalue (half the stability bound)."""
+def auto_learning_rate(
+    x: np.ndarray,
+    *,
+    bias: bool,
+    optimizer: str = "sgd",
+    family: str = "linear",
+    weights: Optional[np.ndarray] = None,
+) -> float:
+    """The 'auto' learning rate: 1 / largest Hessian eigenvalue (half the stability bound);
+    for a classifier 1 / L, half its sufficient bound."""
     if optimizer != "sgd":
         return 0.01
-    top = float(hessian_eigenvalues(x, bias=bias)[-1])
+    top = float(hessian_eigenvalues(x, bias=bias, family=family, weights=weights)[-1])
     return 1.0 / top if top > 0 else 0.01

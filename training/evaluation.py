@@ -97,6 +97,12 @@ def evaluate(
             else None
         ),
     }
+    # The same summary as a classifier's: the optimum's loss and the relative gap to it.
+    result["optimum"] = {
+        "loss": optimum_loss,
+        "relative_gap": result["relative_loss_gap"],
+        "reason": None,
+    }
     if validation is not None:
         result["validation"] = regression_metrics(*validation, params)
         result["least_squares"]["validation_mse"] = mse(*validation, optimum)

@@ -1,4 +1,5 @@
-"""The seed's gradient-descent loop in PyTorch: a linear model, MSE loss, a torch.optim optimizer.
+"""The seed's gradient-descent loop in PyTorch: a model (the seed's linear model with MSE loss, or
+a classifier with cross-entropy, `model`), a torch.optim optimizer.
 
 Each epoch is the tutorial's: forward, loss, backward, step, zero_grad (or one such step per
 mini-batch), then its records are kept on the device (`records`). Every chunk of epochs, or
@@ -20,7 +21,7 @@ import torch
 
 from gdflow.training.batches import MiniBatches
 from gdflow.training.fused_mse import fused_mse, use_fused
-from gdflow.training.model import LinearModel, TrainingData
+from gdflow.training.model import ClassifierModel, TrainingData, build_model
 from gdflow.training.optimization import Optimization, make_optimizer, make_scheduler
 from gdflow.training.records import CHUNK_EPOCHS, FLUSH_SECONDS, EpochChunk, EpochRecords
 from gdflow.training.result import History, TrainResult
@@ -49,21 +50,27 @@ def fit(
     device: torch.device,
     hooks: Hooks = Hooks(),  # noqa: B008 - frozen, safe as a default
 ) -> TrainResult:
-    """Train y ~ x @ w (+ b) with MSE loss on `device` and return how it ended."""
-    model = LinearModel(data, initial, device)
+    """Train the model of `data.family` on `device` and return how it ended."""
+    model = build_model(data, initial, device)
     x, y, params = model.x, model.y, model.params
+    classifier = isinstance(model, ClassifierModel)
     optimizer = make_optimizer(params, opt)
     scheduler = make_scheduler(optimizer, opt)
     batches = MiniBatches(x.shape[0], opt.batch_size, opt.seed, device)
-    fused = use_fused(x, full_batch=batches.full)
+    fused = not classifier and use_fused(x, full_batch=batches.full)
     records = EpochRecords(max(1, min(hooks.chunk_epochs, opt.epochs)))
-    history = History(initial, opt, has_val=model.validation is not None, on_chunk=hooks.on_chunk)
+    has_val = model.validation is not None
+    history = History(
+        initial, opt, has_val=has_val, has_accuracy=classifier and has_val, on_chunk=hooks.on_chunk
+    )
     started = time.perf_counter()
     last_flush = time.monotonic()
     for epoch in range(1, opt.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         if batches.full:
-            if fused:
+            if isinstance(model, ClassifierModel):
+                loss = model.full_loss()
+            elif fused:
                 loss = fused_mse(x, y, model.w, model.bias)
             else:
                 loss = ((model(x) - y) ** 2).mean()
@@ -73,9 +80,10 @@ def fit(
             optimizer.step()
             optimizer.zero_grad()
         else:
-            loss, grads = batches.epoch(x, y, model, params, optimizer)
+            loss, grads = batches.epoch(model, params, optimizer)
         with torch.no_grad():
-            records.add(lr, loss.detach(), grads, params, model.validation_loss())
+            accuracy = model.validation_accuracy() if isinstance(model, ClassifierModel) else None
+            records.add(lr, loss.detach(), grads, params, model.validation_loss(), accuracy)
         if scheduler is not None:
             scheduler.step()
         asked = hooks.asked_to_stop()

@@ -1,4 +1,12 @@
-"""The linear model y ~ x @ w (+ b): its data and parameters as tensors on the training device."""
+"""The models `fit` trains, with their data and parameters as tensors on the training device.
+
+`LinearModel` is the seed's y ~ x @ w (+ b) with MSE loss, kept operation for operation. The
+classifiers share one shape: logits = x @ W^T (+ b), with W one row per output (one for
+`logistic`, one per class for `softmax`), scored by the mean binary cross-entropy of the logit or
+the mean cross-entropy of the softmax, each row weighted by its class weight when given.
+Parameters are named and flattened W row by row, then b: `w_<feature>`/`b` for one output,
+`w_<class>_<feature>`/`b_<class>` for several.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +15,30 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+#: Families whose target is a class index, and their number of outputs given the classes.
+CLASSIFIERS = ("logistic", "softmax")
 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The rows to fit, and the held-out rows scored after every epoch (None: no validation)."""
+    """The rows to fit, and the held-out rows scored after every epoch (None: no validation).
+
+    For a classifier (`family` logistic or softmax) `y` holds class indices, `n_classes` how
+    many classes there are and `weights` an optional weight per training row."""
 
     x: np.ndarray
     y: np.ndarray
     validation: Optional[tuple[np.ndarray, np.ndarray]] = None
+    family: str = "linear"
+    n_classes: int = 0
+    weights: Optional[np.ndarray] = None
+
+    @property
+    def outputs(self) -> int:
+        """Outputs of the model: one (linear, logistic) or one per class (softmax)."""
+        return self.n_classes if self.family == "softmax" else 1
 
 
 class LinearModel:
@@ -47,9 +70,100 @@ class LinearModel:
         """The predictions for `inputs`."""
         return inputs @ self.w + self.b if self.has_bias else inputs @ self.w
 
+    def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
+        """The MSE on the training rows `index` (a mini-batch)."""
+        return ((self(self.x[index]) - self.y[index]) ** 2).mean()
+
     def validation_loss(self) -> Optional[torch.Tensor]:
         """The MSE on the validation rows (call under torch.no_grad()); None without them."""
         if self.validation is None:
             return None
         x, y = self.validation
         return ((self(x) - y) ** 2).mean()
+
+
+class ClassifierModel:
+    """logits = x @ W^T (+ b) with a cross-entropy loss, its data on `device` (float64 for
+    float64 data, else float32); W has one row per output."""
+
+    def __init__(self, data: TrainingData, initial: dict[str, float], device: torch.device):
+        self.names = tuple(initial)
+        self.family = data.family
+        self.outputs = data.outputs
+        d = data.x.shape[1]
+        self.has_bias = len(self.names) == self.outputs * (d + 1)
+        dtype = torch.float64 if data.x.dtype == np.float64 else torch.float32
+        self.x = torch.as_tensor(data.x, dtype=dtype, device=device)
+        self.y = self._target(data.y, device)
+        self.weights = None
+        if data.weights is not None:
+            self.weights = torch.as_tensor(data.weights, dtype=dtype, device=device)
+        self.validation: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        if data.validation is not None:
+            x_val, y_val = data.validation
+            self.validation = (
+                torch.as_tensor(x_val, dtype=dtype, device=device),
+                self._target(y_val, device),
+            )
+        values = torch.tensor([initial[name] for name in self.names], dtype=dtype)
+        n_weights = self.outputs * d
+        self.w = values[:n_weights].reshape(self.outputs, d).clone().to(device).requires_grad_()
+        self.b = values[n_weights:].clone().to(device).requires_grad_()
+        self.params = [self.w, self.b] if self.has_bias else [self.w]
+
+    def _target(self, y: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Class indices as the loss takes them: 0/1 floats (logistic) or int64 (softmax)."""
+        if self.family == "logistic":
+            return torch.as_tensor(y, device=device).to(self.x.dtype)
+        return torch.as_tensor(np.asarray(y).astype(np.int64), device=device)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The logits for `inputs`: (rows,) for logistic, (rows, classes) for softmax."""
+        logits = inputs @ self.w.T
+        if self.has_bias:
+            logits = logits + self.b
+        return logits[:, 0] if self.family == "logistic" else logits
+
+    def loss(
+        self, inputs: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The mean (weighted) cross-entropy of the model on these rows."""
+        logits = self(inputs)
+        if self.family == "logistic":
+            each = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        else:
+            each = F.cross_entropy(logits, target, reduction="none")
+        return (each * weights).mean() if weights is not None else each.mean()
+
+    def full_loss(self) -> torch.Tensor:
+        """The loss on every training row."""
+        return self.loss(self.x, self.y, self.weights)
+
+    def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
+        """The loss on the training rows `index`."""
+        weights = self.weights[index] if self.weights is not None else None
+        return self.loss(self.x[index], self.y[index], weights)
+
+    def validation_loss(self) -> Optional[torch.Tensor]:
+        """The unweighted mean cross-entropy on the validation rows (under torch.no_grad())."""
+        if self.validation is None:
+            return None
+        return self.loss(*self.validation, None)
+
+    def validation_accuracy(self) -> Optional[torch.Tensor]:
+        """The share of validation rows classified right (under torch.no_grad())."""
+        if self.validation is None:
+            return None
+        x, y = self.validation
+        logits = self(x)
+        predicted = (logits > 0).to(y.dtype) if self.family == "logistic" else logits.argmax(1)
+        return (predicted == y).to(x.dtype).mean()
+
+
+def build_model(
+    data: TrainingData, initial: dict[str, float], device: torch.device
+) -> LinearModel | ClassifierModel:
+    """The model of `data.family`, with its data on `device`."""
+    if data.family in CLASSIFIERS:
+        return ClassifierModel(data, initial, device)
+    return LinearModel(data, initial, device)

@@ -30,6 +30,8 @@ class EpochChunk:
     names: tuple[str, ...]
     lrs: np.ndarray
     val_losses: Optional[np.ndarray] = None
+    #: A classifier's share of validation rows classified right, after each epoch's update.
+    val_accuracies: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.epochs.shape[0])
@@ -37,8 +39,8 @@ class EpochChunk:
 
 def progress_line(epoch: int, params: dict[str, float], loss: float) -> str:
     """The seed's progress line, e.g. `Epoch 1: w = 1.220, loss = 11.000`."""
-    values = ", ".join(f"{name} = {value:.3f}" for name, value in params.items())
-    return f"Epoch {epoch}: {values}, loss = {loss:.3f}"
+    values = "".join(f"{name} = {value:.3f}, " for name, value in params.items())
+    return f"Epoch {epoch}: {values}loss = {loss:.3f}"
 
 
 class EpochRecords:
@@ -56,6 +58,7 @@ class EpochRecords:
         self.grads: list[list[torch.Tensor]] = []
         self.params: list[list[torch.Tensor]] = []
         self.val_losses: list[torch.Tensor] = []
+        self.val_accuracies: list[torch.Tensor] = []
 
     @property
     def full(self) -> bool:
@@ -69,20 +72,24 @@ class EpochRecords:
         grads: list[Optional[torch.Tensor]],
         params: list[torch.Tensor],
         val_loss: Optional[torch.Tensor],
+        val_accuracy: Optional[torch.Tensor] = None,
     ) -> None:
-        """Keep one epoch's learning rate, loss, gradients, parameters after the update and
-        validation loss (the parameters are copied; the tensors must not need grad)."""
+        """Keep one epoch's learning rate, loss, gradients, parameters after the update,
+        validation loss and accuracy (the parameters are copied; the tensors must not need
+        grad)."""
         self.lrs[self.count] = lr
         self.losses.append(loss)
         self.grads.append(grads)  # type: ignore[arg-type]  # set by backward()
         self.params.append([p.detach().clone() for p in params])
         if val_loss is not None:
             self.val_losses.append(val_loss)
+        if val_accuracy is not None:
+            self.val_accuracies.append(val_accuracy)
         self.count += 1
 
     def take(self) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of (loss, grad norm, parameters..., [val loss]) on the host and the epochs'
-        learning rates; then start afresh."""
+        """Rows of (loss, grad norm, parameters..., [val loss], [val accuracy]) on the host and
+        the epochs' learning rates; then start afresh."""
         lrs = self.lrs[: self.count].copy()
         with torch.no_grad():
             grads = torch.cat([torch.stack(g).reshape(self.count, -1) for g in zip(*self.grads)], 1)
@@ -93,7 +100,10 @@ class EpochRecords:
             ]
             if self.val_losses:
                 columns.append(torch.stack(self.val_losses).reshape(-1, 1))
+            if self.val_accuracies:
+                columns.append(torch.stack(self.val_accuracies).reshape(-1, 1))
             host = torch.cat(columns, 1).to("cpu", copy=True).numpy()  # never a device view
         self.losses, self.grads, self.params, self.val_losses = [], [], [], []
+        self.val_accuracies = []
         self.count = 0
         return host, lrs

@@ -48,11 +48,13 @@ class History:
         *,
         has_val: bool,
         on_chunk: Optional[Callable[[EpochChunk], None]],
+        has_accuracy: bool = False,
     ) -> None:
         self.names = tuple(initial)
         self.initial = dict(initial)
         self.opt = opt
         self.has_val = has_val
+        self.has_accuracy = has_accuracy
         self.on_chunk = on_chunk
         self.rules = StopRules(opt)
         self.stop: Optional[Stop] = None
@@ -72,7 +74,7 @@ class History:
         if keep:
             self.last_epoch = first_epoch + keep - 1
             self.last_loss = float(kept[-1, 0])
-            self.last_params = dict(zip(self.names, (float(v) for v in kept[-1, 2:])))
+            self.last_params = dict(zip(self.names, (float(v) for v in kept[-1, 2 : 2 + n_params])))
             if self.on_chunk is not None:
                 self.on_chunk(
                     EpochChunk(
@@ -82,7 +84,8 @@ class History:
                         params=kept[:, 2 : 2 + n_params],
                         names=self.names,
                         lrs=lrs[:keep],
-                        val_losses=kept[:, -1] if self.has_val else None,
+                        val_losses=kept[:, 2 + n_params] if self.has_val else None,
+                        val_accuracies=kept[:, -1] if self.has_accuracy else None,
                     )
                 )
         return self.stop is not None
