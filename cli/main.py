@@ -1,14 +1,16 @@
-"""The `gdflow` command: `run` trains once, `sweep` over learning rates; `runs`, `metrics` read."""
+"""The `gdflow` command: `run` trains once, `sweep` over learning rates; `runs`, `show`,
+`metrics` read."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from pydantic import ValidationError
@@ -16,11 +18,14 @@ from pydantic import ValidationError
 from gdflow.config.errors import one_line
 from gdflow.config.settings import Settings, exported
 from gdflow.config.sweep import DEFAULT_LRS, SweepConfig
-from gdflow.config.train import TrainConfig
+from gdflow.config.train import ALLOW_MODEL_IMPORTS, TrainConfig
 from gdflow.flows.deployments import DEFAULT_HOST, DEFAULT_PORT, NIGHTLY, ON_DEMAND
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+    from gdflow.storage import Run
 
 PROG = "gdflow"
 #: Seconds `gdflow run` and `gdflow sweep` wait at the end for Prefect's log and event workers.
@@ -134,7 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="list recorded runs, newest first")
     runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default: 20)")
     runs.add_argument("--source", help="only runs on this data source (a --data path, or toy:y=2x)")
+    runs.add_argument(
+        "--format",
+        choices=["table", "json", "csv"],
+        default="table",
+        help="table (default); json: an array of one object per run; csv: one row per run, "
+        "its metrics as columns train_<name> and validation_<name>",
+    )
     runs.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
+    show = commands.add_parser(
+        "show",
+        help="print everything about one run",
+        description="Print one run's summary, evaluation and final parameters; with "
+        "--format json, all of it as one JSON object (null for what is missing, never NaN).",
+    )
+    show.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest'")
+    show.add_argument("--format", choices=["text", "json"], default="text")
+    show.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
     metrics = commands.add_parser("metrics", help="print one run's per-epoch metrics")
     metrics.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest'")
     metrics.add_argument("--format", choices=["table", "csv"], default="table")
@@ -554,21 +575,63 @@ def _open_existing(settings: Settings) -> Engine:
     return engine
 
 
-def cmd_runs(limit: int, source: Optional[str], settings: Settings) -> int:
-    """Print the latest runs as an aligned table."""
+def cmd_runs(limit: int, source: Optional[str], fmt: str, settings: Settings) -> int:
+    """Print the latest runs as an aligned table, a JSON array or CSV."""
     from sqlalchemy.orm import Session
 
-    from gdflow.reports.tables import runs_table
     from gdflow.storage import list_runs
 
     if limit < 1:
         raise CliError(f"invalid --limit {limit}: must be at least 1")
     with Session(_open_existing(settings)) as session:
         runs = list_runs(session, limit=limit, data_source=source)
+        if fmt == "json":
+            from gdflow.reports.run_summary import runs_json
+
+            print(runs_json(runs))
+            return 0
+        if fmt == "csv":
+            from gdflow.reports.run_summary import runs_csv
+
+            sys.stdout.write(runs_csv(runs))
+            return 0
         if not runs:
             print("no runs recorded yet; start one with: gdflow run")
             return 0
+        from gdflow.reports.tables import runs_table
+
         print(runs_table(runs))
+    return 0
+
+
+def _find_run(session: Session, run_ref: str) -> Run:
+    """The run a RUN_ID argument names (a number or `latest`); a CliError when there is none."""
+    from gdflow.storage import get_run, latest_run_id
+
+    if run_ref == "latest":
+        run_id = latest_run_id(session)
+        if run_id is None:
+            raise CliError("no runs recorded yet; start one with: gdflow run")
+    else:
+        try:
+            run_id = int(run_ref)
+        except ValueError:
+            raise CliError(f"invalid RUN_ID {run_ref!r}: give a number or 'latest'") from None
+    run = get_run(session, run_id=run_id)
+    if run is None:
+        raise CliError(f"no run {run_id} in this database; list runs with: gdflow runs")
+    return run
+
+
+def cmd_show(run_ref: str, fmt: str, settings: Settings) -> int:
+    """Print everything about one run: aligned text, or one JSON object."""
+    from sqlalchemy.orm import Session
+
+    from gdflow.reports.run_summary import run_details, show_text, to_json
+
+    with Session(_open_existing(settings)) as session:
+        run = _find_run(session, run_ref)
+        print(to_json(run_details(run)) if fmt == "json" else show_text(run))
     return 0
 
 
@@ -577,22 +640,11 @@ def cmd_metrics(run_ref: str, fmt: str, settings: Settings) -> int:
     from sqlalchemy.orm import Session
 
     from gdflow.reports.tables import metrics_csv, metrics_table
-    from gdflow.storage import get_metrics, get_run, latest_run_id
+    from gdflow.storage import get_metrics
 
     with Session(_open_existing(settings)) as session:
-        if run_ref == "latest":
-            run_id = latest_run_id(session)
-            if run_id is None:
-                raise CliError("no runs recorded yet; start one with: gdflow run")
-        else:
-            try:
-                run_id = int(run_ref)
-            except ValueError:
-                raise CliError(f"invalid RUN_ID {run_ref!r}: give a number or 'latest'") from None
-        run = get_run(session, run_id=run_id)
-        if run is None:
-            raise CliError(f"no run {run_id} in this database; list runs with: gdflow runs")
-        metrics = get_metrics(session, run_id=run_id)
+        run = _find_run(session, run_ref)
+        metrics = get_metrics(session, run_id=run.id)
         names = list(run.parameter_names or [])
         if fmt == "csv":
             sys.stdout.write(metrics_csv(metrics, names))
@@ -668,6 +720,21 @@ def _exit_soon(code: object) -> None:
     os._exit(code if isinstance(code, int) else 1)
 
 
+@contextlib.contextmanager
+def _model_imports_allowed() -> Iterator[None]:
+    """`gdflow run` and `gdflow sweep` train in this process (and its Dask workers) for the user
+    who typed the command: a raw `--model module:factory` is theirs to import. Deployment runs
+    (`gdflow serve`, workers) import one only where GDFLOW_ALLOW_MODEL_IMPORTS is set."""
+    before = os.environ.get(ALLOW_MODEL_IMPORTS)
+    if before is None:
+        os.environ[ALLOW_MODEL_IMPORTS] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ALLOW_MODEL_IMPORTS, None)
+
+
 def _command(command: str, args: dict[str, Any]) -> int:
     """Run one gdflow command; user-facing failures become one `gdflow: error:` line."""
     if command in ("run", "sweep"):
@@ -676,15 +743,19 @@ def _command(command: str, args: dict[str, Any]) -> int:
     urls = [settings.database_url, Settings.load().database_url]  # the environment's too
     try:
         if command == "run":
-            return cmd_run(args, settings)
+            with _model_imports_allowed():
+                return cmd_run(args, settings)
         if command == "sweep":
-            return cmd_sweep(args, settings)
+            with _model_imports_allowed():
+                return cmd_sweep(args, settings)
         if command == "serve":
             return cmd_serve(args, settings)
         if command == "server":
             return cmd_server(args["host"], args["port"])
         if command == "runs":
-            return cmd_runs(args["limit"], args["source"], settings)
+            return cmd_runs(args["limit"], args["source"], args["format"], settings)
+        if command == "show":
+            return cmd_show(args["run_id"], args["format"], settings)
         if command == "db":
             return cmd_db(args["action"], settings)
         return cmd_metrics(args["run_id"], args["format"], settings)

@@ -15,7 +15,29 @@ _UNSAFE_LABEL = re.compile(r"[^\w.+-]")
 #: The largest seed torch's generators take.
 MAX_SEED = 2**64 - 1
 #: Model families gdflow trains, and the task each one does.
-FAMILIES: dict[str, str] = {"linear": "regression", "logistic": "binary", "softmax": "multiclass"}
+FAMILIES: dict[str, str] = {
+    "linear": "regression",
+    "logistic": "binary",
+    "softmax": "multiclass",
+    "mlp": "regression",  # or --task binary / multiclass
+}
+#: Families that do one task only, the one FAMILIES gives; mlp and user models do any (`--task`).
+ONE_TASK = ("linear", "logistic", "softmax")
+#: The entry-point group under which installed packages register model factories.
+MODEL_ENTRY_POINTS = "gdflow.models"
+#: The setting of a training machine that lets runs import raw `module:factory` references.
+ALLOW_MODEL_IMPORTS = "GDFLOW_ALLOW_MODEL_IMPORTS"
+#: A user model's raw reference: `package.module:factory`.
+_REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def registered_models() -> list[str]:
+    """Names of the models installed packages register (entry points of MODEL_ENTRY_POINTS)."""
+    from importlib.metadata import entry_points
+
+    return sorted(point.name for point in entry_points(group=MODEL_ENTRY_POINTS))
+
+
 Task = Literal["regression", "binary", "multiclass"]
 
 
@@ -49,12 +71,23 @@ class TrainConfig(BaseModel):
         default="linear",
         description=(
             "Model family: linear (regression, MSE; the seed), logistic (binary "
-            "classification, cross-entropy) or softmax (multiclass classification)."
+            "classification, cross-entropy), softmax (multiclass classification), mlp (a "
+            "multilayer perceptron for --task regression, binary or multiclass), the name of a "
+            "model an installed package registers (entry points 'gdflow.models') or "
+            "package.module:factory (where the training machine sets "
+            "GDFLOW_ALLOW_MODEL_IMPORTS=1; gdflow run and sweep do)."
         ),
     )
     task: Optional[Task] = Field(
         default=None,
         description="regression, binary or multiclass (default: the one --model does).",
+    )
+    hidden: Optional[list[int]] = Field(
+        default=None,
+        description="Hidden layer widths of --model mlp, comma-separated (default: 64).",
+    )
+    activation: Literal["relu", "tanh", "gelu"] = Field(
+        default="relu", description="Activation between the hidden layers of --model mlp."
     )
     class_weight: Optional[Literal["balanced"]] = Field(
         default=None,
@@ -180,13 +213,39 @@ class TrainConfig(BaseModel):
     @field_validator("model", mode="before")
     @classmethod
     def _check_model(cls, value: Any) -> Any:
-        """A known family, in any case."""
-        text = str(value).strip().lower()
-        if text not in FAMILIES:
-            raise ValueError(f"must be one of {', '.join(FAMILIES)}")
-        return text
+        """A built-in family (any case), a registered model's name or a module:factory
+        reference (whether this machine imports raw references is decided where it trains)."""
+        text = str(value).strip()
+        if text.lower() in FAMILIES:
+            return text.lower()
+        if _REFERENCE.match(text) or text in registered_models():
+            return text
+        known = ", ".join(registered_models()) or "none installed"
+        raise ValueError(
+            f"must be one of {', '.join(FAMILIES)}, a registered model ({known}) or "
+            "package.module:factory"
+        )
 
-    @field_validator("task", "class_weight", mode="before")
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _parse_hidden(cls, value: Any) -> Any:
+        """Accept '64,32' (or ['64,32'] from the command line) as well as [64, 32]."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        items = [value] if isinstance(value, (str, int)) else list(value)
+        widths: list[int] = []
+        for item in items:
+            for part in str(item).split(","):
+                text = part.strip()
+                if not text.isdigit() or int(text) < 1 or int(text) > 1_000_000:
+                    raise ValueError(
+                        f"{part.strip()!r} is not a layer width: give positive whole numbers, "
+                        "e.g. 64,32"
+                    )
+                widths.append(int(text))
+        return widths
+
+    @field_validator("task", "class_weight", "activation", mode="before")
     @classmethod
     def _lower_choice(cls, value: Any) -> Any:
         """Choices in any case; blank (an empty UI form field) is not given."""
@@ -280,22 +339,40 @@ class TrainConfig(BaseModel):
             raise ValueError("--momentum applies to --optimizer sgd only")
         if self.nesterov and self.momentum == 0:
             raise ValueError("--nesterov needs --momentum above 0")
-        family_task = FAMILIES[self.model]
-        if self.task is not None and self.task != family_task:
+        family_task = FAMILIES.get(self.model, "regression")
+        if self.model != "mlp" and (self.hidden is not None or self.activation != "relu"):
+            raise ValueError("--hidden and --activation apply to --model mlp only")
+        if self.user_model and self.standardize:
+            raise ValueError(
+                "--standardize cannot be folded into a user model's weights (its parameters "
+                "would not be in the data's units); standardise inside the module instead"
+            )
+        if self.task is not None and self.task != family_task and self.model in ONE_TASK:
             raise ValueError(
                 f"--task {self.task} contradicts --model {self.model}, which does "
                 f"{family_task}; drop --task or choose another --model"
             )
-        if self.class_weight is not None and family_task == "regression":
+        if self.class_weight is not None and self.resolved_task == "regression":
             raise ValueError(
-                "--class-weight applies to classifiers (--model logistic or softmax) only"
+                "--class-weight applies to classifiers (--model logistic, softmax, or mlp with "
+                "--task binary or multiclass) only"
             )
         return self
 
     @property
     def resolved_task(self) -> Task:
-        """The task of this run: --task, else the one --model does."""
-        return self.task or FAMILIES[self.model]  # type: ignore[return-value]
+        """The task of this run: --task, else the one --model does (regression for a network)."""
+        return self.task or FAMILIES.get(self.model, "regression")  # type: ignore[return-value]
+
+    @property
+    def user_model(self) -> bool:
+        """Whether --model names a user's factory (registered, or module:factory)."""
+        return self.model not in FAMILIES
+
+    @property
+    def network(self) -> bool:
+        """Whether the model is a torch module of its own (mlp, or a user's model)."""
+        return self.model == "mlp" or self.user_model
 
     @property
     def classifier(self) -> bool:

@@ -54,15 +54,22 @@ def _x_ticks(lo: float, hi: float, count: int = 6) -> list[int]:
     return list(range(int(first), int(math.floor(hi)) + 1, step))
 
 
+def finite_pairs(
+    xs: Sequence[float], values: Sequence[Optional[float]]
+) -> list[tuple[float, float]]:
+    """The (x, y) pairs whose x and y are both finite numbers (None and NaN are skipped)."""
+    return [
+        (float(x), float(v))
+        for x, v in zip(xs, values)
+        if v is not None and math.isfinite(float(v)) and math.isfinite(float(x))
+    ]
+
+
 def plottable(
     xs: Sequence[float], losses: Sequence[Optional[float]]
 ) -> tuple[list[tuple[float, float]], bool]:
     """The finite (x, loss) pairs to plot and whether the y axis is log10."""
-    pairs = [
-        (float(x), float(v))
-        for x, v in zip(xs, losses)
-        if v is not None and math.isfinite(float(v)) and math.isfinite(float(x))
-    ]
+    pairs = finite_pairs(xs, losses)
     positive = [v for _, v in pairs if v > 0]
     log_scale = (
         bool(positive)
@@ -78,9 +85,12 @@ def axes(
     points: Sequence[tuple[float, float]],
     log_scale: bool,
     box: tuple[float, float, float, float],
+    *,
+    y_range: Optional[tuple[float, float]] = None,
 ) -> tuple[list[str], Callable[[float], float], Callable[[float], float]]:
     """Grid lines and tick labels for `points` (y already log10 on a log axis) inside `box`,
-    and the functions that map data coordinates to SVG coordinates."""
+    and the functions that map data coordinates to SVG coordinates. A linear axis spans at
+    least `y_range` when one is given (an accuracy's 0..1), the data's own range otherwise."""
     left, right, top, bottom = box
     x_lo, x_hi = min(x for x, _ in points), max(x for x, _ in points)
     x_ticks = _x_ticks(x_lo, x_hi)
@@ -95,7 +105,10 @@ def axes(
         exponents = _log_ticks(int(y_lo), int(y_hi), max(2, int(bottom - top) // 22))
         y_ticks = [(float(k), f"1e{k:+03d}") for k in exponents]
     else:
-        y_lo, y_hi, values = _linear_ticks(min(ys), max(ys))
+        lo, hi = min(ys), max(ys)
+        if y_range is not None:
+            lo, hi = min(lo, y_range[0]), max(hi, y_range[1])
+        y_lo, y_hi, values = _linear_ticks(lo, hi)
         step = values[1] - values[0]
         y_ticks = [(t, _linear_label(t, y_lo, y_hi, step)) for t in values]
 

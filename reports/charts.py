@@ -1,5 +1,6 @@
-"""Loss curves as standalone SVG documents (one curve, or several overlaid with a legend), and
-the data URI that embeds one in markdown."""
+"""Loss curves as standalone SVG documents (one curve, or several overlaid with a legend), a
+classifier's validation-accuracy curve on a fixed 0..1 axis, and the data URI that embeds one in
+markdown."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 from typing import Optional
 from xml.sax.saxutils import escape as xml_escape
 
-from gdflow.reports.axes import axes, plottable
+from gdflow.reports.axes import axes, finite_pairs, plottable
 
 #: Points drawn in a polyline, at most; longer curves are downsampled.
 MAX_CURVE_POINTS = 2000
@@ -33,6 +34,8 @@ PALETTE = (
     "#17becf",
 )
 _LEGEND_LINE = 16
+#: The y range an accuracy curve always shows, whatever its values.
+ACCURACY_RANGE = (0.0, 1.0)
 
 
 def downsample_indices(n: int, max_rows: int) -> list[int]:
@@ -71,48 +74,63 @@ def curve_svg(
     x_label: str,
     width: int,
     height: int,
+    y_label: str = "loss",
+    y_range: Optional[tuple[float, float]] = None,
+    colour: str = PALETTE[0],
 ) -> str:
-    """The loss-curve SVG document, with `x_label` under the x axis."""
+    """The SVG document of one curve (a loss by default), with `x_label` under the x axis and
+    `y_label` beside the y axis. Without `y_range` the y axis fits the values (log10 over more
+    than two decades of positive ones); with it the axis is linear and spans at least it."""
     if len(xs) != len(losses):
-        raise ValueError(f"{len(xs)} x values but {len(losses)} losses")
+        raise ValueError(f"{len(xs)} x values but {len(losses)} {y_label} values")
     if width < 160 or height < 120:
         raise ValueError(f"the chart must be at least 160x120, got {width}x{height}")
-    pairs, log_scale = plottable(xs, losses)
+    if y_range is None:
+        pairs, log_scale = plottable(xs, losses)
+    else:
+        pairs, log_scale = finite_pairs(xs, losses), False
     box = (_MARGIN_LEFT, width - _MARGIN_RIGHT, _MARGIN_TOP, height - _MARGIN_BOTTOM)
-    parts = [*_svg_head(width, height, title), *_axis_titles(box, height, x_label, log_scale)]
+    parts = [
+        *_svg_head(width, height, title),
+        *_axis_titles(box, height, x_label, log_scale, y_label),
+    ]
     if not pairs:
-        return "\n".join([*parts, _frame(box), _no_data(box), "</svg>"])
+        return "\n".join([*parts, _frame(box), _no_data(box, y_label), "</svg>"])
     if len(pairs) > MAX_CURVE_POINTS:
         pairs = [pairs[i] for i in downsample_indices(len(pairs), MAX_CURVE_POINTS)]
     plotted = [(x, math.log10(v) if log_scale else v) for x, v in pairs]
-    grid, sx, sy = axes(plotted, log_scale, box)
+    grid, sx, sy = axes(plotted, log_scale, box, y_range=y_range)
     points = [(sx(x), sy(y)) for x, y in plotted]
     coordinates = " ".join(f"{x:.2f},{y:.2f}" for x, y in points)
     parts += [
         *grid,
         _frame(box),
-        '<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" stroke-linejoin="round" '
+        f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" stroke-linejoin="round" '
         f'points="{coordinates}"/>',
     ]
     if len(points) <= MAX_MARKERS:
-        marker = '<circle cx="{:.2f}" cy="{:.2f}" r="2.5" fill="#1f77b4"/>'
+        marker = f'<circle cx="{{:.2f}}" cy="{{:.2f}}" r="2.5" fill="{colour}"/>'
         parts.extend(marker.format(x, y) for x, y in points)
     parts.append("</svg>")
     return "\n".join(parts)
 
 
 def _axis_titles(
-    box: tuple[float, float, float, float], height: int, x_label: str, log_scale: bool
+    box: tuple[float, float, float, float],
+    height: int,
+    x_label: str,
+    log_scale: bool,
+    y_label: str = "loss",
 ) -> list[str]:
-    """The x axis's title under the plot and the loss axis's, turned, left of it."""
+    """The x axis's title under the plot and the y axis's (the loss), turned, left of it."""
     left, right, top, bottom = box
     mid_y = (top + bottom) / 2
-    y_title = "loss (log scale)" if log_scale else "loss"
+    y_title = f"{y_label} (log scale)" if log_scale else y_label
     return [
         f'<text x="{(left + right) / 2:.1f}" y="{height - 8}" text-anchor="middle">'
         f"{xml_escape(x_label)}</text>",
         f'<text x="14" y="{mid_y:.1f}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {mid_y:.1f})">{y_title}</text>',
+        f'transform="rotate(-90 14 {mid_y:.1f})">{xml_escape(y_title)}</text>',
     ]
 
 
@@ -125,12 +143,12 @@ def _frame(box: tuple[float, float, float, float]) -> str:
     )
 
 
-def _no_data(box: tuple[float, float, float, float]) -> str:
+def _no_data(box: tuple[float, float, float, float], what: str = "loss") -> str:
     """The note in the middle of a plot with nothing to draw."""
     left, right, top, bottom = box
     return (
         f'<text x="{(left + right) / 2:.1f}" y="{(top + bottom) / 2:.1f}" text-anchor="middle" '
-        'fill="#777">no finite loss values</text>'
+        f'fill="#777">no finite {xml_escape(what)} values</text>'
     )
 
 
@@ -144,6 +162,29 @@ def loss_curve_svg(
 ) -> str:
     """A standalone SVG line chart of loss by epoch (log10 y axis over more than two decades)."""
     return curve_svg(epochs, losses, title=title, x_label="epoch", width=width, height=height)
+
+
+def accuracy_curve_svg(
+    epochs: Sequence[int],
+    accuracies: Sequence[Optional[float]],
+    *,
+    title: str = "Validation accuracy",
+    width: int = 640,
+    height: int = 320,
+) -> str:
+    """A classifier's validation accuracy by epoch: the loss curve's chart on a linear y axis
+    from 0 to 1 (epochs without an accuracy are skipped), drawn in the palette's second colour."""
+    return curve_svg(
+        epochs,
+        accuracies,
+        title=title,
+        x_label="epoch",
+        width=width,
+        height=height,
+        y_label="validation accuracy",
+        y_range=ACCURACY_RANGE,
+        colour=PALETTE[1],
+    )
 
 
 def loss_curves_svg(

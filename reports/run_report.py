@@ -82,7 +82,7 @@ def _parameters(final: Mapping[str, float], evaluation: Optional[Mapping[str, An
 def _losses(summary: Mapping[str, Any], evaluation: Mapping[str, Any]) -> str:
     """The final loss and, with an evaluation, the least-squares loss, the gap and the distance."""
     losses = [f"**final loss:** {num(summary.get('final_loss'), 6)}"]
-    if evaluation and "classes" in evaluation:
+    if evaluation and ("classes" in evaluation or "least_squares" not in evaluation):
         optimum = evaluation.get("optimum") or {}
         if optimum.get("loss") is None:
             losses.append(
@@ -133,7 +133,7 @@ def _classifier_metrics(rows: Sequence[tuple[str, Mapping[str, Any]]], classes: 
     """A classifier's metrics per split, then each split's confusion matrix as a table."""
     names = [k for k in CLASSIFIER_COLUMNS if k in rows[0][1]]
     lines = [
-        "| data | " + " | ".join(cell(k) for k in names) + " |",
+        "| data | " + " | ".join(cell(CLASSIFIER_COLUMNS[k]) for k in names) + " |",
         "|---|" + "---:|" * len(names),
     ]
     lines += [
@@ -156,8 +156,17 @@ def _classifier_metrics(rows: Sequence[tuple[str, Mapping[str, Any]]], classes: 
     return "\n\n".join(parts)
 
 
-#: A classifier's metric columns, in the order the report shows those it has.
-CLASSIFIER_COLUMNS = ("log_loss", "accuracy", "roc_auc", "precision", "recall", "f1", "macro_f1")
+#: A classifier's metrics (evaluation keys) and their column titles, in the order the report
+#: shows those it has.
+CLASSIFIER_COLUMNS = {
+    "log_loss": "log loss",
+    "accuracy": "accuracy",
+    "roc_auc": "ROC AUC",
+    "precision": "precision",
+    "recall": "recall",
+    "f1": "F1",
+    "macro_f1": "macro F1",
+}
 
 
 def _predictions(predictions: Sequence[Mapping[str, Any]]) -> str:
@@ -183,8 +192,9 @@ def _where_metrics_are(summary: Mapping[str, Any]) -> str:
 
 
 def _param_section(final: Mapping[str, float], evaluation: Optional[Mapping[str, Any]]) -> str:
-    """The final parameters, next to the least-squares optimum when there is one."""
-    if evaluation is None:
+    """The final parameters, next to the least-squares optimum when there is one (a linear
+    regression's; a classifier's exact optimum is a loss, shown with the losses)."""
+    if evaluation is None or "least_squares" not in evaluation:
         lines = ["| parameter | trained |", "|---|---:|"]
         lines += [f"| {cell(name)} | {num(value)} |" for name, value in final.items()]
         return "\n".join(lines)
@@ -203,10 +213,9 @@ def _prediction(prediction: Mapping[str, Any]) -> str:
     args = ", ".join(f"{float(v):g}" for v in prediction["input"])
     if "class" in prediction:
         shown = ", ".join(
-            f"{escape_markdown(str(k))} {float(v):.3f}"
-            for k, v in prediction["probabilities"].items()
+            f"{cell(k)} {float(v):.3f}" for k, v in prediction["probabilities"].items()
         )
-        return f"f({args}) = {escape_markdown(str(prediction['class']))} (P: {shown})"
+        return f"f({args}) = {cell(prediction['class'])} (P: {shown})"
     return f"f({args}) = {float(prediction['output']):.3f}"
 
 

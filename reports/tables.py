@@ -143,6 +143,14 @@ def evaluation_table(evaluation: dict[str, Any]) -> str:
     classifier's metrics (`classifier_table`)."""
     if "classes" in evaluation:
         return classifier_table(evaluation)
+    if "least_squares" not in evaluation:  # a network: no exact optimum
+        rows = [
+            [split, *(format_number(evaluation[split][k]) for k in ("mse", "rmse", "mae", "r2"))]
+            for split in ("train", "validation")
+            if evaluation.get(split)
+        ]
+        text = table(["data", "mse", "rmse", "mae", "r2"], rows, [False, True, True, True, True])
+        return f"{text}\n\nno exact optimum: {(evaluation.get('optimum') or {}).get('reason')}"
     optimum = evaluation["least_squares"]
     rows = [
         ["train", *(format_number(evaluation["train"][k]) for k in ("mse", "rmse", "mae", "r2"))],

@@ -183,6 +183,8 @@ def outcome_of(result: TrainResult, evaluation: Optional[dict[str, Any]]) -> Run
     evaluation, with the verdict as the error of a run that did not complete."""
     status = status_of_stop(result.stop_reason)
     error = None if status is RunStatus.COMPLETED else f"{status.value}: {result.verdict_detail}"
+    if result.lr_range_test is not None:  # how --lr auto chose a network's rate, kept with it
+        evaluation = {**(evaluation or {}), "lr_range_test": result.lr_range_test}
     return RunOutcome(
         status=status,
         stop_reason=result.stop_reason,

@@ -1,6 +1,8 @@
 """Prefect artifacts of a run: live progress, and a summary, loss curve, table and trend at the end.
 
-Rendering lives in `tasks.reporting` (plain strings); this module only reads the database and
+A classifier's summary holds its metrics and confusion matrices as tables, and its loss-curve
+artifact the validation-accuracy curve after the loss curve (when it had a validation split).
+Rendering lives in `gdflow.reports` (plain strings); this module only reads the database and
 hands the strings to Prefect. Publishing never fails a run: problems are logged as warnings.
 """
 
@@ -18,7 +20,7 @@ from prefect.runtime import flow_run, task_run
 from sqlalchemy.orm import Session
 
 from gdflow.reports.comparisons import trend_markdown
-from gdflow.reports.markdown import loss_curve_markdown
+from gdflow.reports.markdown import has_finite_values, training_curves_markdown
 from gdflow.reports.run_report import metrics_table_rows, summary_markdown
 from gdflow.runs.recording import open_database
 from gdflow.storage import get_metrics_sample, get_run, list_runs, mask_url
@@ -26,7 +28,7 @@ from gdflow.tasks.dashboard_feed import DashboardFeed, dashboard_reachable
 
 #: Rows of the per-epoch table artifact (the database keeps every epoch).
 TABLE_ROWS = 200
-#: Points of the loss curve read back from the database.
+#: Points of the loss (and validation-accuracy) curve read back from the database.
 CURVE_POINTS = 2000
 #: Runs shown in the trend artifact.
 TREND_RUNS = 30
@@ -92,9 +94,17 @@ def trend_key(data_source: str) -> str:
     return f"gdflow-trend-{slug[-60:].strip('-') or 'data'}"
 
 
+def curves_description(run_id: int, val_accuracies: Optional[list[Optional[float]]]) -> str:
+    """The loss-curve artifact's description, naming the accuracy curve when it has one."""
+    if has_finite_values(val_accuracies):
+        return f"gdflow run {run_id}: loss curve and validation accuracy"
+    return f"gdflow run {run_id}: loss curve"
+
+
 def publish_run_report(database_url: str, run_id: int, *, seconds: Optional[float] = None) -> None:
     """Create the summary, loss-curve, metrics-table and trend artifacts of a finished run
-    (not when the dashboard did not answer the run's last progress update)."""
+    (not when the dashboard did not answer the run's last progress update). A classifier's
+    loss-curve artifact shows its validation accuracy by epoch after the loss."""
     if dashboard_reachable() is False:
         logger.warning(
             "Run %d's report artifacts are not published: the Prefect dashboard is unreachable; "
@@ -151,11 +161,18 @@ def _publish(database_url: str, run_id: int, seconds: Optional[float]) -> None:
         ]
         epochs = [m.epoch for m in curve]
         losses = [m.loss for m in curve]
+        accuracies = [m.val_accuracy for m in curve]
         params: list[dict[str, Optional[float]]] = [dict(m.params) for m in curve]
     create_markdown_artifact(summary_markdown(summary), description=f"gdflow run {run_id}: summary")
     create_markdown_artifact(
-        loss_curve_markdown(epochs, losses, title=f"Run {run_id}: training loss"),
-        description=f"gdflow run {run_id}: loss curve",
+        training_curves_markdown(
+            epochs,
+            losses,
+            accuracies,
+            loss_title=f"Run {run_id}: training loss",
+            accuracy_title=f"Run {run_id}: validation accuracy",
+        ),
+        description=curves_description(run_id, accuracies),
     )
     create_table_artifact(
         metrics_table_rows(epochs, losses, params, names, max_rows=TABLE_ROWS),

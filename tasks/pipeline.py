@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any, Optional
 
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -30,11 +32,15 @@ from gdflow.training.conditioning import Conditioning, analyse, auto_learning_ra
 from gdflow.training.devices import resolve_device
 from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
 from gdflow.training.loop import Hooks, fit
+from gdflow.training.lr_finder import RangeTest, range_test
+from gdflow.training.mlp import DEFAULT_HIDDEN, build_mlp, flat_names, flat_values
+from gdflow.training.network_evaluation import evaluate_network
 from gdflow.training.optimization import Optimization
 from gdflow.training.parameters import initial_parameters, parameter_names
-from gdflow.training.preprocessing import TrainingProblem
+from gdflow.training.preprocessing import Network, TrainingProblem
 from gdflow.training.records import EpochChunk, progress_line
 from gdflow.training.result import TrainResult
+from gdflow.training.user_models import build_user_module
 
 
 def retry_unless_user_error(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -87,10 +93,34 @@ def load_data(config: TrainConfig) -> Dataset:
 def initialize_weight(
     config: TrainConfig, feature_names: tuple[str, ...], classes: Optional[tuple[Any, ...]] = None
 ) -> dict[str, float]:
-    """Initial parameter values, named after the features (and a softmax model's classes)."""
+    """Initial parameter values, named after the features (and a softmax model's classes); a
+    network's seeded initial weights, named by layer."""
+    if config.network:
+        module = network_of(config, len(feature_names), classes).build(torch.float64)
+        return dict(zip(flat_names(module), flat_values(module).tolist()))
     per_class = classes if config.model == "softmax" else None
     names = parameter_names(feature_names, bias=config.bias, classes=per_class)
     return initial_parameters(names, init=config.init, seed=config.seed)
+
+
+def network_of(config: TrainConfig, n_features: int, classes: Optional[tuple[Any, ...]]) -> Network:
+    """The network of a config (an MLP, or a user's model): its module builder and the widths
+    standardisation folds into (an MLP's)."""
+    multiclass = classes is not None and len(classes) > 2 and config.resolved_task == "multiclass"
+    outputs = len(classes) if classes is not None and multiclass else 1
+    if config.user_model:
+        user = partial(build_user_module, config.model, n_features, outputs, seed=config.seed)
+        return Network(build=lambda dtype: user(dtype=dtype), first_width=0, outputs=outputs)
+    hidden = tuple(config.hidden or DEFAULT_HIDDEN)
+    build = partial(
+        build_mlp,
+        n_features,
+        outputs,
+        hidden=hidden,
+        activation=config.activation,
+        seed=config.seed,
+    )
+    return Network(build=lambda dtype: build(dtype=dtype), first_width=hidden[0], outputs=outputs)
 
 
 def row_weights(config: TrainConfig, dataset: Dataset) -> Optional[Any]:
@@ -111,8 +141,16 @@ def train_model(
         standardize=config.standardize,
         family=config.model,
         weights=row_weights(config, dataset),
+        network=(
+            network_of(config, dataset.n_features, dataset.classes) if config.network else None
+        ),
     )
-    lr = learning_rate(config, problem)
+    range_test = None
+    if config.network and config.lr == "auto":
+        range_test = find_learning_rate(config, problem, device)
+        lr = range_test.chosen
+    else:
+        lr = learning_rate(config, problem)
     conditioning = check_conditioning(config, problem, lr)
     engine = open_database(run.database_url)
     record_setup(
@@ -140,9 +178,22 @@ def train_model(
             device=resolve_device(device),
             hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
         )
-    result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
+    result = replace(
+        problem.result_to_original(result),
+        max_stable_lr=conditioning.max_stable_lr,
+        lr_range_test=range_test.as_record() if range_test is not None else None,
+    )
     _log_stop(result)
     return result
+
+
+def find_learning_rate(config: TrainConfig, problem: TrainingProblem, device: str) -> RangeTest:
+    """--lr auto for a network: the learning-rate range test (logged: how it chose)."""
+    test = range_test(
+        problem.data, problem.initial, optimization(config, 1.0), device=resolve_device(device)
+    )
+    get_run_logger().info("Learning rate 'auto' resolved to %.6g: %s", test.chosen, test.how)
+    return test
 
 
 def learning_rate(config: TrainConfig, problem: TrainingProblem) -> float:
@@ -161,7 +212,10 @@ def learning_rate(config: TrainConfig, problem: TrainingProblem) -> float:
 
 
 def check_conditioning(config: TrainConfig, problem: TrainingProblem, lr: float) -> Conditioning:
-    """The data's conditioning at learning rate `lr`; each of its warnings is logged."""
+    """The data's conditioning at learning rate `lr`; each of its warnings is logged. A network
+    has no stability bound (its loss is not a quadratic or a convex function of its weights)."""
+    if config.network:
+        return Conditioning(None, None, [])
     conditioning = analyse(
         problem.x,
         bias=config.bias,
@@ -252,6 +306,8 @@ def evaluate_prediction(
     validation = None
     if dataset.x_val is not None and dataset.y_val is not None:
         validation = (dataset.x_val, dataset.y_val)
+    if config.network:
+        return _evaluate_network(config, dataset, params, validation)
     if dataset.classes is not None:
         return _evaluate_classifier(config, dataset, params, validation)
     evaluation = evaluate(
@@ -272,6 +328,29 @@ def evaluate_prediction(
         evaluation["param_distance"],
         evaluation["loss_gap"],
     )
+    return evaluation
+
+
+def _evaluate_network(
+    config: TrainConfig, dataset: Dataset, params: dict[str, float], validation: Any
+) -> dict[str, Any]:
+    """`evaluate_prediction` for a network: its task's metrics per split and predictions."""
+    module = network_of(config, dataset.n_features, dataset.classes).build(torch.float64)
+    evaluation = evaluate_network(
+        module,
+        params,
+        dataset.x,
+        dataset.y,
+        task=config.resolved_task,
+        classes=dataset.classes,
+        predict_rows=config.prediction_inputs,
+        validation=validation,
+    )
+    logger = get_run_logger()
+    for prediction in evaluation["predictions"]:
+        line = class_prediction_line if "class" in prediction else prediction_line
+        logger.info(line(prediction))
+    logger.info("Gap to the optimum not measured: %s", evaluation["optimum"]["reason"])
     return evaluation
 
 

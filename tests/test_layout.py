@@ -149,8 +149,9 @@ def test_importing_storage_loads_neither_prefect_nor_torch(tmp_path: Path) -> No
 
 @pytest.mark.process
 def test_the_read_only_commands_load_neither_prefect_nor_torch(tmp_path: Path) -> None:
-    """`gdflow runs`, `metrics` and `db` answer in well under a second: they read the database
-    (reconciling runs left running) without importing Prefect or torch (seconds each)."""
+    """`gdflow runs` (each format), `show` (each format), `metrics` and `db` answer in well under
+    a second: they read the database (reconciling runs left running) without importing Prefect
+    or torch (seconds each)."""
     url = f"sqlite:///{tmp_path / 'metrics.db'}"
     code = (
         "import sys\nfrom gdflow.cli.main import main\n"
@@ -159,11 +160,26 @@ def test_the_read_only_commands_load_neither_prefect_nor_torch(tmp_path: Path) -
         f"        return main([*args, '--database-url', {url!r}])\n"
         "    except SystemExit as stop:\n"
         "        return stop.code\n"
-        "codes = [code(a) for a in (['runs'], ['db', 'current'], ['metrics', 'latest'])]\n"
+        "from gdflow.storage import RunOutcome, RunStatus, create_run, engine_for, finish_run\n"
+        "from sqlalchemy.orm import Session\n"
+        "commands = [['runs'], ['db', 'current'], ['metrics', 'latest'], ['show', 'latest']]\n"
+        "codes = [code(a) for a in commands]\n"
+        f"with Session(engine_for({url!r})) as session:\n"
+        "    run = create_run(session, config={}, data_source='toy:y=2x', parameter_names=['w'])\n"
+        "    metrics = {'mse': 0.25, 'rmse': 0.5, 'mae': 0.5, 'r2': 0.9}\n"
+        "    optimum = {'params': {'w': 2.0}, 'loss': 0.2}\n"
+        "    evaluation = {'train': metrics, 'least_squares': optimum}\n"
+        "    finish_run(session, run_id=run, outcome=RunOutcome(RunStatus.COMPLETED, "
+        "final_params={'w': 2.0}, evaluation=evaluation))\n"
+        "    session.commit()\n"
+        "commands = [['show', '1'], ['show', '1', '--format', 'json'], "
+        "['runs', '--format', 'json'], ['runs', '--format', 'csv'], ['metrics', '1']]\n"
+        "codes += [code(a) for a in commands]\n"
         "print(codes, sorted(m for m in ('prefect', 'torch') if m in sys.modules))"
     )
-    # `metrics latest` on a new database: exit 1 with its one-line error, still no import
-    assert _printed(code, tmp_path) == "[0, 0, 1] []"
+    # `metrics latest` and `show latest` on a new database: exit 1 with their one-line error,
+    # still no import; then each read of a recorded run
+    assert _printed(code, tmp_path) == "[0, 0, 1, 1, 0, 0, 0, 0, 0] []"
 
 
 @pytest.mark.process

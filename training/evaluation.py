@@ -45,8 +45,13 @@ def regression_metrics(
     x: np.ndarray, y: np.ndarray, params: dict[str, float]
 ) -> dict[str, Optional[float]]:
     """MSE, RMSE, MAE and R^2 (None for a constant target) of the model on (x, y), in float64."""
+    return metrics_of_predictions(predict(x, params), y)
+
+
+def metrics_of_predictions(outputs: np.ndarray, y: np.ndarray) -> dict[str, Optional[float]]:
+    """MSE, RMSE, MAE and R^2 (None for a constant target) of any model's outputs for y."""
     target = np.asarray(y, dtype=np.float64)
-    residual = predict(x, params) - target
+    residual = np.asarray(outputs, dtype=np.float64) - target
     mse_value = float(np.mean(residual**2))
     total = float(np.sum((target - target.mean()) ** 2))
     r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else None  # constant target

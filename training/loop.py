@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
 
 from gdflow.training.batches import MiniBatches
 from gdflow.training.fused_mse import fused_mse, use_fused
-from gdflow.training.model import ClassifierModel, TrainingData, build_model
+from gdflow.training.model import ClassifierModel, NetworkModel, TrainingData, build_model
 from gdflow.training.optimization import Optimization, make_optimizer, make_scheduler
 from gdflow.training.records import CHUNK_EPOCHS, FLUSH_SECONDS, EpochChunk, EpochRecords
 from gdflow.training.result import History, TrainResult
@@ -60,8 +60,13 @@ def fit(
     fused = not classifier and use_fused(x, full_batch=batches.full)
     records = EpochRecords(max(1, min(hooks.chunk_epochs, opt.epochs)))
     has_val = model.validation is not None
+    has_accuracy = has_val and classifier and data.task != "regression"
+    recorded = params
+    if isinstance(model, NetworkModel):  # a large network records scalars only
+        recorded = model.recorded
+        initial = dict(initial) if model.names else {}
     history = History(
-        initial, opt, has_val=has_val, has_accuracy=classifier and has_val, on_chunk=hooks.on_chunk
+        initial, opt, has_val=has_val, has_accuracy=has_accuracy, on_chunk=hooks.on_chunk
     )
     started = time.perf_counter()
     last_flush = time.monotonic()
@@ -83,7 +88,7 @@ def fit(
             loss, grads = batches.epoch(model, params, optimizer)
         with torch.no_grad():
             accuracy = model.validation_accuracy() if isinstance(model, ClassifierModel) else None
-            records.add(lr, loss.detach(), grads, params, model.validation_loss(), accuracy)
+            records.add(lr, loss.detach(), grads, recorded, model.validation_loss(), accuracy)
         if scheduler is not None:
             scheduler.step()
         asked = hooks.asked_to_stop()
@@ -99,4 +104,7 @@ def fit(
                 stop = history.cancel(f"stopped by {asked} after epoch {epoch}")
             if stop:
                 break
-    return history.result(str(device), time.perf_counter() - started)
+    result = history.result(str(device), time.perf_counter() - started)
+    if isinstance(model, NetworkModel) and not model.names:
+        result = replace(result, final_params=model.final_values())
+    return result

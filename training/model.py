@@ -10,6 +10,7 @@ Parameters are named and flattened W row by row, then b: `w_<feature>`/`b` for o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,11 +35,22 @@ class TrainingData:
     family: str = "linear"
     n_classes: int = 0
     weights: Optional[np.ndarray] = None
+    #: A network family's module (e.g. `mlp`), built for a dtype; None for the linear families.
+    network: Optional[Callable[[torch.dtype], torch.nn.Module]] = None
 
     @property
     def outputs(self) -> int:
-        """Outputs of the model: one (linear, logistic) or one per class (softmax)."""
-        return self.n_classes if self.family == "softmax" else 1
+        """Outputs of the model: one (regression, binary) or one per class (multiclass)."""
+        if self.family == "softmax" or (self.network is not None and self.n_classes > 2):
+            return self.n_classes
+        return 1
+
+    @property
+    def task(self) -> str:
+        """regression, binary or multiclass: what the target holds."""
+        if self.n_classes == 0:
+            return "regression"
+        return "binary" if self.family == "logistic" or self.outputs == 1 else "multiclass"
 
 
 class LinearModel:
@@ -160,10 +172,80 @@ class ClassifierModel:
         return (predicted == y).to(x.dtype).mean()
 
 
+class NetworkModel(ClassifierModel):
+    """A torch module (`mlp`) trained for its task: MSE on its one output (regression), the
+    binary cross-entropy of its one logit (binary) or the cross-entropy of its logits
+    (multiclass). Parameters are recorded by name while there are at most
+    `MAX_RECORDED_PARAMETERS`; larger networks record scalars per epoch and their weights once
+    at the end."""
+
+    def __init__(self, data: TrainingData, initial: dict[str, float], device: torch.device):
+        assert data.network is not None
+        dtype = torch.float64 if data.x.dtype == np.float64 else torch.float32
+        self.task = data.task
+        self.family = "logistic" if self.task == "binary" else "softmax"
+        self.outputs = data.outputs
+        self.x = torch.as_tensor(data.x, dtype=dtype, device=device)
+        self.module = data.network(dtype).to(device)
+        if initial:
+            from gdflow.training.mlp import load_flat
+
+            load_flat(self.module, list(initial.values()))
+        self.names = tuple(initial) if len(initial) <= MAX_RECORDED_PARAMETERS else ()
+        self.y = self._target(data.y, device)
+        self.weights = None
+        if data.weights is not None:
+            self.weights = torch.as_tensor(data.weights, dtype=dtype, device=device)
+        self.validation = None
+        if data.validation is not None:
+            x_val, y_val = data.validation
+            self.validation = (
+                torch.as_tensor(x_val, dtype=dtype, device=device),
+                self._target(y_val, device),
+            )
+        self.params = list(self.module.parameters())
+
+    def _target(self, y: np.ndarray, device: torch.device) -> torch.Tensor:
+        if self.task == "regression":
+            return torch.as_tensor(y, device=device).to(self.x.dtype)
+        return super()._target(y, device)
+
+    @property
+    def recorded(self) -> list[torch.Tensor]:
+        """The parameters recorded every epoch: all of them, or none for a large network."""
+        return self.params if self.names else []
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        out = self.module(inputs)
+        return out[:, 0] if self.outputs == 1 else out
+
+    def loss(
+        self, inputs: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        if self.task == "regression":
+            return ((self(inputs) - target) ** 2).mean()
+        return super().loss(inputs, target, weights)
+
+    def validation_accuracy(self) -> Optional[torch.Tensor]:
+        return None if self.task == "regression" else super().validation_accuracy()
+
+    def final_values(self) -> dict[str, float]:
+        """Every parameter by name (`0.weight[i,j]`, ...), as trained."""
+        from gdflow.training.mlp import flat_names, flat_values
+
+        return dict(zip(flat_names(self.module), flat_values(self.module).tolist()))
+
+
+#: Parameters recorded every epoch, at most: a larger network records its weights once.
+MAX_RECORDED_PARAMETERS = 100
+
+
 def build_model(
     data: TrainingData, initial: dict[str, float], device: torch.device
 ) -> LinearModel | ClassifierModel:
     """The model of `data.family`, with its data on `device`."""
+    if data.network is not None:
+        return NetworkModel(data, initial, device)
     if data.family in CLASSIFIERS:
         return ClassifierModel(data, initial, device)
     return LinearModel(data, initial, device)

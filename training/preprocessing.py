@@ -8,13 +8,16 @@ class, never centred (y_mean = 0); a softmax model maps each class's row of weig
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
+import torch
 
 from gdflow.config.errors import features_too_large
 from gdflow.data.dataset import Dataset
+from gdflow.training.mlp import fold_standardization
 from gdflow.training.model import TrainingData
 from gdflow.training.parameters import is_bias
 from gdflow.training.records import EpochChunk
@@ -101,6 +104,16 @@ class Standardizer:
 
 
 @dataclass(frozen=True)
+class Network:
+    """A network family's module builder (for a dtype) and the widths that standardisation
+    folds into: its first layer's and its output layer's."""
+
+    build: Callable[[torch.dtype], torch.nn.Module]
+    first_width: int
+    outputs: int
+
+
+@dataclass(frozen=True)
 class TrainingProblem:
     """The arrays and initial parameters training sees, and the way back to original units."""
 
@@ -113,6 +126,8 @@ class TrainingProblem:
     family: str = "linear"
     n_classes: int = 0
     weights: Optional[np.ndarray] = None
+    #: A network family's module and its architecture (first layer's width, outputs).
+    network: Optional[Network] = None
 
     @classmethod
     def prepare(
@@ -123,16 +138,26 @@ class TrainingProblem:
         standardize: bool,
         family: str = "linear",
         weights: Optional[np.ndarray] = None,
+        network: Optional[Network] = None,
     ) -> TrainingProblem:
         """Standardise on the training rows when asked; otherwise train on the data as is.
-        A classifier (`dataset.classes`) keeps its target; `weights`: one per training row."""
+        A classifier (`dataset.classes`) keeps its target; `weights`: one per training row.
+        A network's initial weights are its own (standardising only changes its inputs)."""
         validation = None
         if dataset.x_val is not None and dataset.y_val is not None:
             validation = (dataset.x_val, dataset.y_val)
         n_classes = len(dataset.classes) if dataset.classes is not None else 0
         if not standardize:
             return cls(
-                dataset.x, dataset.y, dict(initial), validation, None, family, n_classes, weights
+                dataset.x,
+                dataset.y,
+                dict(initial),
+                validation,
+                None,
+                family,
+                n_classes,
+                weights,
+                network,
             )
         outputs = n_classes if family == "softmax" else 1
         has_bias = any(is_bias(name) for name in initial)
@@ -142,23 +167,37 @@ class TrainingProblem:
         x, y = scaler.transform(dataset.x, dataset.y)
         if validation is not None:
             validation = scaler.transform(*validation)
-        scaled = scaler.to_scaled(initial)
-        return cls(x, y, scaled, validation, scaler, family, n_classes, weights)
+        scaled = dict(initial) if network is not None else scaler.to_scaled(initial)
+        return cls(x, y, scaled, validation, scaler, family, n_classes, weights, network)
 
     @property
     def data(self) -> TrainingData:
         """The rows training fits, and its validation rows, as `fit` takes them."""
+        build = self.network.build if self.network is not None else None
         return TrainingData(
-            self.x, self.y, self.validation, self.family, self.n_classes, self.weights
+            self.x, self.y, self.validation, self.family, self.n_classes, self.weights, build
         )
+
+    def _params_to_original(self, values: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """Rows of parameters (in the order of `names`) in the data's original units."""
+        assert self.standardizer is not None
+        if self.network is not None:
+            return fold_standardization(
+                values,
+                first_width=self.network.first_width,
+                outputs=self.network.outputs,
+                mean=self.standardizer.mean,
+                scale=self.standardizer.scale,
+                y_mean=self.standardizer.y_mean,
+            )
+        has_bias = any(is_bias(name) for name in names)
+        return self.standardizer.to_original(values, has_bias=has_bias)
 
     def to_original(self, chunk: EpochChunk) -> EpochChunk:
         """A chunk with its parameters in the data's original units."""
-        if self.standardizer is None:
+        if self.standardizer is None or not chunk.names:
             return chunk
-        has_bias = any(is_bias(name) for name in chunk.names)
-        params = self.standardizer.to_original(chunk.params, has_bias=has_bias)
-        return replace(chunk, params=params)
+        return replace(chunk, params=self._params_to_original(chunk.params, chunk.names))
 
     def result_to_original(self, result: TrainResult) -> TrainResult:
         """A result with its final parameters in the data's original units."""
@@ -166,7 +205,5 @@ class TrainingProblem:
             return result
         names = list(result.final_params)
         values = np.array([result.final_params[n] for n in names])
-        original = self.standardizer.to_original(
-            values, has_bias=any(is_bias(name) for name in names)
-        )
+        original = self._params_to_original(values, names)
         return replace(result, final_params=dict(zip(names, original.tolist())))

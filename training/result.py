@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -36,6 +36,8 @@ class TrainResult:
     max_stable_lr: Optional[float] = None
     #: What diverged, when `stop_reason` is "diverged" (the same as `verdict_detail` in words).
     diverged_because: Optional[DivergenceCause] = None
+    #: The learning-rate range test that chose the rate of `--lr auto` for a network, if any.
+    lr_range_test: Optional[dict[str, Any]] = None
 
 
 class History:

@@ -44,9 +44,6 @@ def test_a_softmax_run_on_iris_stores_its_classes_metrics_and_accuracy_curve(
     header = next(line for line in done.stdout.splitlines() if line.startswith("data "))
     assert header.split() == ["data", "log_loss", "accuracy", "macro_f1"]
     assert re.search(r"true setosa\s+\d+\s+0\s+0", done.stdout)  # setosa is never confused
-    assert (
-        "Prediction after training: f(5.1, 3.5, 1.4, 0.2) = 'setosa'" in done.stdout + done.stderr
-    )
 
     ((model, task, classes, names, evaluation),) = _query(
         database_url, "SELECT model, task, classes, parameter_names, evaluation FROM runs"
@@ -112,3 +109,51 @@ def test_bad_classifier_input_is_one_line_and_nothing_half_recorded(
     else:  # recorded as failed, no epoch rows
         assert runs == [(recorded, 0)]
         assert _query(database_url, "SELECT count(*) FROM epoch_metrics") == [(0,)]
+
+
+def test_an_mlp_classifier_with_lr_auto_records_its_range_test(
+    gdflow_main: GdflowMain, database_url: str, tmp_path: Path
+) -> None:
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(300, noise=0.2, random_state=0)
+    rows = "\n".join(f"{float(a)!r},{float(b)!r},{'yes' if t else 'no'}" for (a, b), t in zip(x, y))
+    (tmp_path / "moons.csv").write_text("a,b,label\n" + rows + "\n")
+    args = ["run", "--data", "moons.csv", "--model", "mlp", "--task", "binary"]
+    args += ["--hidden", "8", "--standardize", "--epochs", "200", "--log-every", "0"]
+    done = gdflow_main(args, database_url=database_url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "no exact optimum: a network's loss is not convex" in done.stdout
+
+    ((model, task, classes, final_params, evaluation),) = _query(
+        database_url, "SELECT model, task, classes, final_params, evaluation FROM runs"
+    )
+    assert (model, task, json.loads(classes)) == ("mlp", "binary", ["no", "yes"])
+    assert len(json.loads(final_params)) == 2 * 8 + 8 + 8 + 1
+    evaluation = json.loads(evaluation)
+    search = evaluation["lr_range_test"]
+    assert search["lrs"][0] < search["chosen"] < search["lrs"][-1]
+    assert len(search["lrs"]) == len(search["losses"]) and "fell fastest" in search["how"]
+    assert evaluation["train"]["accuracy"] > 0.8 and evaluation["optimum"]["loss"] is None
+
+
+def test_gdflow_run_imports_its_users_module_reference(
+    gdflow_main: GdflowMain, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line's user names their own factory: `gdflow run` imports it (and leaves the
+    machine's setting as it was), trains it for --task multiclass and stores its weights."""
+    from tests.training.test_user_models import install_plugin
+
+    monkeypatch.delenv("GDFLOW_ALLOW_MODEL_IMPORTS", raising=False)
+    install_plugin(tmp_path, monkeypatch)
+    data = _iris(tmp_path)
+    args = ["run", "--data", str(data), "--model", "gdflow_test_models:good"]
+    args += ["--task", "multiclass", "--epochs", "30", "--lr", "0.1", "--log-every", "0"]
+    done = gdflow_main(args, database_url=database_url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "GDFLOW_ALLOW_MODEL_IMPORTS" not in __import__("os").environ
+    ((model, task, final_params),) = _query(
+        database_url, "SELECT model, task, final_params FROM runs"
+    )
+    assert (model, task) == ("gdflow_test_models:good", "multiclass")
+    assert len(json.loads(final_params)) == 4 * 4 + 4 + 4 * 3 + 3  # Linear(4,4), Linear(4,3)

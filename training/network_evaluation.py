@@ -1,0 +1,100 @@
+"""Evaluate a trained network (`mlp`): its outputs in float64, the task's metrics per split.
+
+The network is rebuilt from its stored parameters (`mlp.load_flat`) and run in float64. A
+network's loss is not convex: there is no exact optimum to measure the gap to, and the
+evaluation says so instead of giving one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from gdflow.training.classifier_evaluation import split_metrics
+from gdflow.training.evaluation import metrics_of_predictions
+from gdflow.training.mlp import load_flat
+
+#: Why a network's evaluation has no optimum.
+NO_OPTIMUM = "a network's loss is not convex, so there is no exact optimum to measure the gap to"
+
+
+def outputs_of(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """The module's outputs for rows `x`, in float64: (n,) for one output, else (n, k)."""
+    with torch.no_grad():
+        out = module(torch.as_tensor(np.asarray(x, dtype=np.float64)))
+    values = out.numpy()
+    return values[:, 0] if values.shape[1] == 1 else values
+
+
+def _probabilities(outputs: np.ndarray, task: str) -> np.ndarray:
+    from scipy.special import expit, softmax
+
+    return np.asarray(expit(outputs) if task == "binary" else softmax(outputs, axis=1))
+
+
+def _split(outputs: np.ndarray, y: np.ndarray, task: str, n_classes: int) -> dict[str, Any]:
+    if task == "regression":
+        return dict(metrics_of_predictions(outputs, y))
+    family = "logistic" if task == "binary" else "softmax"
+    return split_metrics(_probabilities(outputs, task), y, family=family, n_classes=n_classes)
+
+
+def evaluate_network(
+    module: torch.nn.Module,
+    params: dict[str, float],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: str,
+    classes: Optional[Sequence[Any]] = None,
+    predict_rows: Sequence[Sequence[float]] = (),
+    validation: Optional[tuple[np.ndarray, np.ndarray]] = None,
+) -> dict[str, Any]:
+    """Predictions, metrics on train (and validation) rows and the training loss of the network
+    `module` (float64, any weights) with the trained `params`."""
+    network = load_flat(module.double(), list(params.values()))
+    k = len(classes) if classes is not None else 0
+    outputs = outputs_of(network, x)
+    train = _split(outputs, y, task, k)
+    result: dict[str, Any] = {
+        "train_loss": train["mse"] if task == "regression" else train["log_loss"],
+        "train": train,
+        "optimum": {"loss": None, "relative_gap": None, "reason": NO_OPTIMUM},
+        "predictions": _predictions(network, predict_rows, task, classes),
+    }
+    if classes is not None:
+        result["classes"] = list(classes)
+    if validation is not None:
+        result["validation"] = _split(outputs_of(network, validation[0]), validation[1], task, k)
+    return result
+
+
+def _predictions(
+    network: torch.nn.Module,
+    rows: Sequence[Sequence[float]],
+    task: str,
+    classes: Optional[Sequence[Any]],
+) -> list[dict[str, Any]]:
+    """Each input row's output (regression) or class and probabilities (classifiers)."""
+    if not rows:
+        return []
+    inputs = np.array([list(row) for row in rows], dtype=np.float64)
+    outputs = outputs_of(network, inputs)
+    if task == "regression" or classes is None:
+        return [
+            {"input": [float(v) for v in row], "output": float(out)}
+            for row, out in zip(inputs, outputs)
+        ]
+    prob = _probabilities(outputs, task)
+    table = np.column_stack([1 - prob, prob]) if task == "binary" else prob
+    return [
+        {
+            "input": [float(v) for v in row],
+            "class": classes[int(np.argmax(p))],
+            "probabilities": {str(label): float(v) for label, v in zip(classes, p)},
+        }
+        for row, p in zip(inputs, table)
+    ]
