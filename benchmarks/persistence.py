@@ -25,7 +25,8 @@ from gdflow.training.optimization import Optimization
 from gdflow.training.records import EpochChunk
 
 _TABLE = """CREATE TABLE epoch_metrics (run_id INTEGER NOT NULL, epoch INTEGER NOT NULL, loss FLOAT,
-params JSON NOT NULL, grad_norm FLOAT, lr FLOAT, val_loss FLOAT, PRIMARY KEY (run_id, epoch))"""
+params JSON NOT NULL, grad_norm FLOAT, lr FLOAT, val_loss FLOAT, val_accuracy FLOAT,
+PRIMARY KEY (run_id, epoch))"""
 
 
 class _Files:
@@ -48,7 +49,7 @@ def _sqlite3_baseline(path: Path, rows: Sequence[tuple[object, ...]]) -> None:
     connection.execute(_TABLE)
     started = time.perf_counter()
     with connection:
-        connection.executemany("INSERT INTO epoch_metrics VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        connection.executemany("INSERT INTO epoch_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     _Timer.last = time.perf_counter() - started
     connection.close()
 
@@ -80,7 +81,7 @@ def storage(records: int, repeats: int, files: _Files) -> list[Result]:
         lrs=lrs.tolist(),
     )
     rows = [
-        (1, e, loss, json.dumps({"w": p[0]}), g, lr, None)
+        (1, e, loss, json.dumps({"w": p[0]}), g, lr, None, None)
         for e, loss, p, g, lr in zip(
             batch.epochs, batch.losses, batch.params, grads.tolist(), lrs.tolist()
         )

@@ -30,6 +30,11 @@ COLUMNS = (
     "best loss",
     "val loss",
 )
+#: Every comparison column that is not a parameter: COLUMNS and a classifier's accuracy.
+SUMMARY_COLUMNS = (*COLUMNS, "val accuracy")
+#: Final parameters the comparison shows, at most (a softmax or a network has many more: their
+#: runs are compared by their losses and accuracy; `gdflow show RUN` has every parameter).
+MAX_COMPARED_PARAMETERS = 8
 
 
 class SweepConfig(BaseModel):
@@ -195,11 +200,18 @@ def _finite(value: Any) -> Optional[float]:
 
 
 def validation_loss(run: RunLike) -> Optional[float]:
-    """The run's validation MSE (evaluation["validation"]["mse"]), when it has one."""
+    """The run's validation loss, when it has one: the MSE of a regression, the log loss of a
+    classifier (evaluation["validation"]["mse"] or ["log_loss"])."""
     validation = (run.evaluation or {}).get("validation")
     if not isinstance(validation, Mapping):
         return None
-    return _finite(validation.get("mse"))
+    return _finite(validation.get("mse", validation.get("log_loss")))
+
+
+def validation_accuracy(run: RunLike) -> Optional[float]:
+    """A classifier's validation accuracy, when it has one."""
+    validation = (run.evaluation or {}).get("validation")
+    return _finite(validation.get("accuracy")) if isinstance(validation, Mapping) else None
 
 
 def training_loss(run: RunLike) -> Optional[float]:
@@ -231,10 +243,14 @@ def best_run(runs: Sequence[R]) -> Optional[R]:
 
 
 def comparison_rows(runs: Sequence[RunLike]) -> list[dict[str, Any]]:
-    """One row per run, by learning rate: COLUMNS, then every run's final parameters."""
+    """One row per run, by learning rate: COLUMNS (val accuracy for classifiers), then every
+    run's final parameters when there are at most MAX_COMPARED_PARAMETERS."""
     names: list[str] = []
     for run in runs:
         names += [name for name in (run.final_params or {}) if name not in names]
+    if len(names) > MAX_COMPARED_PARAMETERS:
+        names = []
+    accuracy = any(validation_accuracy(run) is not None for run in runs)
     rows: list[dict[str, Any]] = []
     for run in sorted(runs, key=lambda r: (run_lr(r), r.id)):
         params = run.final_params or {}
@@ -248,6 +264,8 @@ def comparison_rows(runs: Sequence[RunLike]) -> list[dict[str, Any]]:
             "best loss": _finite(run.best_loss),
             "val loss": validation_loss(run),
         }
+        if accuracy:
+            row["val accuracy"] = validation_accuracy(run)
         row.update({name: _finite(params.get(name)) for name in names})
         rows.append(row)
     return rows

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from gdflow.config.sweep import COLUMNS as SWEEP_COLUMNS
+from gdflow.config.sweep import SUMMARY_COLUMNS as SWEEP_COLUMNS
 from gdflow.reports.charts import curve_svg, svg_data_uri
 from gdflow.reports.markdown import cell, escape_markdown, num
 

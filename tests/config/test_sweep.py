@@ -261,3 +261,50 @@ def test_failure_message_says_what_to_change() -> None:
         "first error: data file x.csv not found; check the path"
     )
     assert "\n" not in failure_message(6, [], [])
+
+
+def test_a_classifier_sweep_is_compared_by_validation_log_loss_and_accuracy() -> None:
+    from gdflow.training.classifier_evaluation import evaluate_classifier
+
+    x = np.array([[0.0], [1.0], [2.0], [3.0], [0.5], [2.5]])
+    y = np.array([0, 0, 1, 1, 0, 1])
+    x_val, y_val = np.array([[0.2], [1.4], [1.6], [2.8]]), np.array([0, 1, 0, 1])
+    fits = {  # softmax parameters: w_a, w_b, b_a, b_b (class a's fixed at zero)
+        0.1: {"w_a_x": 0.0, "w_b_x": 0.4, "b_a": 0.0, "b_b": -0.6},
+        1.0: {"w_a_x": 0.0, "w_b_x": 3.0, "b_a": 0.0, "b_b": -4.5},
+    }
+    runs = [
+        EvaluatedRun(
+            id=i,
+            config={"lr": lr},
+            final_params=params,
+            evaluation=evaluate_classifier(
+                x, y, params, family="softmax", classes=("a", "b"), validation=(x_val, y_val)
+            ),
+        )
+        for i, (lr, params) in enumerate(fits.items(), start=1)
+    ]
+    losses = [run.evaluation["validation"]["log_loss"] for run in runs]
+    assert best_run(runs) is runs[losses.index(min(losses))]
+    rows = comparison_rows(runs)
+    assert [row["val loss"] for row in rows] == losses
+    assert [row["val accuracy"] for row in rows] == [
+        run.evaluation["validation"]["accuracy"] for run in runs
+    ]
+    assert "w_b_x" in rows[0]  # four parameters: shown
+
+
+def test_comparison_rows_leave_out_the_parameters_of_large_models() -> None:
+    params = {f"w_{i}": float(i) for i in range(9)}
+    runs = [EvaluatedRun(id=1, config={"lr": 0.1}, evaluation={}, final_params=params)]
+    (row,) = comparison_rows(runs)
+    assert list(row) == [
+        "run",
+        "lr",
+        "status",
+        "stop reason",
+        "epochs",
+        "final loss",
+        "best loss",
+        "val loss",
+    ]
