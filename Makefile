@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test test-fast lint typecheck-tree reliability bench setup clean
+.PHONY: run test test-fast test-extended lint typecheck-tree reliability bench setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,16 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 # Two parts: the suite on two pytest-xdist workers (whole files per worker), then the tests
 # marked `alone` (they time something or load the machine themselves) in one process, so that
 # no other test's load makes them fail. Both parts run; either failing fails the target.
+# Tests marked `extended` (minutes of CPU for what other tests cover in part: two process
+# workers on one pool, Dask on local worker processes, the orchestration and loading benchmarks
+# end to end) run under `make test-extended`, not in `make test`, which CI runs in 15 minutes.
 test: lint  ## lint, then run the test suite
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m 'not alone'; parallel=$$?; \
-	$(BIN)/python -m pytest -m alone; alone=$$?; \
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m 'not alone and not extended'; parallel=$$?; \
+	$(BIN)/python -m pytest -m 'alone and not extended'; alone=$$?; \
 	[ $$parallel -eq 0 ] && [ $$alone -eq 0 ]
+
+test-extended: setup  ## the tests marked extended (several minutes on two cores)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m extended
 
 test-fast: setup  ## the pure tests: no Prefect server, no subprocess, no PostgreSQL (seconds)
 	$(BIN)/python -m pytest -q -m 'not process'

@@ -274,14 +274,28 @@ class Served:
 def served(
     prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    """`gdflow serve --interval 5` in the background until the session ends."""
+    """`gdflow serve --interval 5` in the background until the session ends, its nightly
+    deployment paused (`scheduled` resumes it for a test), on a machine where an installed
+    package registers the model `tiny` under the gdflow.models entry points."""
     workdir = tmp_path_factory.mktemp("serve")
     database = workdir / "metrics.db"
     # Create the schema first, so the tests' plain sqlite3 readers never see a half-made file.
     from gdflow.storage import make_engine
 
     make_engine(f"sqlite:///{database}").dispose()
-    env = {**prefect_server.env, "GDFLOW_DATABASE_URL": f"sqlite:///{database}"}
+    # The machine has a package that registers a model (tests/training/test_user_models.py);
+    # it does not allow raw module:factory imports.
+    from tests.training.test_user_models import install_plugin_files
+
+    site = workdir / "site"
+    site.mkdir()
+    install_plugin_files(site)
+    env = {
+        **prefect_server.env,
+        "GDFLOW_DATABASE_URL": f"sqlite:///{database}",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p),
+    }
+    env.pop("GDFLOW_ALLOW_MODEL_IMPORTS", None)
     log = workdir / "serve.log"
     process = start_background(
         [venv_command("gdflow"), "serve", "--interval", "5", "--epochs", "50", "--log-every", "0"],
@@ -302,9 +316,26 @@ def served(
                     return False
 
         wait_for(deployed, timeout=120, what="gdflow serve to register its deployments")
+        # Its nightly schedule (every 5 s here) stays paused but for the test of the schedule:
+        # a run every 5 s for the rest of the session would load every other test.
+        with prefect_server.client() as client:
+            client.pause_deployment(client.read_deployment_by_name("train/gdflow-nightly").id)
         yield Served(server=prefect_server, database=database, workdir=workdir)
     finally:
         stop_process(process)
+
+
+@contextlib.contextmanager
+def scheduled(served: Served) -> Iterator[None]:
+    """The served nightly deployment's schedule running (every 5 s) for the block's length."""
+    with served.server.client() as client:
+        deployment_id = client.read_deployment_by_name("train/gdflow-nightly").id
+        client.resume_deployment(deployment_id)
+    try:
+        yield
+    finally:
+        with served.server.client() as client:
+            client.pause_deployment(deployment_id)
 
 
 def latest_run(database_url: str):  # type: ignore[no-untyped-def]

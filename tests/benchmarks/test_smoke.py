@@ -61,7 +61,8 @@ def rows_of(name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str
                 "load csv 20,000x16 speed",
                 "load csv 20,000x16 peak memory",
             ],
-            marks=pytest.mark.process,  # each load runs in a fresh process
+            # each load runs in a fresh process; make test-extended runs it
+            marks=[pytest.mark.process, pytest.mark.extended],
         ),
     ],
 )
@@ -72,6 +73,7 @@ def test_benchmark_prints_its_rows(
     assert sorted(rows) == sorted(promised)
 
 
+@pytest.mark.extended  # make test-extended: minutes of CPU on two cores
 @pytest.mark.heavy
 def test_orchestration_benchmark_runs_once_in_ephemeral_mode(
     capsys: pytest.CaptureFixture[str],

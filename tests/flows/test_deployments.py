@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.processes import PrefectServer, Served, copy_project, venv_command, wait_for
+from tests.processes import (
+    PrefectServer,
+    Served,
+    copy_project,
+    scheduled,
+    venv_command,
+    wait_for,
+)
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -165,16 +172,17 @@ def test_the_schedule_creates_runs_and_they_execute(served: Served) -> None:
                 )
             )
 
-    wait_for(
-        lambda: any(r.state.type.value == "SCHEDULED" for r in scheduled_runs()),
-        timeout=60,
-        what="scheduled runs",
-    )
-    completed = wait_for(
-        lambda: [r for r in scheduled_runs() if r.state.type.value == "COMPLETED"],
-        timeout=120,
-        what="a scheduled run to complete",
-    )
+    with scheduled(served):
+        wait_for(
+            lambda: any(r.state.type.value == "SCHEDULED" for r in scheduled_runs()),
+            timeout=60,
+            what="scheduled runs",
+        )
+        completed = wait_for(
+            lambda: [r for r in scheduled_runs() if r.state.type.value == "COMPLETED"],
+            timeout=120,
+            what="a scheduled run to complete",
+        )
     ids = [str(r.id) for r in completed]
     recorded = _rows(
         served.database,

@@ -66,6 +66,7 @@ def _failure(sweep: SweepConfig) -> str:
     return message
 
 
+@pytest.mark.extended  # make test-extended: minutes of CPU on two cores
 @pytest.mark.heavy
 def test_a_dask_sweep_trains_on_several_local_worker_processes(database_url: str) -> None:
     base = TrainConfig(database_url=database_url, log_every=0)

@@ -51,6 +51,7 @@ def _create_process_pool(server: PrefectServer, name: str) -> None:
         )
 
 
+@pytest.mark.extended  # make test-extended: minutes of CPU on two cores
 @pytest.mark.heavy
 def test_several_process_workers_share_one_pool_and_one_database(
     prefect_server: PrefectServer, tmp_path: Path

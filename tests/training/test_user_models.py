@@ -37,7 +37,7 @@ PLUGIN = textwrap.dedent(
 )
 
 
-def install_plugin(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def install_plugin_files(folder: Path) -> None:
     """A package `gdflow_test_models` installed in `folder` the way pip installs one: the module
     and a dist-info whose entry points register two models under gdflow.models."""
     (folder / "gdflow_test_models.py").write_text(PLUGIN)
@@ -49,6 +49,11 @@ def install_plugin(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (info / "entry_points.txt").write_text(
         "[gdflow.models]\ntiny = gdflow_test_models:good\nmissing = gdflow_test_models_gone:good\n"
     )
+
+
+def install_plugin(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test package installed in `folder`, on this process's sys.path for the test."""
+    install_plugin_files(folder)
     monkeypatch.syspath_prepend(str(folder))
 
 
