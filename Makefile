@@ -26,8 +26,9 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 # marked `alone` (they time something or load the machine themselves) in one process, so that
 # no other test's load makes them fail. Both parts run; either failing fails the target.
 # Tests marked `extended` (minutes of CPU for what other tests cover in part: two process
-# workers on one pool, Dask on local worker processes, the orchestration and loading benchmarks
-# end to end) run under `make test-extended`, not in `make test`, which CI runs in 15 minutes.
+# workers on one pool, the GPU deployment, Dask on local worker processes, SIGHUP to gdflow
+# server, the orchestration and loading benchmarks end to end) run under `make test-extended`,
+# not in `make test`, which CI runs in 15 minutes.
 test: lint  ## lint, then run the test suite
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m 'not alone and not extended'; parallel=$$?; \
 	$(BIN)/python -m pytest -m 'alone and not extended'; alone=$$?; \

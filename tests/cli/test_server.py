@@ -60,7 +60,11 @@ def _port_free(port: int) -> bool:
 
 @pytest.mark.process
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.extended)],
+    ids=["SIGTERM", "SIGHUP"],
+)
 def test_a_signal_to_gdflow_server_stops_its_prefect_server(
     sig: signal.Signals, tmp_path: Path
 ) -> None:

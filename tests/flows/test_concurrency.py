@@ -19,9 +19,6 @@ from tests.flows.reliability import (
 )
 from tests.processes import PrefectServer, stop_process
 
-#: Timing- or load-sensitive: `make test` runs this module alone, after the parallel part.
-pytestmark = pytest.mark.alone
-
 EPOCHS = 4500  # with a flush every 2 s or 4096 epochs: two chunks or more per run, interleaved
 #: A temporary Prefect server's failed start, as its log records it.
 SERVER_START_FAILURE = "Application startup failed. Exiting."

@@ -25,9 +25,6 @@ from tests.flows.reliability import (
 )
 from tests.processes import PrefectServer, latest_run, stop_process, venv_command, wait_for
 
-#: Timing- or load-sensitive: `make test` runs this module alone, after the parallel part.
-pytestmark = pytest.mark.alone
-
 LONG_RUN = ["run", "--epochs", "100000000", "--log-every", "0"]
 
 

@@ -42,7 +42,6 @@ def test_the_seed_run_end_to_end_on_postgresql(
 
 
 @pytest.mark.heavy
-@pytest.mark.alone
 def test_concurrent_runs_store_every_epoch_once(
     prefect_api_url: str, postgres_url: str, tmp_path: Path
 ) -> None:

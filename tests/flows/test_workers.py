@@ -169,6 +169,7 @@ def _run_on_the_gpu_pool(gpu: GpuDeployment) -> tuple:  # type: ignore[type-arg]
     return run, row
 
 
+@pytest.mark.extended  # deploys prefect.yaml's GPU deployment (minutes of CPU)
 def test_the_gpu_deployment_targets_the_gpu_pool_with_device_cuda(gpu: GpuDeployment) -> None:
     with gpu.server.client() as client:
         deployment = client.read_deployment_by_name("train/gdflow-gpu")
@@ -179,6 +180,7 @@ def test_the_gpu_deployment_targets_the_gpu_pool_with_device_cuda(gpu: GpuDeploy
 
 
 @pytest.mark.skipif(CUDA, reason="checks the error of a machine without a GPU")
+@pytest.mark.extended  # deploys prefect.yaml's GPU deployment (minutes of CPU)
 def test_a_gpu_run_on_a_machine_without_one_fails_with_the_device_error(
     gpu: GpuDeployment,
 ) -> None:
