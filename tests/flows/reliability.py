@@ -12,10 +12,10 @@ from pathlib import Path
 from tests.processes import PrefectServer, start_background, venv_command
 
 #: `gdflow run` processes at once in the concurrency tests (SQLite against a server, SQLite in
-#: ephemeral mode, PostgreSQL): three in `make test` (concurrent writers, interleaved chunks, at
-#: a third of the CPU time), eight under `make reliability` (GDFLOW_CONCURRENT_RUNS=8), whose
+#: ephemeral mode, PostgreSQL): two in `make test` (concurrent writers, interleaved chunks, at
+#: a quarter of the CPU time), eight under `make reliability` (GDFLOW_CONCURRENT_RUNS=8), whose
 #: figures RELIABILITY.md records.
-CONCURRENT_RUNS = int(os.environ.get("GDFLOW_CONCURRENT_RUNS", "3"))
+CONCURRENT_RUNS = int(os.environ.get("GDFLOW_CONCURRENT_RUNS", "2"))
 
 
 def server_env(server: PrefectServer, database: Path) -> dict[str, str]:

@@ -79,7 +79,7 @@ def test_a_rate_just_below_the_bound_converges_to_within_1_percent_of_scikit_lea
     loader: Any, columns: Any, family: str
 ) -> None:
     dataset = _dataset(loader, columns, family)
-    result, _bound, _problem = _train(dataset, family, lr_share=0.95, epochs=3000)
+    result, _bound, _problem = _train(dataset, family, lr_share=0.95, epochs=1000)
     x, y = loader(return_X_y=True)
     reference = _reference_loss(x[:, columns], y)
     assert result.stop_reason == "max_epochs"
@@ -105,7 +105,7 @@ def test_rates_above_the_logistic_bound_are_warned_about_not_refused() -> None:
     assert below.warnings == []
     assert len(above.warnings) == 1 and "the loss may diverge" in above.warnings[0]
     # The bound is sufficient, not tight: 1.5 times it still converges on this data.
-    result, _bound, _problem = _train(dataset, "logistic", lr_share=1.5, epochs=3000)
+    result, _bound, _problem = _train(dataset, "logistic", lr_share=1.5, epochs=1000)
     assert result.stop_reason == "max_epochs" and result.final_loss is not None
     assert result.final_loss < 0.2
 
@@ -116,7 +116,7 @@ def test_balanced_class_weights_train_the_weighted_objective() -> None:
     weights = class_weights(dataset.y.astype(np.int64), 2, "balanced")
     assert weights.sum() == pytest.approx(len(y))
     result, _bound, _problem = _train(
-        dataset, "logistic", lr_share=0.95, epochs=3000, weights=weights
+        dataset, "logistic", lr_share=0.95, epochs=1000, weights=weights
     )
     reference = _reference_loss(x[:, CANCER_COLUMNS], y, weights)
     unweighted = _reference_loss(x[:, CANCER_COLUMNS], y)
