@@ -138,7 +138,9 @@ def test_validation_accuracy_is_recorded_every_epoch() -> None:
     chunks: list[Any] = []
     opt = Optimization(lr=1.0, epochs=50)
     fit(problem.data, problem.initial, opt, device=CPU, hooks=Hooks(on_chunk=chunks.append))
-    (chunk,) = chunks
-    assert chunk.val_accuracies is not None and len(chunk.val_accuracies) == 50
-    assert chunk.val_accuracies[0] < chunk.val_accuracies[-1] <= 1.0
-    assert chunk.params.shape == (50, len(names))  # 18 parameters: recorded every epoch
+    # One chunk, or more when a loaded machine passes the 2 s flush interval.
+    accuracies = np.concatenate([chunk.val_accuracies for chunk in chunks])
+    assert len(accuracies) == 50
+    assert accuracies[0] < accuracies[-1] <= 1.0
+    params = np.concatenate([chunk.params for chunk in chunks])
+    assert params.shape == (50, len(names))  # 18 parameters: recorded every epoch

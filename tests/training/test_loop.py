@@ -240,7 +240,7 @@ def test_validation_loss_is_recorded_after_each_update() -> None:
         {"w_a": 0.0, "w_b": 0.0, "w_c": 0.0, "b": 0.0},
         Optimization(lr=0.1, epochs=50),
         device=CPU,
-        hooks=Hooks(on_chunk=chunks.append),
+        hooks=Hooks(on_chunk=chunks.append, flush_seconds=float("inf")),  # one chunk, however slow
     )
     (chunk,) = chunks
     assert chunk.val_losses is not None and len(chunk.val_losses) == 50
