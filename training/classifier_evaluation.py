@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from gdflow.training.classification import binary_metrics, multiclass_metrics
+from gdflow.training.evaluation import design_matrix
 from gdflow.training.parameters import is_bias
 
 
@@ -31,11 +32,8 @@ def probabilities(x: np.ndarray, theta: np.ndarray, *, family: str) -> np.ndarra
     """P(class 1) per row for `logistic` (n,), class probabilities (n, k) for `softmax`."""
     from scipy.special import expit, softmax
 
-    a = np.asarray(x, dtype=np.float64)
-    a = a.reshape(-1, 1) if a.ndim == 1 else a
-    if theta.shape[0] == a.shape[1] + 1:
-        a = np.hstack([a, np.ones((a.shape[0], 1))])
-    logits = a @ theta
+    a = design_matrix(x, False)
+    logits = design_matrix(a, theta.shape[0] == a.shape[1] + 1) @ theta
     if family == "logistic":
         return np.asarray(expit(logits[:, 0]))
     return np.asarray(softmax(logits, axis=1))
@@ -120,18 +118,23 @@ def _predictions(
     if not rows:
         return []
     inputs = np.array([list(row) for row in rows], dtype=np.float64)
-    prob = probabilities(inputs, theta, family=family)
-    table = np.column_stack([1 - prob, prob]) if family == "logistic" else prob
-    out = []
-    for row, p in zip(inputs, table):
-        out.append(
-            {
-                "input": [float(v) for v in row],
-                "class": classes[int(np.argmax(p))],
-                "probabilities": {str(label): float(v) for label, v in zip(classes, p)},
-            }
-        )
-    return out
+    return class_predictions(inputs, probabilities(inputs, theta, family=family), classes)
+
+
+def class_predictions(
+    inputs: np.ndarray, prob: np.ndarray, classes: Sequence[Any]
+) -> list[dict[str, Any]]:
+    """Rows of `inputs` with their most probable class and the probability of each class;
+    `prob` is P(class 1) per row (n,) for two classes, else (n, classes)."""
+    table = np.column_stack([1 - prob, prob]) if prob.ndim == 1 else prob
+    return [
+        {
+            "input": [float(v) for v in row],
+            "class": classes[int(np.argmax(p))],
+            "probabilities": {str(label): float(v) for label, v in zip(classes, p)},
+        }
+        for row, p in zip(inputs, table)
+    ]
 
 
 def class_prediction_line(prediction: dict[str, Any]) -> str:

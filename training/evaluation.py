@@ -21,7 +21,7 @@ def check_predict_rows(rows: Sequence[Sequence[float]], n_features: int) -> None
             )
 
 
-def _design(x: np.ndarray, bias: bool) -> np.ndarray:
+def design_matrix(x: np.ndarray, bias: bool) -> np.ndarray:
     """The float64 design matrix, with a column of ones when the model has a bias."""
     x64 = np.asarray(x, dtype=np.float64)
     if x64.ndim == 1:
@@ -32,7 +32,7 @@ def _design(x: np.ndarray, bias: bool) -> np.ndarray:
 def predict(x: np.ndarray, params: dict[str, float]) -> np.ndarray:
     """Model outputs x @ w (+ b) in float64 for parameters named as in training."""
     theta = np.array(list(params.values()), dtype=np.float64)
-    return _design(x, "b" in params) @ theta
+    return design_matrix(x, "b" in params) @ theta
 
 
 def mse(x: np.ndarray, y: np.ndarray, params: dict[str, float]) -> float:
@@ -65,7 +65,9 @@ def metrics_of_predictions(outputs: np.ndarray, y: np.ndarray) -> dict[str, Opti
 
 def least_squares(x: np.ndarray, y: np.ndarray, names: Sequence[str]) -> dict[str, float]:
     """The closed-form least-squares parameters for the same model (minimum-norm if singular)."""
-    theta, *_ = np.linalg.lstsq(_design(x, "b" in names), np.asarray(y, np.float64), rcond=None)
+    theta, *_ = np.linalg.lstsq(
+        design_matrix(x, "b" in names), np.asarray(y, np.float64), rcond=None
+    )
     return dict(zip(names, (float(v) for v in theta)))
 
 

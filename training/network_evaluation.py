@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from gdflow.training.classifier_evaluation import split_metrics
+from gdflow.training.classifier_evaluation import class_predictions, split_metrics
 from gdflow.training.evaluation import metrics_of_predictions
 from gdflow.training.mlp import load_flat
 
@@ -88,13 +88,4 @@ def _predictions(
             {"input": [float(v) for v in row], "output": float(out)}
             for row, out in zip(inputs, outputs)
         ]
-    prob = _probabilities(outputs, task)
-    table = np.column_stack([1 - prob, prob]) if task == "binary" else prob
-    return [
-        {
-            "input": [float(v) for v in row],
-            "class": classes[int(np.argmax(p))],
-            "probabilities": {str(label): float(v) for label, v in zip(classes, p)},
-        }
-        for row, p in zip(inputs, table)
-    ]
+    return class_predictions(inputs, _probabilities(outputs, task), classes)

@@ -24,6 +24,7 @@ from gdflow.training.classification import (
     multiclass_log_loss,
     row_weights,
 )
+from gdflow.training.evaluation import design_matrix
 
 #: Softmax problems with more free parameters than this are not solved exactly.
 MAX_PARAMETERS = 3000
@@ -53,13 +54,6 @@ class Optimum:
 NOT_CONVERGED = Optimum(None, None, "Newton's method did not converge to the optimum")
 
 
-def _design(x: np.ndarray, bias: bool) -> np.ndarray:
-    """The float64 design matrix, with a column of ones when the model has a bias."""
-    a = np.asarray(x, dtype=np.float64)
-    a = a.reshape(-1, 1) if a.ndim == 1 else a
-    return np.hstack([a, np.ones((a.shape[0], 1))]) if bias else a
-
-
 def logistic_loss(
     x: np.ndarray,
     y01: np.ndarray,
@@ -69,7 +63,7 @@ def logistic_loss(
     weights: Optional[np.ndarray] = None,
 ) -> float:
     """Weighted mean binary cross-entropy of parameters theta (bias last) on rows (x, y01)."""
-    return binary_log_loss(_design(x, bias) @ np.asarray(theta, np.float64), y01, weights)
+    return binary_log_loss(design_matrix(x, bias) @ np.asarray(theta, np.float64), y01, weights)
 
 
 def softmax_loss(
@@ -81,16 +75,18 @@ def softmax_loss(
     weights: Optional[np.ndarray] = None,
 ) -> float:
     """Weighted mean softmax cross-entropy of (d + bias, k) parameters on rows (x, y_idx)."""
-    return multiclass_log_loss(_design(x, bias) @ np.asarray(theta, np.float64), y_idx, weights)
+    return multiclass_log_loss(
+        design_matrix(x, bias) @ np.asarray(theta, np.float64), y_idx, weights
+    )
 
 
 def _standardize(x: np.ndarray, bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Columns centred (only with a bias) and scaled to unit size, with the shift and scale."""
-    a = _design(x, False)
+    a = design_matrix(x, False)
     shift = a.mean(axis=0) if bias else np.zeros(a.shape[1])
     scale = np.sqrt(np.mean((a - shift) ** 2, axis=0))
     scale[~(scale > 0)] = 1.0  # a constant column stays constant (zero with a bias)
-    return _design((a - shift) / scale, bias), shift, scale
+    return design_matrix((a - shift) / scale, bias), shift, scale
 
 
 def _original_units(
