@@ -162,7 +162,7 @@ class MetricWriter:
             epochs=chunk.epochs.tolist(),
             losses=chunk.losses.tolist(),
             names=chunk.names,
-            params=chunk.params.tolist(),
+            params=chunk.params,
             grad_norms=chunk.grad_norms.tolist(),
             lrs=chunk.lrs.tolist(),
             val_losses=None if chunk.val_losses is None else chunk.val_losses.tolist(),

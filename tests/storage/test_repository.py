@@ -6,6 +6,7 @@ import json
 import math
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import Engine, text
@@ -158,6 +159,26 @@ def test_a_batch_is_stored_as_the_same_rows_and_json_as_metric_rows(engine: Engi
     assert params == (json.dumps(expected) if isinstance(params, str) else expected)
     with Session(engine) as session:
         assert get_run(session, run_id=by_batch).epochs_done == 50  # type: ignore[union-attr]
+
+
+def test_batch_parameters_read_back_as_the_same_float64_values(engine: Engine) -> None:
+    """The JSON of a batch's parameters (written by orjson from a NumPy matrix) decodes to the
+    very floats given: tiny, huge, subnormal, float32-derived, negative zero; any names."""
+    awkward = [1e-05, 1e16, 5e-324, 1.7976931348623157e308, 0.1, float(np.float32(0.1)), -0.0]
+    names = ['w "quoted"', "b%s", "ünï"]
+    matrix = np.array([[v, -v, v / 3.0] for v in awkward])
+    batch = _batch(1, len(awkward), names=names, params=matrix, grad_norms=None, lrs=None)
+    with Session(engine) as session, session.begin():
+        run_id = _new_run(session)
+        append_metric_batch(session, run_id=run_id, batch=batch)
+        no_params = _new_run(session)
+        append_metric_batch(session, run_id=no_params, batch=_batch(1, 3, names=[], params=[]))
+    with Session(engine) as session:
+        stored = get_metrics(session, run_id=run_id)
+        assert [list(m.params.values()) for m in stored] == matrix.tolist()
+        assert [list(m.params) for m in stored] == [names] * len(awkward)
+        assert [(m.grad_norm, m.lr, m.val_loss) for m in stored] == [(None, None, None)] * 7
+        assert [m.params for m in get_metrics(session, run_id=no_params)] == [{}] * 3
 
 
 def test_non_finite_values_of_a_batch_are_stored_as_null(engine: Engine) -> None:
