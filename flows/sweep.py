@@ -31,7 +31,7 @@ from gdflow.flows.runners import describe, sweep_runner
 from gdflow.flows.train import train_flow
 from gdflow.reports.charts import loss_curves_svg, svg_data_uri
 from gdflow.reports.comparisons import sweep_markdown
-from gdflow.runs.recording import in_transaction, open_database
+from gdflow.runs.recording import open_database
 from gdflow.runs.status import status_of_exception
 from gdflow.storage import (
     RunStatus,
@@ -40,6 +40,7 @@ from gdflow.storage import (
     get_metrics_sample,
     sweep_runs,
 )
+from gdflow.storage.retry import in_transaction
 from gdflow.tasks.artifacts import CURVE_POINTS
 
 #: Key of the sweep's markdown artifact (Prefect versions it across sweeps).

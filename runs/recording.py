@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -30,17 +30,16 @@ from gdflow.storage import (
     get_run,
     mask_url,
     restart_run,
-    retry_transient,
     running_runs,
     update_run,
 )
+from gdflow.storage.retry import in_transaction
 
 if TYPE_CHECKING:  # types only: the read-only commands reconcile runs without importing torch
     from gdflow.training.conditioning import Conditioning
     from gdflow.training.records import EpochChunk
     from gdflow.training.result import TrainResult
 
-T = TypeVar("T")
 
 #: Set once a run of this process has its outcome in the database (see `outcome_recorded`).
 _OUTCOME_RECORDED = threading.Event()
@@ -70,17 +69,6 @@ def open_database(url: str) -> Engine:
         return engine_for(url)
     except DatabaseError as exc:
         raise GdflowError(str(exc)) from None
-
-
-def in_transaction(engine: Engine, write: Callable[[Session], T], *, what: str) -> T:
-    """Call `write(session)` inside one transaction, the whole transaction retried on
-    transient errors (the writes given here must be idempotent)."""
-
-    def attempt() -> T:
-        with Session(engine) as session, session.begin():
-            return write(session)
-
-    return retry_transient(attempt, what=what)
 
 
 def start_run(
@@ -203,14 +191,23 @@ def failure_outcome(status: RunStatus, message: str) -> RunOutcome:
     return RunOutcome(status=status, stop_reason=stop_reason_of(status), error=message)
 
 
-def end_run(engine: Engine, *, run_id: int, outcome: RunOutcome) -> None:
-    """Record the run's outcome and summary in one transaction."""
+def end_run(
+    engine: Engine,
+    *,
+    run_id: int,
+    outcome: RunOutcome,
+    also: Optional[Callable[[Session], Any]] = None,
+) -> Any:
+    """Record the run's outcome and summary in one transaction, with `also(session)` (e.g. the
+    record of the model the run saved) in the same transaction; return what `also` returns."""
 
-    def write(session: Session) -> None:
+    def write(session: Session) -> Any:
         finish_run(session, run_id=run_id, outcome=outcome)
+        return also(session) if also is not None else None
 
-    in_transaction(engine, write, what="recording the run's outcome")
+    done = in_transaction(engine, write, what="recording the run's outcome")
     _OUTCOME_RECORDED.set()
+    return done
 
 
 def mark_unfinished(engine: Engine, *, flow_run_id: str, outcome: RunOutcome) -> None:

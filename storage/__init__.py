@@ -1,4 +1,5 @@
-"""gdflow storage: runs and per-epoch metrics in any SQLAlchemy database (SQLite by default).
+"""gdflow storage: runs, per-epoch metrics and the model registry in any SQLAlchemy database
+(SQLite by default).
 
 This package knows nothing of Prefect or torch: it stores plain Python values.
 """
@@ -10,7 +11,32 @@ from gdflow.storage.database import (
     make_engine,
     mask_url,
 )
-from gdflow.storage.models import Base, EpochMetric, Run, Sweep
+from gdflow.storage.models import (
+    AliasChange,
+    Base,
+    EpochMetric,
+    ModelAlias,
+    ModelVersion,
+    PredictionBatch,
+    Run,
+    Sweep,
+)
+from gdflow.storage.registry import (
+    CHAMPION,
+    ModelSummary,
+    add_model_version,
+    alias_history,
+    aliases_of,
+    get_alias,
+    get_model_version,
+    latest_model_version,
+    list_model_names,
+    list_model_versions,
+    list_predictions,
+    record_prediction,
+    set_alias,
+    set_promotion,
+)
 from gdflow.storage.repository import (
     MetricBatch,
     MetricRow,
@@ -37,15 +63,24 @@ from gdflow.storage.repository import (
 from gdflow.storage.retry import is_transient, retry_transient
 
 __all__ = [
+    "AliasChange",
     "Base",
+    "CHAMPION",
     "DatabaseError",
     "EpochMetric",
     "MetricBatch",
     "MetricRow",
+    "ModelAlias",
+    "ModelSummary",
+    "ModelVersion",
+    "PredictionBatch",
     "Run",
     "RunOutcome",
     "RunStatus",
     "Sweep",
+    "add_model_version",
+    "alias_history",
+    "aliases_of",
     "append_metric_batch",
     "append_metrics",
     "create_run",
@@ -55,18 +90,27 @@ __all__ = [
     "find_run_id",
     "finish_run",
     "finish_sweep",
+    "get_alias",
     "get_metrics",
     "get_metrics_sample",
+    "get_model_version",
     "get_run",
     "get_sweep",
     "is_transient",
+    "latest_model_version",
     "latest_run_id",
+    "list_model_names",
+    "list_model_versions",
+    "list_predictions",
     "list_runs",
+    "make_engine",
+    "mask_url",
+    "record_prediction",
     "restart_run",
     "retry_transient",
     "running_runs",
+    "set_alias",
+    "set_promotion",
     "sweep_runs",
-    "make_engine",
-    "mask_url",
     "update_run",
 ]

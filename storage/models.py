@@ -1,11 +1,22 @@
-"""SQLAlchemy 2.0 typed models: one row per training run, one row per run and epoch."""
+"""SQLAlchemy 2.0 typed models: one row per training run, one row per run and epoch, and the
+model registry (versions, aliases and their history, prediction batches)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -85,3 +96,95 @@ class EpochMetric(Base):
     val_loss: Mapped[Optional[float]] = mapped_column(Float)
     #: A classifier's share of validation rows classified right after the epoch's update.
     val_accuracy: Mapped[Optional[float]] = mapped_column(Float)
+
+
+class ModelVersion(Base):
+    """One registered version of a named model: what it is, where its file lives, how it did.
+
+    Versions of a name are numbered 1, 2, ... (`add_model_version` assigns the next one); the
+    run that trained it may be deleted later (`run_id` becomes NULL), the version stays.
+    """
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    flow_run_id: Mapped[Optional[str]] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: When the flow run that trained the version was scheduled to start (its nightly date).
+    scheduled_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    #: The model family (`linear`, `logistic`, `softmax`, `mlp` or a user reference) and task.
+    family: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(String(20))
+    architecture: Mapped[dict[str, Any]] = mapped_column(JSON)
+    feature_names: Mapped[list[str]] = mapped_column(JSON)
+    target_name: Mapped[Optional[str]] = mapped_column(String(500))
+    classes: Mapped[Optional[list[Any]]] = mapped_column(JSON)
+    standardization: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    data_fingerprint: Mapped[Optional[str]] = mapped_column(String(100))
+    #: {"train": {...}, "validation": {...}}
+    metrics: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    #: The key of the model file inside its store, the store's URL (as shown), the file's size
+    #: in bytes and checksum (e.g. `sha256:<hex>`).
+    path: Mapped[str] = mapped_column(Text)
+    store: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    checksum: Mapped[str] = mapped_column(String(80))
+    #: How the champion decision went, written after the version is recorded.
+    promotion: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_versions_name_version"),)
+
+
+class ModelAlias(Base):
+    """An alias of a named model (e.g. `champion`) and the version it points at."""
+
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(50), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AliasChange(Base):
+    """One move of an alias: from which version (None: it did not exist) to which, and why."""
+
+    __tablename__ = "model_alias_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    alias: Mapped[str] = mapped_column(String(50))
+    from_version: Mapped[Optional[int]] = mapped_column(Integer)
+    to_version: Mapped[Optional[int]] = mapped_column(Integer)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: `first version`, `promoted`, `manual promote`, `rollback`.
+    reason: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[Optional[str]] = mapped_column(Text)
+    champion_loss: Mapped[Optional[float]] = mapped_column(Float)
+    challenger_loss: Mapped[Optional[float]] = mapped_column(Float)
+    run_id: Mapped[Optional[int]] = mapped_column(Integer)
+    flow_run_id: Mapped[Optional[str]] = mapped_column(String(64))
+
+
+class PredictionBatch(Base):
+    """One batch prediction with a model version: its input, output and row counts."""
+
+    __tablename__ = "prediction_batches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    flow_run_id: Mapped[Optional[str]] = mapped_column(String(64))
+    input_path: Mapped[str] = mapped_column(Text)
+    input_fingerprint: Mapped[Optional[str]] = mapped_column(String(100))
+    output_path: Mapped[Optional[str]] = mapped_column(Text)
+    rows_in: Mapped[int] = mapped_column(Integer)
+    rows_out: Mapped[int] = mapped_column(Integer)
+    rows_skipped: Mapped[int] = mapped_column(Integer, default=0)
+    #: `completed` or `failed`.
+    status: Mapped[str] = mapped_column(String(20))
+    error: Mapped[Optional[str]] = mapped_column(Text)

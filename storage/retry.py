@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 
@@ -79,3 +81,14 @@ def retry_transient(
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def in_transaction(engine: Engine, write: Callable[[Session], T], *, what: str) -> T:
+    """Call `write(session)` inside one transaction, the whole transaction retried on
+    transient errors (the writes given here must be idempotent)."""
+
+    def attempt() -> T:
+        with Session(engine) as session, session.begin():
+            return write(session)
+
+    return retry_transient(attempt, what=what)

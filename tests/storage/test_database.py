@@ -30,7 +30,16 @@ def test_sqlite_engine_uses_wal_and_busy_timeout(tmp_path: Path) -> None:
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
     tables = set(inspect(engine).get_table_names())
-    assert tables == {"runs", "epoch_metrics", "sweeps", "alembic_version"}
+    assert tables == {
+        "runs",
+        "epoch_metrics",
+        "sweeps",
+        "alembic_version",
+        "model_versions",
+        "model_aliases",
+        "model_alias_changes",
+        "prediction_batches",
+    }
     engine.dispose()
 
 

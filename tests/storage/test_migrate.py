@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from gdflow.storage import DatabaseError, make_engine
 from gdflow.storage.migrate import alembic_config, current_revision, ensure_current, head_revision
@@ -97,6 +97,53 @@ def test_a_first_version_database_is_upgraded_with_every_row_intact(database_url
     engine.dispose()
     assert _old_rows(url) == before
     assert len(before[2]) == 2
+
+
+REGISTRY_TABLES = ("model_versions", "model_aliases", "model_alias_changes", "prediction_batches")
+
+
+def _registry_rows(url: str) -> dict[str, int]:
+    """How many rows each model registry table holds (fails where a table is missing)."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        counts = {
+            table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+            for table in REGISTRY_TABLES
+        }
+    engine.dispose()
+    return counts
+
+
+def test_a_database_with_runs_gets_an_empty_model_registry(database_url: str) -> None:
+    url = database_url
+    _at_revision(url, "0003")
+    _seed_rows(url)
+    before = _old_rows(url)
+
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        assert current_revision(connection) == head_revision()
+        tables = set(inspect(connection).get_table_names())
+    engine.dispose()
+    assert tables >= set(REGISTRY_TABLES)
+    assert _old_rows(url) == before
+    assert len(before[1]) == 1
+    assert _registry_rows(url) == dict.fromkeys(REGISTRY_TABLES, 0)
+
+
+def test_the_model_registry_revision_downgrades_to_its_parent(database_url: str) -> None:
+    url = database_url
+    make_engine(url).dispose()
+    _seed_rows(url)
+    before = _old_rows(url)
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0003")
+    with engine.connect() as connection:
+        assert current_revision(connection) == "0003"
+        assert not set(inspect(connection).get_table_names()) & set(REGISTRY_TABLES)
+    engine.dispose()
+    assert _old_rows(url) == before
 
 
 def test_a_database_from_before_alembic_is_adopted_and_stamped(database_url: str) -> None:
