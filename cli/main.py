@@ -15,6 +15,15 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from pydantic import ValidationError
 
+from gdflow.cli.models import (
+    add_parsers as add_model_parsers,
+)
+from gdflow.cli.models import (
+    cmd_models,
+    cmd_predict,
+    cmd_promote,
+    cmd_rollback,
+)
 from gdflow.config.errors import one_line
 from gdflow.config.settings import Settings, exported
 from gdflow.config.sweep import DEFAULT_LRS, SweepConfig
@@ -169,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.add_argument("action", choices=["upgrade", "current"])
     db.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
+    add_model_parsers(commands)
     return parser
 
 
@@ -456,6 +466,12 @@ def cmd_run(values: dict[str, Any], settings: Settings) -> int:
         from gdflow.reports.tables import evaluation_table
 
         print(evaluation_table(summary["evaluation"]))
+    if summary.get("model"):
+        model = summary["model"]
+        print(
+            f"saved model {model['name']} version {model['version']}: "
+            f"{'champion' if model['champion'] else 'not champion'} ({model['decision']})"
+        )
     print(f"metrics in {settings.shown_database_url}: {PROG} metrics {run_id}")
     return 0
 
@@ -694,7 +710,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `gdflow` console script."""
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
-    if command not in ("run", "sweep") or argv is not None:
+    if command not in ("run", "sweep", "predict") or argv is not None:
         return _command(command, args)
     global _console_script
     _console_script = True
@@ -737,9 +753,11 @@ def _model_imports_allowed() -> Iterator[None]:
 
 def _command(command: str, args: dict[str, Any]) -> int:
     """Run one gdflow command; user-facing failures become one `gdflow: error:` line."""
-    if command in ("run", "sweep"):
+    if command in ("run", "sweep", "predict"):
         signal.signal(signal.SIGTERM, _raise_terminated)
-    settings = Settings.load(database_url=args.get("database_url"))
+    settings = Settings.load(
+        database_url=args.get("database_url"), model_store=args.get("model_store")
+    )
     urls = [settings.database_url, Settings.load().database_url]  # the environment's too
     try:
         if command == "run":
@@ -758,6 +776,16 @@ def _command(command: str, args: dict[str, Any]) -> int:
             return cmd_show(args["run_id"], args["format"], settings)
         if command == "db":
             return cmd_db(args["action"], settings)
+        if command == "models":
+            return cmd_models(
+                args["name"], args["history"], args["limit"], args["format"], settings
+            )
+        if command == "promote":
+            return cmd_promote(args["name"], args["version"], settings)
+        if command == "rollback":
+            return cmd_rollback(args["name"], settings)
+        if command == "predict":
+            return cmd_predict(args, settings)
         return cmd_metrics(args["run_id"], args["format"], settings)
     except CliError as exc:
         from gdflow.storage.database import hide_password

@@ -20,6 +20,11 @@ from typing import Optional
 DATABASE_URL_ENV = "GDFLOW_DATABASE_URL"
 #: The metrics database when neither a URL nor the environment names one.
 DEFAULT_DATABASE_FILE = "~/.gdflow/gdflow.db"
+#: Environment variable that names the model store (a folder or an fsspec URL).
+MODEL_STORE_ENV = "GDFLOW_MODEL_STORE"
+#: The model store's folder beside a SQLite database file, and when the database is a server.
+MODEL_STORE_FOLDER = "models"
+DEFAULT_MODEL_STORE = "~/.gdflow/models"
 
 
 @dataclass(frozen=True)
@@ -27,17 +32,25 @@ class Settings:
     """What gdflow takes from its environment; its repr masks any password."""
 
     database_url: str = field(repr=False)
+    #: Where model files are saved: a folder or an fsspec URL.
+    model_store: str = ""
 
     @classmethod
     def load(
-        cls, *, database_url: Optional[str] = None, environ: Optional[Mapping[str, str]] = None
+        cls,
+        *,
+        database_url: Optional[str] = None,
+        model_store: Optional[str] = None,
+        environ: Optional[Mapping[str, str]] = None,
     ) -> Settings:
-        """Settings from an explicit URL, else the environment, else the defaults."""
+        """Settings from explicit values, else the environment, else the defaults (the model
+        store: the folder `models` beside a SQLite database file, else ~/.gdflow/models)."""
         env = os.environ if environ is None else environ
         url = (database_url or "").strip() or env.get(DATABASE_URL_ENV, "").strip()
         if not url:
             url = "sqlite:///" + str(Path(DEFAULT_DATABASE_FILE).expanduser())
-        return cls(database_url=url)
+        store = (model_store or "").strip() or env.get(MODEL_STORE_ENV, "").strip()
+        return cls(database_url=url, model_store=store or _store_beside(url))
 
     @property
     def shown_database_url(self) -> str:
@@ -48,10 +61,19 @@ class Settings:
 
     def environment(self) -> dict[str, str]:
         """The environment variables that hand these settings to another process."""
-        return {DATABASE_URL_ENV: self.database_url}
+        return {DATABASE_URL_ENV: self.database_url, MODEL_STORE_ENV: self.model_store}
 
     def __repr__(self) -> str:
         return f"Settings(database_url={self.shown_database_url!r})"
+
+
+def _store_beside(database_url: str) -> str:
+    """The default model store: `models/` beside a SQLite database file, else the home one."""
+    prefix = "sqlite:///"
+    path = database_url.split("?", 1)[0][len(prefix) :] if database_url.startswith(prefix) else ""
+    if path and path != ":memory:" and not path.startswith("file:"):
+        return str(Path(path).expanduser().parent / MODEL_STORE_FOLDER)
+    return str(Path(DEFAULT_MODEL_STORE).expanduser())
 
 
 @contextmanager

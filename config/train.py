@@ -27,6 +27,8 @@ ONE_TASK = ("linear", "logistic", "softmax")
 MODEL_ENTRY_POINTS = "gdflow.models"
 #: The setting of a training machine that lets runs import raw `module:factory` references.
 ALLOW_MODEL_IMPORTS = "GDFLOW_ALLOW_MODEL_IMPORTS"
+#: A model name: saved versions live under it in the store and the database.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: A user model's raw reference: `package.module:factory`.
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -111,9 +113,12 @@ class TrainConfig(BaseModel):
         ),
     )
     bias: bool = Field(default=False, description="Fit an intercept b as well as the weights.")
-    init: Union[float, Literal["random"]] = Field(
+    init: Union[float, Literal["random", "champion"]] = Field(
         default=1.0,
-        description="Initial value of every weight, or 'random' for N(0, 1) draws from --seed.",
+        description=(
+            "Initial value of every weight, 'random' for N(0, 1) draws from --seed, or "
+            "'champion' to start from the weights of the --name model's champion (warm start)."
+        ),
     )
     lr: Union[Annotated[float, Field(gt=0)], Literal["auto"]] = Field(
         default=0.01,
@@ -195,6 +200,35 @@ class TrainConfig(BaseModel):
             "(default: $GDFLOW_DATABASE_URL or ~/.gdflow/gdflow.db)."
         ),
     )
+    name: Optional[str] = Field(
+        default=None,
+        description=(
+            "Model name the run's model is saved under as a new version (default: the data "
+            "file's name without extension; toy for the seed's data)."
+        ),
+    )
+    promote: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description=(
+            "Make the new version the champion: auto (only if its loss on this run's "
+            "validation rows, or training rows without a split, beats the champion's by "
+            "--promote-margin), always, or never. A name's first version is always champion."
+        ),
+    )
+    promote_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Relative improvement over the champion's loss that --promote auto needs.",
+    )
+    model_store: Optional[str] = Field(
+        default=None,
+        description=(
+            "Folder or fsspec URL (s3://bucket/prefix) of the model files (default: "
+            "$GDFLOW_MODEL_STORE, else the folder models/ beside a SQLite database, else "
+            "~/.gdflow/models)."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -232,6 +266,8 @@ class TrainConfig(BaseModel):
         """Accept '64,32' (or ['64,32'] from the command line) as well as [64, 32]."""
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
+        if not isinstance(value, (str, int, list, tuple)):
+            raise ValueError("give hidden layer widths as positive whole numbers, e.g. 64,32")
         items = [value] if isinstance(value, (str, int)) else list(value)
         widths: list[int] = []
         for item in items:
@@ -288,12 +324,22 @@ class TrainConfig(BaseModel):
         """Accept numbers given as strings (CLI) and 'random' in any case."""
         if isinstance(value, str):
             text = value.strip().lower()
-            if text == "random":
-                return "random"
+            if text in ("random", "champion"):
+                return text
             try:
                 return float(text)
             except ValueError:
-                raise ValueError("must be a number or 'random'") from None
+                raise ValueError("must be a number, 'random' or 'champion'") from None
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: Optional[str]) -> Optional[str]:
+        """A model name is a file and URL component: letters, digits and `._-`."""
+        if value is not None and not MODEL_NAME.fullmatch(value):
+            raise ValueError(
+                "must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
         return value
 
     @field_validator("device", mode="before")
@@ -390,6 +436,15 @@ class TrainConfig(BaseModel):
     def data_source(self) -> str:
         """A short description of where the data comes from (for names, tags and the database)."""
         return self.data if self.data else "toy:y=2x"
+
+    @property
+    def model_name(self) -> str:
+        """The name the run's model is saved under: --name, else the data file's stem."""
+        if self.name:
+            return self.name
+        stem = Path(self.data).name.split(".")[0] if self.data else "toy"
+        label = re.sub(r"[^A-Za-z0-9._-]", "_", stem)[:100].lstrip("._-")
+        return label or "model"
 
     def run_name(self) -> str:
         """A flow-run name that tells runs apart in a list: data, lr, device, epochs."""

@@ -30,7 +30,7 @@ from gdflow.runs.status import (
     status_of_stop,
 )
 from gdflow.storage import RunStatus, mask_url
-from gdflow.tasks.artifacts import publish_run_report
+from gdflow.tasks.artifacts import publish_model_report, publish_run_report
 from gdflow.tasks.pipeline import (
     evaluate_prediction,
     initialize_weight,
@@ -197,16 +197,28 @@ def train_flow(
 ) -> dict[str, Any] | State[Any]:
     """Train a linear model by gradient descent and record every epoch in the database;
     return the run's summary, or a Cancelled state when a signal stopped training."""
-    run = _start(config, Settings.load(database_url=config.database_url), sweep_id)
+    settings = Settings.load(database_url=config.database_url, model_store=config.model_store)
+    run = _start(config, settings, sweep_id)
     result: Optional[TrainResult] = None
     try:
         device = _device(config)
         _tag_flow_run(run_tags(config, device))
         dataset = load_data(config)
-        initial = initialize_weight(config, dataset.feature_names, dataset.classes)
+        initial = initialize_weight(
+            config, dataset.feature_names, dataset.classes, database_url=run.database_url
+        )
         result = train_model(config, dataset, initial, device=device, run=run)
         evaluation = _evaluate(config, dataset, result)
-        status = persist(run=run, result=result, evaluation=evaluation)
+        persisted = persist(
+            run=run,
+            result=result,
+            evaluation=evaluation,
+            config=config,
+            dataset=dataset,
+            model_store=settings.model_store,
+            flow_run_id=str(current_run.id) if current_run.id else None,
+            scheduled_at=current_run.scheduled_start_time,
+        )
     except BaseException as exc:
         _record_failure(run, exc)
         if isinstance(exc, Exception):
@@ -215,8 +227,10 @@ def train_flow(
             )
         raise
     publish_run_report(run.database_url, run.run_id, seconds=result.seconds)
-    if status is RunStatus.DIVERGED:
+    if persisted.model is not None:
+        publish_model_report(run.database_url, persisted.model["name"])
+    if persisted.status is RunStatus.DIVERGED:
         raise DivergedError(_diverged_message(run.run_id, result, config.dtype))
-    if status is RunStatus.CANCELLED:
+    if persisted.status is RunStatus.CANCELLED:
         return _cancelled(run.run_id, result)
-    return _summary(run, result, evaluation)
+    return {**_summary(run, result, evaluation), "model": persisted.model}

@@ -87,10 +87,12 @@ def axes(
     box: tuple[float, float, float, float],
     *,
     y_range: Optional[tuple[float, float]] = None,
+    x_label_of: Optional[Callable[[int], str]] = None,
 ) -> tuple[list[str], Callable[[float], float], Callable[[float], float]]:
     """Grid lines and tick labels for `points` (y already log10 on a log axis) inside `box`,
     and the functions that map data coordinates to SVG coordinates. A linear axis spans at
-    least `y_range` when one is given (an accuracy's 0..1), the data's own range otherwise."""
+    least `y_range` when one is given (an accuracy's 0..1), the data's own range otherwise.
+    `x_label_of` writes an x tick's label (e.g. a date from a day number; default: the number)."""
     left, right, top, bottom = box
     x_lo, x_hi = min(x for x, _ in points), max(x for x, _ in points)
     x_ticks = _x_ticks(x_lo, x_hi)
@@ -128,5 +130,6 @@ def axes(
     for tick in x_ticks:
         x = sx(tick)
         parts.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{bottom}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{x:.2f}" y="{bottom + 16}" text-anchor="middle">{tick}</text>')
+        label = xml_escape(x_label_of(tick) if x_label_of is not None else str(tick))
+        parts.append(f'<text x="{x:.2f}" y="{bottom + 16}" text-anchor="middle">{label}</text>')
     return parts, sx, sy

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 from xml.sax.saxutils import escape as xml_escape
 
@@ -77,6 +77,7 @@ def curve_svg(
     y_label: str = "loss",
     y_range: Optional[tuple[float, float]] = None,
     colour: str = PALETTE[0],
+    x_label_of: Optional[Callable[[int], str]] = None,
 ) -> str:
     """The SVG document of one curve (a loss by default), with `x_label` under the x axis and
     `y_label` beside the y axis. Without `y_range` the y axis fits the values (log10 over more
@@ -99,7 +100,7 @@ def curve_svg(
     if len(pairs) > MAX_CURVE_POINTS:
         pairs = [pairs[i] for i in downsample_indices(len(pairs), MAX_CURVE_POINTS)]
     plotted = [(x, math.log10(v) if log_scale else v) for x, v in pairs]
-    grid, sx, sy = axes(plotted, log_scale, box, y_range=y_range)
+    grid, sx, sy = axes(plotted, log_scale, box, y_range=y_range, x_label_of=x_label_of)
     points = [(sx(x), sy(y)) for x, y in plotted]
     coordinates = " ".join(f"{x:.2f},{y:.2f}" for x, y in points)
     parts += [

@@ -21,9 +21,18 @@ from sqlalchemy.orm import Session
 
 from gdflow.reports.comparisons import trend_markdown
 from gdflow.reports.markdown import has_finite_values, training_curves_markdown
+from gdflow.reports.models import MODEL_REPORT_VERSIONS, model_markdown
 from gdflow.reports.run_report import metrics_table_rows, summary_markdown
 from gdflow.runs.recording import open_database
-from gdflow.storage import get_metrics_sample, get_run, list_runs, mask_url
+from gdflow.storage import (
+    alias_history,
+    aliases_of,
+    get_metrics_sample,
+    get_run,
+    list_model_versions,
+    list_runs,
+    mask_url,
+)
 from gdflow.tasks.dashboard_feed import DashboardFeed, dashboard_reachable
 
 #: Rows of the per-epoch table artifact (the database keeps every epoch).
@@ -185,3 +194,30 @@ def _publish(database_url: str, run_id: int, seconds: Optional[float]) -> None:
         key=trend_key(data_source),
         description="gdflow: final loss and parameters of successive runs on this data",
     )
+
+
+def model_key(name: str) -> str:
+    """The artifact key of a model name's page: `gdflow-model-<name>` in lowercase letters,
+    digits and dashes (Prefect's rule for keys)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return f"gdflow-model-{slug[:80].strip('-') or 'model'}"
+
+
+def publish_model_report(database_url: str, name: str) -> None:
+    """Create (or add a version to) the keyed artifact of a model name: its champion, the
+    champion's loss by scheduled date, recent versions and alias history. Never fails a run."""
+    if dashboard_reachable() is False:
+        return
+    try:
+        with Session(open_database(database_url)) as session:
+            recent = list_model_versions(session, name, limit=MODEL_REPORT_VERSIONS * 5)
+            markdown = model_markdown(
+                name, recent, aliases_of(session, name), alias_history(session, name)
+            )
+        create_markdown_artifact(
+            markdown,
+            key=model_key(name),
+            description=f"gdflow model {name}: champion, versions and alias history",
+        )
+    except Exception as exc:  # noqa: BLE001 - a report must not turn a good run into a failure
+        logger.warning("Could not publish the artifact of model %s: %s", name, exc)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import partial
 from typing import Any, Optional
 
@@ -12,8 +13,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from gdflow.config.errors import GdflowError
+from gdflow.config.settings import Settings
 from gdflow.config.train import TrainConfig
 from gdflow.data.dataset import Dataset, Labels, load_dataset, split_validation
+from gdflow.data.fingerprint import data_fingerprint
+from gdflow.registry import champion, versions
+from gdflow.registry.versions import spec_of
+from gdflow.registry.warm_start import champion_parameters
 from gdflow.runs.recording import (
     MetricWriter,
     RunRef,
@@ -91,15 +97,34 @@ def load_data(config: TrainConfig) -> Dataset:
 
 @task(name="initialize-weight", cache_policy=NO_CACHE)
 def initialize_weight(
-    config: TrainConfig, feature_names: tuple[str, ...], classes: Optional[tuple[Any, ...]] = None
+    config: TrainConfig,
+    feature_names: tuple[str, ...],
+    classes: Optional[tuple[Any, ...]] = None,
+    *,
+    database_url: Optional[str] = None,
 ) -> dict[str, float]:
     """Initial parameter values, named after the features (and a softmax model's classes); a
-    network's seeded initial weights, named by layer."""
+    network's seeded initial weights, named by layer; or the champion's (`--init champion`)."""
+    if config.init == "champion":
+        assert database_url is not None, "--init champion reads the champion's database"
+        params, number = champion_parameters(
+            open_database(database_url),
+            name=config.model_name,
+            spec=spec_of(config, feature_names, classes),
+            standardize=config.standardize,
+        )
+        get_run_logger().info(
+            "Starting from the weights of model %s version %d (the champion)",
+            config.model_name,
+            number,
+        )
+        return params
     if config.network:
         module = network_of(config, len(feature_names), classes).build(torch.float64)
         return dict(zip(flat_names(module), flat_values(module).tolist()))
     per_class = classes if config.model == "softmax" else None
     names = parameter_names(feature_names, bias=config.bias, classes=per_class)
+    assert config.init != "champion"
     return initial_parameters(names, init=config.init, seed=config.seed)
 
 
@@ -386,8 +411,85 @@ def _evaluate_classifier(
 
 
 @task(name="persist", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def persist(*, run: RunRef, result: TrainResult, evaluation: Optional[dict[str, Any]]) -> RunStatus:
-    """Record the run's outcome, summary and evaluation in one transaction."""
+def persist(
+    *,
+    run: RunRef,
+    result: TrainResult,
+    evaluation: Optional[dict[str, Any]],
+    config: Optional[TrainConfig] = None,
+    dataset: Optional[Dataset] = None,
+    model_store: Optional[str] = None,
+    flow_run_id: Optional[str] = None,
+    scheduled_at: Optional[datetime] = None,
+) -> Persisted:
+    """Record the run's outcome, summary and evaluation in one transaction. A completed run
+    (given its config and data) also saves its model: the file first, then the version's
+    record in that same transaction, then the champion decision."""
     outcome = outcome_of(result, evaluation)
-    end_run(open_database(run.database_url), run_id=run.run_id, outcome=outcome)
-    return outcome.status
+    engine = open_database(run.database_url)
+    if outcome.status is not RunStatus.COMPLETED or config is None or dataset is None:
+        end_run(engine, run_id=run.run_id, outcome=outcome)
+        return Persisted(outcome.status)
+    store = versions.model_store(
+        Settings.load(database_url=run.database_url, model_store=model_store)
+    )
+    name = config.model_name
+    spec = versions.spec_of(config, dataset.feature_names, dataset.classes, dataset.target_name)
+    stored = versions.save_model_file(
+        store, name=name, run_id=run.run_id, spec=spec, params=result.final_params
+    )
+    fields = versions.version_fields(
+        spec=spec,
+        stored=stored,
+        store=store,
+        run_id=run.run_id,
+        flow_run_id=flow_run_id,
+        scheduled_at=scheduled_at,
+        data_fingerprint=data_fingerprint(config.data),
+        evaluation=evaluation,
+        standardization=versions.standardization_of(config, dataset),
+    )
+    version = end_run(
+        engine,
+        run_id=run.run_id,
+        outcome=outcome,
+        also=lambda session: _detached(
+            session, versions.record_version(session, name=name, fields=fields)
+        ),
+    )
+    decision = champion.decide(
+        engine,
+        version=version,
+        challenger=versions.predictor_of(spec, result.final_params),
+        rows=champion.rows_of(dataset),
+        mode=config.promote,
+        margin=config.promote_margin,
+        flow_run_id=flow_run_id,
+    )
+    get_run_logger().info(
+        "Saved %s to %s; %s", versions.describe(version), store.shown, decision.line()
+    )
+    saved = {
+        "name": version.name,
+        "version": version.version,
+        "champion": decision.promoted,
+        "decision": decision.reason,
+        "file": store.location(version.path),
+    }
+    return Persisted(outcome.status, saved)
+
+
+@dataclass(frozen=True)
+class Persisted:
+    """How the run ended and, for a completed one, the model version it saved."""
+
+    status: RunStatus
+    model: Optional[dict[str, Any]] = None
+
+
+def _detached(session: Any, row: Any) -> Any:
+    """A row usable after its session closes (its columns loaded)."""
+    session.flush()
+    session.refresh(row)
+    session.expunge(row)
+    return row

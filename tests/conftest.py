@@ -22,8 +22,9 @@ from tests.pg_server import PostgresServer, postgres_server
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-#: Fixtures that start real processes (Prefect servers, served deployments), for any test folder.
-pytest_plugins = ["tests.processes"]
+#: Fixtures that start real processes (Prefect servers, served deployments, an S3-compatible
+#: server), for any test folder.
+pytest_plugins = ["tests.processes", "tests.s3_server"]
 
 #: Fixtures that start processes: a test using one is marked `process`.
 PROCESS_FIXTURES = frozenset(
@@ -34,6 +35,9 @@ PROCESS_FIXTURES = frozenset(
         "served",
         "postgres",
         "postgres_url",
+        "s3_server",
+        "s3_endpoint",
+        "s3_bucket",
     }
 )
 

@@ -33,9 +33,12 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"data", "config", "storage"},
     "reports": {"config", "storage"},
     "runs": {"training", "config", "storage"},
-    "tasks": {"runs", "reports", "training", "data", "config", "storage"},
-    "flows": {"tasks", "runs", "reports", "training", "data", "config", "storage"},
-    "cli": {"flows", "tasks", "runs", "reports", "training", "data", "config", "storage"},
+    "registry": {"training", "data", "config", "storage"},
+    "tasks": {"registry", "runs", "reports", "training", "data", "config", "storage"},
+    "flows": {"tasks", "registry", "runs", "reports", "training", "data", "config", "storage"},
+    "cli": {
+        "flows", "tasks", "registry", "runs", "reports", "training", "data", "config", "storage"
+    },
 }
 #: Files that are programs of their own, not imported by the package, and what else they may
 #: import: Alembic runs env.py for the `alembic` command, which resolves the URL like gdflow.
@@ -47,6 +50,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "data": {"prefect"},
     "reports": {"prefect"},
     "training": {"prefect"},
+    "registry": {"prefect"},
 }
 
 
