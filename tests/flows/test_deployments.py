@@ -8,7 +8,9 @@ import re
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Optional
 
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO
@@ -72,17 +74,11 @@ def _wait_recorded_status(served: Served, flow_run_id: str) -> tuple:
     return status
 
 
-def _trigger(server: PrefectServer, deployment: str, config: dict, cwd: Path) -> str:
-    """`prefect deployment run` as a user types it; return the new flow run's id."""
-    done = server.cli(
-        venv_command("prefect"),
-        "deployment",
-        "run",
-        deployment,
-        "--params",
-        json.dumps({"config": config}),
-        cwd=cwd,
-    )
+def _trigger(server: PrefectServer, deployment: str, config: Optional[dict], cwd: Path) -> str:
+    """`prefect deployment run` as a user types it (with the deployment's own parameters when
+    `config` is None); return the new flow run's id."""
+    params = ["--params", json.dumps({"config": config})] if config is not None else []
+    done = server.cli(venv_command("prefect"), "deployment", "run", deployment, *params, cwd=cwd)
     assert done.returncode == 0, done.stdout + done.stderr
     match = re.search(r"UUID: *([0-9a-f-]{36})", done.stdout)
     assert match, done.stdout
@@ -104,7 +100,7 @@ def test_gdflow_serve_uses_the_deployment_names_of_prefect_yaml() -> None:
     )
     names = {d.name: bool(d.schedules) for d in served}
     assert names == {NIGHTLY: True, ON_DEMAND: False}
-    assert scheduled == {NIGHTLY}
+    assert scheduled == {NIGHTLY, "gdflow-predict"}
     assert unscheduled == {ON_DEMAND, GPU}
 
 
@@ -242,6 +238,8 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(
         "gdflow-nightly",
         "--name",
         "gdflow-on-demand",
+        "--name",
+        "gdflow-predict",
         cwd=project,
         extra_env=env,
     )
@@ -304,6 +302,40 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(
     assert final["w_a"] == pytest.approx(3.0, abs=0.05) and final["b"] == pytest.approx(
         1.0, abs=0.1
     )
+
+    # The nightly run saved model `linear` version 1 (its champion); gdflow-predict scores the
+    # example file with it on the worker, as its schedule does after the retrain.
+    ((version, path),) = _rows(
+        database, "SELECT version, path FROM model_versions WHERE name = 'linear'"
+    )
+    assert version == 1 and path.endswith(".safetensors")
+    predict_run_id = _trigger(prefect_server, "predict/gdflow-predict", None, project)
+    worker = prefect_server.cli(
+        prefect,
+        "worker",
+        "start",
+        "--pool",
+        "gdflow-process",
+        "--run-once",
+        cwd=tmp_path,
+        extra_env=env,
+        timeout=300,
+    )
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    run = _wait_final(prefect_server, predict_run_id)
+    assert run.state.type.value == "COMPLETED", worker.stdout[-3000:]
+    scored = pd.read_csv(project / "examples" / "linear.predictions.csv")
+    source = pd.read_csv(project / "examples" / "linear.csv")
+    assert list(scored.columns) == [*source.columns, "prediction"]
+    expected = final["w_a"] * source["a"] + final["w_b"] * source["b"] + final["b"]
+    assert scored["prediction"].to_numpy() == pytest.approx(expected.to_numpy(), rel=1e-6)
+    ((name, rows_out, status),) = _rows(
+        database,
+        "SELECT name || ':' || version, rows_out, status FROM prediction_batches "
+        "WHERE flow_run_id = ?",
+        predict_run_id,
+    )
+    assert (name, rows_out, status) == ("linear:1", len(source), "completed")
 
 
 def _flow_run_pids(flow_run_id: str) -> list[int]:
