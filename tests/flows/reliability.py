@@ -134,3 +134,42 @@ def check_every_epoch_once(database: Path) -> list[tuple]:
             assert (low, high) == (1, epochs_done), (run_id, low, high)
     assert query(database, "PRAGMA integrity_check") == [("ok",)]
     return runs
+
+
+def check_one_champion(database_url: str, *, name: str, count: int) -> None:
+    """After `count` runs of model `name` ended at about the same moment: versions 1..count,
+    each with its champion decision recorded, exactly one champion, and a champion history
+    that is one chain (each change starts from the previous one's version)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT version, promotion FROM model_versions WHERE name = :name "
+                    "ORDER BY version"
+                ),
+                {"name": name},
+            ).all()
+            champions = connection.execute(
+                text("SELECT version FROM model_aliases WHERE name = :name AND alias = 'champion'"),
+                {"name": name},
+            ).all()
+            history = connection.execute(
+                text(
+                    "SELECT from_version, to_version FROM model_alias_changes "
+                    "WHERE name = :name AND alias = 'champion' ORDER BY id"
+                ),
+                {"name": name},
+            ).all()
+    finally:
+        engine.dispose()
+    assert [version for version, _ in rows] == list(range(1, count + 1))
+    assert all(promotion is not None for _, promotion in rows), rows
+    assert len(champions) == 1, champions
+    previous = None
+    for from_version, to_version in history:
+        assert from_version == previous, history
+        previous = to_version
+    assert previous == champions[0][0], (history, champions)

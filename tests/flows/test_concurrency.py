@@ -12,6 +12,7 @@ from tests.flows.reliability import (
     CONCURRENT_RUNS,
     Reader,
     check_every_epoch_once,
+    check_one_champion,
     ephemeral_env,
     epoch_rows,
     server_env,
@@ -100,6 +101,7 @@ def test_concurrent_runs_store_every_epoch_once(
     assert [(status, epochs, reason) for _id, status, epochs, reason in runs] == [
         ("completed", EPOCHS, "max_epochs")
     ] * count
+    check_one_champion(f"sqlite:///{database}", name="toy", count=count)
 
 
 @pytest.mark.heavy

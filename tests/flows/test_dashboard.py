@@ -122,6 +122,29 @@ def test_run_page_shows_the_loss_curve_and_summary(
     page.screenshot(path=str(SCREENSHOTS / "summary.png"), full_page=True)
     page.close()
 
+    # The model's own page (a keyed artifact, latest version): its champion, the champion's
+    # loss by scheduled date as a chart, its versions and alias history.
+    from prefect.client.schemas.filters import ArtifactFilterKey
+
+    with prefect_server.client() as client:
+        (model_page,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["gdflow-model-toy"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
+    page = _open(browser, f"{prefect_server.ui_url}/artifacts/artifact/{model_page.id}")
+    page.get_by_text("Champion: version 1").first.wait_for(timeout=UI_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => [...document.images]"
+        ".some(i => i.src.startsWith('data:image/svg') && i.naturalWidth === 640)",
+        timeout=UI_TIMEOUT_MS,
+    )
+    text = page.inner_text("body")
+    assert "Recent versions" in text and "Alias history" in text and "first version" in text
+    page.screenshot(path=str(SCREENSHOTS / "model-page.png"), full_page=True)
+    page.close()
+
 
 def test_run_form_shows_the_config_and_starts_a_run(served: Served, browser) -> None:  # type: ignore[no-untyped-def]
     with served.server.client() as client:

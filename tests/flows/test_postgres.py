@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import read_trajectory
-from tests.flows.reliability import CONCURRENT_RUNS
+from tests.flows.reliability import CONCURRENT_RUNS, check_one_champion
 from tests.processes import latest_run, run_cli
 
 
@@ -86,3 +86,5 @@ def test_concurrent_runs_store_every_epoch_once(
         assert status == "completed"
         assert done == rows == distinct == epochs
         assert (first, last) == (1, epochs)
+    # Runs of one model name finishing together: one champion, one consistent history.
+    check_one_champion(postgres_url, name="toy", count=CONCURRENT_RUNS)
