@@ -153,7 +153,8 @@ def test_importing_storage_loads_neither_prefect_nor_torch(tmp_path: Path) -> No
 
 @pytest.mark.process
 def test_the_read_only_commands_load_neither_prefect_nor_torch(tmp_path: Path) -> None:
-    """`gdflow runs` (each format), `show` (each format), `metrics` and `db` answer in well under
+    """`gdflow runs` (each format), `show` (each format), `metrics`, `db`, `models`, `promote`
+    and `rollback` answer in well under
     a second: they read the database (reconciling runs left running) without importing Prefect
     or torch (seconds each)."""
     url = f"sqlite:///{tmp_path / 'metrics.db'}"
@@ -166,7 +167,9 @@ def test_the_read_only_commands_load_neither_prefect_nor_torch(tmp_path: Path) -
         "        return stop.code\n"
         "from gdflow.storage import RunOutcome, RunStatus, create_run, engine_for, finish_run\n"
         "from sqlalchemy.orm import Session\n"
-        "commands = [['runs'], ['db', 'current'], ['metrics', 'latest'], ['show', 'latest']]\n"
+        "commands = [['runs'], ['db', 'current'], ['metrics', 'latest'], ['show', 'latest'],"
+        " ['models'], ['models', 'toy', '--format', 'json'], ['promote', 'toy', '1'],"
+        " ['rollback', 'toy']]\n"
         "codes = [code(a) for a in commands]\n"
         f"with Session(engine_for({url!r})) as session:\n"
         "    run = create_run(session, config={}, data_source='toy:y=2x', parameter_names=['w'])\n"
@@ -181,9 +184,10 @@ def test_the_read_only_commands_load_neither_prefect_nor_torch(tmp_path: Path) -
         "codes += [code(a) for a in commands]\n"
         "print(codes, sorted(m for m in ('prefect', 'torch') if m in sys.modules))"
     )
-    # `metrics latest` and `show latest` on a new database: exit 1 with their one-line error,
-    # still no import; then each read of a recorded run
-    assert _printed(code, tmp_path) == "[0, 0, 1, 1, 0, 0, 0, 0, 0] []"
+    # `metrics latest`, `show latest`, and `models toy`, `promote` and `rollback` of a model
+    # never saved, on a new database: exit 1 with their one-line error, still no import; then
+    # each read of a recorded run
+    assert _printed(code, tmp_path) == "[0, 0, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0] []"
 
 
 @pytest.mark.process
