@@ -8,7 +8,9 @@ runs `train`, so a batch shows in the dashboard.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
@@ -141,7 +143,10 @@ def cmd_predict(values: dict[str, Any], settings: Settings) -> int:
     server_ready = start_temporary_server_early()
     from gdflow.flows.predict import predict_flow
 
-    result = _run_flow(predict_flow, settings, server_ready, config=config)
+    # With --format json, stdout holds the JSON only: the run's "watch it at" line goes to stderr.
+    quiet = contextlib.redirect_stdout(sys.stderr) if fmt == "json" else contextlib.nullcontext()
+    with quiet:
+        result = _run_flow(predict_flow, settings, server_ready, config=config)
     if fmt == "json":
         print(json.dumps(result, indent=2))
         return 0

@@ -190,6 +190,8 @@ def decide(
                 break
         if _swap(engine, version, current, reason, decision, flow_run_id):
             break
+    else:  # every round lost its compare-and-set: the version did not become champion
+        decision = Decision(False, "not decided: the champion kept changing")
     in_transaction(
         engine,
         lambda s: set_promotion(s, version_id=version.id, promotion=decision.as_record()),

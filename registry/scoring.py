@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gdflow.config.errors import GdflowError
+from gdflow.config.errors import GdflowError, one_line
 from gdflow.registry.model_file import ModelSpec
 from gdflow.registry.predictor import Predictor
 
@@ -51,18 +51,22 @@ def features_of(frame: pd.DataFrame, spec: ModelSpec, *, source: str, what: str)
         )
     x = np.empty((len(frame), len(spec.feature_names)), dtype=np.float64)
     valid = np.ones(len(frame), dtype=bool)
-    problem = ""
+    problem, first = "", len(frame)
     for j, name in enumerate(spec.feature_names):
         column = frame[name]
         if pd.api.types.is_bool_dtype(column):
             column = column.astype(np.float64)
         numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isfinite(numbers)
-        if bad.any() and not problem:
-            row = int(np.argmax(bad))
+        row = int(np.argmax(bad)) if bad.any() else len(frame)
+        if row < first:  # the file's first bad row (its first bad feature in model order)
+            first = row
+            value = column.iloc[row]
+            if isinstance(value, np.generic):  # nan, not NumPy 2's repr np.float64(nan)
+                value = value.item()
             problem = (
                 f"column {name!r} has a missing, NaN, infinite or non-numeric value "
-                f"({column.iloc[row]!r} in data row {row + 1})"
+                f"({value!r} in data row {row + 1})"
             )
         valid &= ~bad
         x[:, j] = numbers
@@ -127,6 +131,12 @@ def write_table(frame: pd.DataFrame, path: str) -> Path:
         os.replace(temporary, target)
     except OSError as exc:
         raise GdflowError(f"cannot write --output {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. pyarrow refusing a column of mixed types
+        detail = one_line(str(exc)) or type(exc).__name__
+        raise GdflowError(
+            f"cannot write --output {path} ({type(exc).__name__}: {detail}); write CSV instead, "
+            "or make each column of the input one type"
+        ) from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
