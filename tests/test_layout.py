@@ -37,7 +37,15 @@ ALLOWED: dict[str, set[str]] = {
     "tasks": {"registry", "runs", "reports", "training", "data", "config", "storage"},
     "flows": {"tasks", "registry", "runs", "reports", "training", "data", "config", "storage"},
     "cli": {
-        "flows", "tasks", "registry", "runs", "reports", "training", "data", "config", "storage"
+        "flows",
+        "tasks",
+        "registry",
+        "runs",
+        "reports",
+        "training",
+        "data",
+        "config",
+        "storage",
     },
 }
 #: Files that are programs of their own, not imported by the package, and what else they may
