@@ -122,6 +122,10 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     else:
         ((status, stop_reason, error),) = _recorded_runs(database_url)
         assert status == recorded and error
+        # Only a completed run saves a model: no version, no file, for a failed or diverged one
+        with sqlite3.connect(Path(database_url.removeprefix("sqlite:///"))) as conn:
+            assert conn.execute("SELECT count(*) FROM model_versions").fetchone() == (0,)
+        assert not (Path(database_url.removeprefix("sqlite:///")).parent / "models").exists()
 
 
 def test_every_config_field_has_an_option() -> None:
