@@ -458,6 +458,12 @@ def cmd_run(values: dict[str, Any], settings: Settings) -> int:
 
     summary = _run_flow(train_flow, settings, server_ready, config=config)
     run_id = summary["run_id"]
+    if summary["status"] == "skipped":
+        print(
+            f"run {run_id} skipped: the data and the training options are those of run "
+            f"{summary['same_as']} (--skip-unchanged); nothing trained"
+        )
+        return 0
     print(
         f"run {run_id} {summary['status']}: {summary['epochs_done']} epochs "
         f"({summary['stop_reason']}), final loss {summary['final_loss']:.6g}"

@@ -27,6 +27,19 @@ ONE_TASK = ("linear", "logistic", "softmax")
 MODEL_ENTRY_POINTS = "gdflow.models"
 #: The setting of a training machine that lets runs import raw `module:factory` references.
 ALLOW_MODEL_IMPORTS = "GDFLOW_ALLOW_MODEL_IMPORTS"
+#: Options that steer gdflow, not what a run trains: --skip-unchanged ignores them.
+STEERING = frozenset(
+    {
+        "skip_unchanged",
+        "log_every",
+        "database_url",
+        "model_store",
+        "promote",
+        "promote_margin",
+        "device",
+        "predict",
+    }
+)
 #: A model name: saved versions live under it in the store and the database.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: A user model's raw reference: `package.module:factory`.
@@ -205,6 +218,14 @@ class TrainConfig(BaseModel):
         description=(
             "Model name the run's model is saved under as a new version (default: the data "
             "file's name without extension; toy for the seed's data)."
+        ),
+    )
+    skip_unchanged: bool = Field(
+        default=False,
+        description=(
+            "Train nothing when the data's fingerprint and the training options equal those of "
+            "the --name model's last completed run: the run is recorded as skipped, pointing at "
+            "that run (on in the scheduled deployment)."
         ),
     )
     promote: Literal["auto", "always", "never"] = Field(
@@ -450,6 +471,12 @@ class TrainConfig(BaseModel):
         """A flow-run name that tells runs apart in a list: data, lr, device, epochs."""
         stem = safe_label(Path(self.data).stem) if self.data else "toy"
         return f"{stem}-lr{self.lr_label}-{self.device}-{self.epochs}ep"
+
+    def training_identity(self) -> dict[str, Any]:
+        """The options that decide what a run trains (for --skip-unchanged): the public
+        config without the ones that only steer gdflow itself (STEERING)."""
+        values = self.public_dict()
+        return {k: v for k, v in values.items() if k not in STEERING}
 
     def public_dict(self) -> dict[str, Any]:
         """The config as JSON values, with any password in the database URL masked."""

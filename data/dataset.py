@@ -8,7 +8,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -47,6 +47,8 @@ class Dataset:
     index_columns: tuple[str, ...] = ()
     #: A classifier's classes in order; `y` (and `y_val`) hold class indices. None: regression.
     classes: Optional[tuple[Label, ...]] = None
+    #: The data's fingerprint (`data.fingerprint`): hash, size, rows, columns and types.
+    fingerprint: Optional[dict[str, Any]] = None
 
     @property
     def n_rows(self) -> int:

@@ -119,11 +119,17 @@ def build_deployments(
         "entrypoint_type": EntrypointType.MODULE_PATH,
         "tags": ["gdflow"],
     }
+    nightly = config
+    if "skip_unchanged" not in config.model_fields_set:  # on by default when nobody watches
+        nightly = config.model_copy(update={"skip_unchanged": True})
     scheduled = train_flow.to_deployment(
         name=NIGHTLY,
         schedules=[schedule],
-        description="Retrain on a schedule with the configured data.",
-        **common,
+        description=(
+            "Retrain on a schedule with the configured data (skipped when the data and the "
+            "options are those of the last completed run)."
+        ),
+        **{**common, "parameters": {"config": nightly.model_dump(mode="json")}},
     )
     on_demand = train_flow.to_deployment(
         name=ON_DEMAND,

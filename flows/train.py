@@ -21,7 +21,10 @@ from gdflow.runs.recording import (
     failure_outcome,
     mark_unfinished,
     open_database,
+    record_data,
+    skip_run,
     start_run,
+    unchanged_since,
 )
 from gdflow.runs.status import (
     ends_training_early,
@@ -183,6 +186,25 @@ def _summary(
     }
 
 
+def _skipped(run: RunRef, same_as: int) -> dict[str, Any]:
+    """--skip-unchanged found nothing new: the run is recorded skipped, pointing at `same_as`."""
+    skip_run(open_database(run.database_url), run_id=run.run_id, same_as=same_as)
+    get_run_logger().info(
+        "Run %d skipped: the data and the training options are those of run %d "
+        "(--skip-unchanged); nothing to train",
+        run.run_id,
+        same_as,
+    )
+    publish_run_report(run.database_url, run.run_id)
+    return {
+        "run_id": run.run_id,
+        "status": RunStatus.SKIPPED.value,
+        "same_as": same_as,
+        "epochs_done": 0,
+        "database_url": mask_url(run.database_url),
+    }
+
+
 @flow(
     name="train",
     flow_run_name=_flow_run_name,
@@ -204,6 +226,22 @@ def train_flow(
         device = _device(config)
         _tag_flow_run(run_tags(config, device))
         dataset = load_data(config)
+        if dataset.fingerprint is not None:
+            record_data(
+                open_database(run.database_url),
+                run_id=run.run_id,
+                fingerprint=dataset.fingerprint,
+                model_name=config.model_name,
+            )
+        if config.skip_unchanged:
+            same_as = unchanged_since(
+                open_database(run.database_url),
+                run_id=run.run_id,
+                config=config,
+                data_hash=(dataset.fingerprint or {}).get("sha256"),
+            )
+            if same_as is not None:
+                return _skipped(run, same_as)
         initial = initialize_weight(
             config, dataset.feature_names, dataset.classes, database_url=run.database_url
         )

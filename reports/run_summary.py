@@ -132,6 +132,9 @@ def run_details(run: Any) -> dict[str, Any]:
         "task": run_task(run),
         "classes": run_classes(run),
         "data_source": run.data_source,
+        "data_fingerprint": getattr(run, "data_fingerprint", None),
+        "model_name": getattr(run, "model_name", None),
+        "skipped_for": getattr(run, "skipped_for", None),
         "device": run.device,
         "started_at": iso_time(run.started_at),
         "finished_at": iso_time(run.finished_at),
@@ -178,6 +181,7 @@ def run_summary(run: Any) -> dict[str, Any]:
         "final_loss": run.final_loss,
         "stop_reason": run.stop_reason,
         "data_source": run.data_source,
+        "data_sha256": getattr(run, "data_hash", None),
         "flow_run_name": run.flow_run_name,
         "metrics": {split: _headline(run.evaluation, split) for split in SPLITS},
         "final_params": dict(run.final_params) if run.final_params else None,
@@ -237,6 +241,18 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def data_line(fingerprint: Optional[Mapping[str, Any]]) -> str:
+    """`sha256:3f2a… (150 rows, 5 columns: a double, b double, ...)`, or empty."""
+    if not fingerprint:
+        return ""
+    columns = fingerprint.get("columns") or []
+    shown = ", ".join(f"{c.get('name')} {c.get('type')}" for c in columns[:8])
+    more = f", … {len(columns) - 8} more" if len(columns) > 8 else ""
+    size = f", {fingerprint['bytes']:,} bytes" if fingerprint.get("bytes") else ""
+    described = f"{fingerprint.get('rows')} rows{size}, {len(columns)} columns: {shown}{more}"
+    return f"{fingerprint.get('sha256')} ({described})"
+
+
 def show_text(run: Any) -> str:
     """`gdflow show`: an aligned summary of the run, its evaluation table, its final
     parameters (all of them, aligned; beside least squares for a linear model), its
@@ -256,6 +272,9 @@ def show_text(run: Any) -> str:
         pairs.append(("classes", _shown(details["classes"])))
     pairs += [
         ("data", details["data_source"] or ""),
+        ("data fingerprint", data_line(details["data_fingerprint"])),
+        ("skipped for", f"run {details['skipped_for']}" if details["skipped_for"] else ""),
+        ("model name", details["model_name"] or ""),
         ("device", details["device"] or ""),
         ("flow run", flow_run),
         ("started", format_time(_aware(run.started_at))),

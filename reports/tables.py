@@ -55,6 +55,7 @@ def runs_table(runs: Sequence[Any]) -> str:
         "epochs",
         "final loss",
         "stop reason",
+        "data",
         "final params",
     ]
     rows = [
@@ -66,11 +67,17 @@ def runs_table(runs: Sequence[Any]) -> str:
             run.epochs_done,
             format_number(run.final_loss),
             run.stop_reason or "",
+            short_hash(getattr(run, "data_hash", None)),
             format_params(run.final_params),
         ]
         for run in runs
     ]
-    return table(headers, rows, [True, False, False, False, True, True, False, False])
+    return table(headers, rows, [True, False, False, False, True, True, False, False, False])
+
+
+def short_hash(data_hash: Optional[str]) -> str:
+    """The first 8 hex digits of a `sha256:` fingerprint: enough to tell data apart."""
+    return data_hash.split(":", 1)[-1][:8] if data_hash else ""
 
 
 def metrics_rows(metrics: Sequence[Any], names: Sequence[str]) -> list[list[Optional[float]]]:

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gdflow.config.errors import GdflowError
+from gdflow.config.train import STEERING, TrainConfig
 from gdflow.runs.liveness import current_owner, owner_alive
 from gdflow.runs.status import status_of_stop, stop_reason_of
 from gdflow.storage import (
@@ -28,6 +29,7 @@ from gdflow.storage import (
     find_run_id,
     finish_run,
     get_run,
+    last_completed_run,
     mask_url,
     restart_run,
     running_runs,
@@ -240,3 +242,54 @@ def reconcile_runs(engine: Engine) -> list[int]:
         return crashed
 
     return in_transaction(engine, write, what="reconciling runs of ended processes")
+
+
+def record_data(
+    engine: Engine, *, run_id: int, fingerprint: dict[str, Any], model_name: str
+) -> None:
+    """Store the run's data fingerprint and the model name it trains."""
+
+    def write(session: Session) -> None:
+        update_run(
+            session,
+            run_id=run_id,
+            data_fingerprint=fingerprint,
+            data_hash=fingerprint.get("sha256"),
+            model_name=model_name,
+        )
+
+    in_transaction(engine, write, what="recording the data's fingerprint")
+
+
+def unchanged_since(
+    engine: Engine, *, run_id: int, config: TrainConfig, data_hash: Optional[str]
+) -> Optional[int]:
+    """The id of the model name's last completed run when its data hash and training options
+    equal this run's (--skip-unchanged), else None."""
+    with Session(engine) as session:
+        last = last_completed_run(session, model_name=config.model_name, before=run_id)
+        if last is None or data_hash is None or last.data_hash != data_hash:
+            return None
+        stored = dict(last.config or {})
+    known = {k: v for k, v in stored.items() if k in TrainConfig.model_fields and k not in STEERING}
+    try:
+        identity = TrainConfig.model_validate(known).training_identity()
+    except ValueError:  # a configuration this gdflow no longer reads: not the same
+        return None
+    return last.id if identity == config.training_identity() else None
+
+
+def skip_run(engine: Engine, *, run_id: int, same_as: int) -> None:
+    """Record the run as skipped: its data and options equal completed run `same_as`'s."""
+    outcome = RunOutcome(
+        status=RunStatus.SKIPPED,
+        stop_reason="unchanged",
+        epochs_done=0,
+    )
+
+    def write(session: Session) -> None:
+        finish_run(session, run_id=run_id, outcome=outcome)
+        update_run(session, run_id=run_id, skipped_for=same_as)
+
+    in_transaction(engine, write, what="recording the skipped run")
+    _OUTCOME_RECORDED.set()

@@ -73,6 +73,13 @@ class Run(Base):
     sweep_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL"), index=True
     )
+    #: The data's fingerprint (`sha256`, `bytes`, `rows`, `columns`: names and types), its
+    #: hash on its own for lookups, the model name the run trains, and for a run skipped by
+    #: --skip-unchanged the completed run whose data and configuration it matched.
+    data_fingerprint: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    data_hash: Mapped[Optional[str]] = mapped_column(String(80), index=True)
+    model_name: Mapped[Optional[str]] = mapped_column(String(200), index=True)
+    skipped_for: Mapped[Optional[int]] = mapped_column(Integer)
     # The process that executes the run, so a run left `running` by a killed process can be
     # told apart from one still training (`pid_started` tells a reused pid from the original).
     host: Mapped[Optional[str]] = mapped_column(String(255))

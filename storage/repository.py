@@ -31,6 +31,8 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CRASHED = "crashed"
     CANCELLED = "cancelled"
+    #: --skip-unchanged: the data and configuration equal a completed run's; nothing trained.
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -345,6 +347,16 @@ def finish_run(session: Session, *, run_id: int, outcome: RunOutcome) -> None:
 def get_run(session: Session, *, run_id: int) -> Optional[Run]:
     """Return one run, or None."""
     return session.get(Run, run_id)
+
+
+def last_completed_run(
+    session: Session, *, model_name: str, before: Optional[int] = None
+) -> Optional[Run]:
+    """The latest completed run that trained `model_name` (before run id `before`)."""
+    stmt = select(Run).where(Run.model_name == model_name, Run.status == RunStatus.COMPLETED.value)
+    if before is not None:
+        stmt = stmt.where(Run.id < before)
+    return session.scalars(stmt.order_by(Run.id.desc()).limit(1)).first()
 
 
 def latest_run_id(session: Session) -> Optional[int]:

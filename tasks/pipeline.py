@@ -16,7 +16,7 @@ from gdflow.config.errors import GdflowError
 from gdflow.config.settings import Settings
 from gdflow.config.train import TrainConfig
 from gdflow.data.dataset import Dataset, Labels, load_dataset, split_validation
-from gdflow.data.fingerprint import data_fingerprint
+from gdflow.data.fingerprint import data_fingerprint, file_state, fingerprint
 from gdflow.registry import champion, versions
 from gdflow.registry.versions import spec_of
 from gdflow.registry.warm_start import champion_parameters
@@ -64,6 +64,7 @@ def retry_unless_user_error(_task: Any, _task_run: Any, state: Any) -> bool:
 def load_data(config: TrainConfig) -> Dataset:
     """Load the configured data and check it can train the configured model."""
     labels = Labels(config.resolved_task, config.model) if config.classifier else None
+    before = file_state(config.data) if config.data else None
     dataset = load_dataset(
         config.data,
         features=config.features,
@@ -72,6 +73,9 @@ def load_data(config: TrainConfig) -> Dataset:
         labels=labels,
     )
     check_predict_rows(config.prediction_inputs, dataset.n_features)
+    dataset = replace(
+        dataset, fingerprint=fingerprint(config.data, rows=dataset.n_rows, read_from=before)
+    )
     dataset = split_validation(dataset, config.validation_split, seed=config.seed)
     if dataset.index_columns:
         get_run_logger().info(
@@ -445,7 +449,7 @@ def persist(
         run_id=run.run_id,
         flow_run_id=flow_run_id,
         scheduled_at=scheduled_at,
-        data_fingerprint=data_fingerprint(config.data),
+        data_fingerprint=(dataset.fingerprint or {}).get("sha256") or data_fingerprint(config.data),
         evaluation=evaluation,
         standardization=versions.standardization_of(config, dataset),
     )

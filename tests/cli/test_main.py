@@ -53,6 +53,7 @@ def test_run_with_defaults_then_read_back(
         "loss",
         "stop",
         "reason",
+        "data",
         "final",
         "params",
     ]

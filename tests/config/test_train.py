@@ -96,3 +96,24 @@ def test_standardize_implies_bias_and_auto_lr_unless_given(flag: object) -> None
     assert config.standardize and config.bias and config.lr == "auto"
     explicit = TrainConfig(standardize=flag, bias=False, lr=0.1)
     assert not explicit.bias and explicit.lr == 0.1
+
+
+def test_the_training_identity_leaves_out_what_only_steers_gdflow() -> None:
+    """--skip-unchanged compares what is trained: not logging, storage, device or promotion."""
+    base = TrainConfig(data="d.csv", lr=0.1)
+    steered = TrainConfig(
+        data="d.csv",
+        lr=0.1,
+        log_every=1,
+        skip_unchanged=True,
+        database_url="sqlite:///x.db",
+        model_store="/tmp/m",
+        promote="never",
+        promote_margin=0.1,
+        device="cpu",
+        predict=[[1.0]],
+    )
+    assert steered.training_identity() == base.training_identity()
+    for changed in ({"lr": 0.2}, {"epochs": 7}, {"name": "other"}, {"seed": 3}, {"bias": True}):
+        options = {"data": "d.csv", "lr": 0.1, **changed}
+        assert TrainConfig(**options).training_identity() != base.training_identity()

@@ -100,6 +100,19 @@ def test_gdflow_serve_uses_the_deployment_names_of_prefect_yaml() -> None:
     )
     names = {d.name: bool(d.schedules) for d in served}
     assert names == {NIGHTLY: True, ON_DEMAND: False}
+    # Nobody watches the schedule: it skips unchanged data unless told otherwise.
+    skips = {d.name: d.parameters["config"]["skip_unchanged"] for d in served}
+    assert skips == {NIGHTLY: True, ON_DEMAND: False}
+    (yaml_nightly,) = [d for d in declared if d["name"] == NIGHTLY]
+    assert yaml_nightly["parameters"]["config"]["skip_unchanged"] is True
+    told = build_deployments(
+        TrainConfig(skip_unchanged=False),
+        cron="0 2 * * *",
+        timezone="UTC",
+        interval=None,
+        allow_overlap=False,
+    )
+    assert {d.parameters["config"]["skip_unchanged"] for d in told} == {False}
     assert scheduled == {NIGHTLY, "gdflow-predict"}
     assert unscheduled == {ON_DEMAND, GPU}
 
