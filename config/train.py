@@ -38,6 +38,10 @@ STEERING = frozenset(
         "promote_margin",
         "device",
         "predict",
+        "on_schema_change",
+        "on_drift",
+        "drift_psi",
+        "drift_mean_shift",
     }
 )
 #: A model name: saved versions live under it in the store and the database.
@@ -227,6 +231,29 @@ class TrainConfig(BaseModel):
             "the --name model's last completed run: the run is recorded as skipped, pointing at "
             "that run (on in the scheduled deployment)."
         ),
+    )
+    on_schema_change: Literal["fail", "warn"] = Field(
+        default="fail",
+        description=(
+            "When the data's columns (names, order, types) or classes differ from the "
+            "champion's training data: fail the run before training, or warn and train."
+        ),
+    )
+    on_drift: Literal["warn", "fail"] = Field(
+        default="warn",
+        description=(
+            "When a feature drifted from the champion's training data (--drift-psi, "
+            "--drift-mean-shift): warn and train, or fail the run before training."
+        ),
+    )
+    drift_psi: float = Field(
+        default=0.2, gt=0, description="Population stability index above which a feature drifted."
+    )
+    drift_mean_shift: float = Field(
+        default=1.0,
+        gt=0,
+        description="Shift of a feature's mean, in the champion data's standard deviations, "
+        "above which it drifted.",
     )
     promote: Literal["auto", "always", "never"] = Field(
         default="auto",

@@ -5,22 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run as current_run
 from prefect.states import Cancelled, State
+from sqlalchemy.orm import Session
 
 from gdflow.config.errors import DivergedError
 from gdflow.config.settings import Settings
 from gdflow.config.train import TrainConfig, safe_label
 from gdflow.data.dataset import Dataset
+from gdflow.data.drift import profile
+from gdflow.registry import data_checks
 from gdflow.runs.recording import (
     RunRef,
     end_run,
     failure_outcome,
     mark_unfinished,
     open_database,
+    record_checks,
     record_data,
     skip_run,
     start_run,
@@ -186,6 +191,38 @@ def _summary(
     }
 
 
+def _check_data(config: TrainConfig, dataset: Dataset, run: RunRef) -> None:
+    """Check the data against the champion's training data before anything trains: record
+    the checks on the run, log what they found, and fail the run when one fails."""
+    x = dataset.x if dataset.x_val is None else np.concatenate([dataset.x, dataset.x_val])
+    engine = open_database(run.database_url)
+    with Session(engine) as session:
+        base = data_checks.baseline(session, config.model_name)
+    checks = data_checks.check(
+        config,
+        base=base,
+        columns=list((dataset.fingerprint or {}).get("columns") or []),
+        x=x,
+        feature_names=dataset.feature_names,
+        classes=dataset.classes,
+    )
+    record_checks(
+        engine, run_id=run.run_id, profile=profile(x, dataset.feature_names), checks=checks
+    )
+    logger = get_run_logger()
+    for change in checks.get("schema_changes") or []:
+        logger.warning("Schema change against the champion's training data: %s", change)
+    for name in checks.get("drifted") or []:
+        found = checks["drift"][name]
+        logger.warning(
+            "Feature %s drifted from the champion's training data: PSI %.3g, mean shift %.3g",
+            name,
+            found["psi"],
+            found["mean_shift"],
+        )
+    data_checks.raise_if_failed(checks)
+
+
 def _skipped(run: RunRef, same_as: int) -> dict[str, Any]:
     """--skip-unchanged found nothing new: the run is recorded skipped, pointing at `same_as`."""
     skip_run(open_database(run.database_url), run_id=run.run_id, same_as=same_as)
@@ -242,6 +279,7 @@ def train_flow(
             )
             if same_as is not None:
                 return _skipped(run, same_as)
+        _check_data(config, dataset, run)
         initial = initialize_weight(
             config, dataset.feature_names, dataset.classes, database_url=run.database_url
         )

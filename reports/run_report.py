@@ -43,11 +43,43 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         _diagnostics(summary),
         *(f"> **warning:** {escape_markdown(str(w))}" for w in summary.get("warnings") or []),
         _model_metrics(evaluation),
+        data_checks_markdown(summary.get("data_checks")),
         _predictions(evaluation.get("predictions") or []),
         _config(summary.get("config") or {}),
         _where_metrics_are(summary),
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def data_checks_markdown(checks: Optional[Mapping[str, Any]]) -> str:
+    """The checks of the data against the champion's: schema changes, then a table of each
+    feature's PSI and mean shift, drifted ones marked; nothing without a baseline."""
+    if not checks or not checks.get("baseline"):
+        return ""
+    base = checks["baseline"]
+    out = [
+        f"### Data checks against model version {base['version']}'s training data "
+        f"(run {base['run_id']})"
+    ]
+    changes = checks.get("schema_changes") or []
+    out.append(
+        "\n".join(f"- schema: {escape_markdown(c)}" for c in changes)
+        if changes
+        else "Schema: unchanged."
+    )
+    drifted = set(checks.get("drifted") or [])
+    rows = ["| feature | PSI | mean shift | drifted |", "|---|---:|---:|---|"]
+    for name, found in (checks.get("drift") or {}).items():
+        rows.append(
+            f"| {cell(name)} | {num(found.get('psi'), 4)} | {num(found.get('mean_shift'), 4)} | "
+            f"{'**yes**' if name in drifted else 'no'} |"
+        )
+    thresholds = checks.get("thresholds") or {}
+    out.append(
+        "\n".join(rows)
+        + f"\n\nThresholds: PSI {thresholds.get('psi')}, mean shift {thresholds.get('mean_shift')}."
+    )
+    return "\n\n".join(out)
 
 
 def _status(summary: Mapping[str, Any]) -> str:

@@ -135,6 +135,7 @@ def run_details(run: Any) -> dict[str, Any]:
         "data_fingerprint": getattr(run, "data_fingerprint", None),
         "model_name": getattr(run, "model_name", None),
         "skipped_for": getattr(run, "skipped_for", None),
+        "data_checks": getattr(run, "data_checks", None),
         "device": run.device,
         "started_at": iso_time(run.started_at),
         "finished_at": iso_time(run.finished_at),

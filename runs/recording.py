@@ -293,3 +293,14 @@ def skip_run(engine: Engine, *, run_id: int, same_as: int) -> None:
 
     in_transaction(engine, write, what="recording the skipped run")
     _OUTCOME_RECORDED.set()
+
+
+def record_checks(
+    engine: Engine, *, run_id: int, profile: dict[str, Any], checks: dict[str, Any]
+) -> None:
+    """Store the run's feature profile and its data checks (whatever they decide)."""
+
+    def write(session: Session) -> None:
+        update_run(session, run_id=run_id, data_profile=profile, data_checks=checks)
+
+    in_transaction(engine, write, what="recording the data checks")

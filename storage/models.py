@@ -80,6 +80,10 @@ class Run(Base):
     data_hash: Mapped[Optional[str]] = mapped_column(String(80), index=True)
     model_name: Mapped[Optional[str]] = mapped_column(String(200), index=True)
     skipped_for: Mapped[Optional[int]] = mapped_column(Integer)
+    #: The features' profile (mean, deviation, decile bins) and the checks of the data against
+    #: the champion's training data: schema changes and drift per feature, and what they did.
+    data_profile: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    data_checks: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
     # The process that executes the run, so a run left `running` by a killed process can be
     # told apart from one still training (`pid_started` tells a reused pid from the original).
     host: Mapped[Optional[str]] = mapped_column(String(255))

@@ -156,6 +156,7 @@ def _publish(database_url: str, run_id: int, seconds: Optional[float]) -> None:
             "max_stable_lr": run.max_stable_lr,
             "condition_number": run.condition_number,
             "warnings": run.warnings,
+            "data_checks": run.data_checks,
         }
         trend = [
             {

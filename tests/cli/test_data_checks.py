@@ -1,0 +1,63 @@
+"""Checks before training, end to end (in process, on the session's Prefect server): against
+the champion's training data a drifted feature warns (or fails with --on-drift fail) and a
+changed schema fails (or warns); a failed check trains nothing and every check is stored."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tests.processes import GdflowMain
+
+ARGS = ["run", "--data", "d.csv", "--bias", "--lr", "0.01", "--epochs", "20"]
+
+
+def test_schema_and_drift_checks_against_the_champion(
+    gdflow_main: GdflowMain, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
+    frame["y"] = 2 * frame["a"] - frame["b"]
+    data = tmp_path / "d.csv"
+    frame.to_csv(data, index=False)
+
+    def run(*extra: str) -> tuple[int, str]:
+        done = gdflow_main([*ARGS, *extra], database_url=url, cwd=tmp_path)
+        return done.returncode, (done.stderr.strip().splitlines() or [""])[-1]
+
+    assert run()[0] == 0  # run 1: the champion; nothing to compare with
+    frame.assign(a=frame["a"] + 2.0).to_csv(data, index=False)  # a moves by 2 deviations
+    # run 2: drift warns, trains (and stays a challenger: the baseline stays version 1's data)
+    assert run("--promote", "never")[0] == 0
+    code, line = run("--on-drift", "fail")  # run 3
+    assert code == 1 and line.startswith("gdflow: error: features drifted from model d version")
+    assert "a (PSI " in line and "b (" not in line
+    frame.assign(c=1.0).to_csv(data, index=False)  # a new column
+    code, line = run()  # run 4: the schema changed: fails by default
+    assert code == 1 and "schema differs" in line and "new column 'c'" in line
+    assert run("--on-schema-change", "warn")[0] == 0  # run 5
+
+    with sqlite3.connect(tmp_path / "metrics.db") as conn:
+        rows = conn.execute(
+            "SELECT status, epochs_done, data_checks FROM runs ORDER BY id"
+        ).fetchall()
+    statuses = [(status, epochs) for status, epochs, _ in rows]
+    assert statuses == [
+        ("completed", 20),
+        ("completed", 20),
+        ("failed", 0),
+        ("failed", 0),
+        ("completed", 20),
+    ]
+    checks = [json.loads(c) for _, _, c in rows]
+    assert checks[0]["baseline"] is None
+    assert checks[1]["drifted"] == ["a"] and checks[1]["drift"]["a"]["mean_shift"] > 1.5
+    assert checks[1]["drift"]["b"]["psi"] < 0.05 and "failed" not in checks[1]
+    assert checks[2]["failed"].startswith("features drifted")
+    assert checks[3]["schema_changes"] == ["new column 'c'"] and "failed" in checks[3]
+    assert checks[4]["schema_changes"] == ["new column 'c'"] and "failed" not in checks[4]
