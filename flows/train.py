@@ -39,6 +39,7 @@ from gdflow.runs.status import (
 )
 from gdflow.storage import RunStatus, mask_url
 from gdflow.tasks.artifacts import publish_model_report, publish_run_report
+from gdflow.tasks.events import emit
 from gdflow.tasks.pipeline import (
     evaluate_prediction,
     initialize_weight,
@@ -209,6 +210,7 @@ def _check_data(config: TrainConfig, dataset: Dataset, run: RunRef) -> None:
     record_checks(
         engine, run_id=run.run_id, profile=profile(x, dataset.feature_names), checks=checks
     )
+    _emit_checks(config.model_name, run.run_id, checks)
     logger = get_run_logger()
     for change in checks.get("schema_changes") or []:
         logger.warning("Schema change against the champion's training data: %s", change)
@@ -223,9 +225,28 @@ def _check_data(config: TrainConfig, dataset: Dataset, run: RunRef) -> None:
     data_checks.raise_if_failed(checks)
 
 
-def _skipped(run: RunRef, same_as: int) -> dict[str, Any]:
+def _emit_checks(name: str, run_id: int, checks: dict[str, Any]) -> None:
+    """The alerts of the data checks: schema changed, features drifted (with their figures)."""
+    common = {"run_id": run_id, "baseline": checks.get("baseline"), "failed": checks.get("failed")}
+    if checks.get("schema_changes"):
+        emit(
+            "gdflow.data.schema-changed",
+            name=name,
+            payload={**common, "changes": checks["schema_changes"]},
+        )
+    if checks.get("drifted"):
+        features = {f: checks["drift"][f] for f in checks["drifted"]}
+        emit(
+            "gdflow.data.drift",
+            name=name,
+            payload={**common, "features": features, "thresholds": checks.get("thresholds")},
+        )
+
+
+def _skipped(run: RunRef, same_as: int, name: str) -> dict[str, Any]:
     """--skip-unchanged found nothing new: the run is recorded skipped, pointing at `same_as`."""
     skip_run(open_database(run.database_url), run_id=run.run_id, same_as=same_as)
+    emit("gdflow.run.skipped", name=name, payload={"run_id": run.run_id, "same_as": same_as})
     get_run_logger().info(
         "Run %d skipped: the data and the training options are those of run %d "
         "(--skip-unchanged); nothing to train",
@@ -278,7 +299,7 @@ def train_flow(
                 data_hash=(dataset.fingerprint or {}).get("sha256"),
             )
             if same_as is not None:
-                return _skipped(run, same_as)
+                return _skipped(run, same_as, config.model_name)
         _check_data(config, dataset, run)
         initial = initialize_weight(
             config, dataset.feature_names, dataset.classes, database_url=run.database_url
@@ -306,7 +327,19 @@ def train_flow(
     if persisted.model is not None:
         publish_model_report(run.database_url, persisted.model["name"])
     if persisted.status is RunStatus.DIVERGED:
-        raise DivergedError(_diverged_message(run.run_id, result, config.dtype))
+        message = _diverged_message(run.run_id, result, config.dtype)
+        emit(
+            "gdflow.run.diverged",
+            name=config.model_name,
+            payload={
+                "run_id": run.run_id,
+                "lr": result.lr,
+                "max_stable_lr": result.max_stable_lr,
+                "epoch": result.diverged_at,
+                "message": message,
+            },
+        )
+        raise DivergedError(message)
     if persisted.status is RunStatus.CANCELLED:
         return _cancelled(run.run_id, result)
     return {**_summary(run, result, evaluation), "model": persisted.model}

@@ -32,6 +32,7 @@ from gdflow.runs.signals import stop_on_signals, stop_requested
 from gdflow.storage import RunStatus
 from gdflow.tasks.artifacts import ProgressArtifact
 from gdflow.tasks.dashboard_feed import quiet_when_unreachable
+from gdflow.tasks.events import emit
 from gdflow.training.classification import class_weights
 from gdflow.training.classifier_evaluation import class_prediction_line, evaluate_classifier
 from gdflow.training.conditioning import Conditioning, analyse, auto_learning_rate
@@ -472,6 +473,11 @@ def persist(
     )
     get_run_logger().info(
         "Saved %s to %s; %s", versions.describe(version), store.shown, decision.line()
+    )
+    emit(
+        "gdflow.model.promoted" if decision.promoted else "gdflow.model.rejected",
+        name=version.name,
+        payload={"version": version.version, "run_id": run.run_id, **decision.as_record()},
     )
     saved = {
         "name": version.name,

@@ -13,7 +13,7 @@ import pandas as pd
 
 from tests.processes import GdflowMain
 
-ARGS = ["run", "--data", "d.csv", "--bias", "--lr", "0.01", "--epochs", "20"]
+ARGS = ["run", "--data", "drifty.csv", "--bias", "--lr", "0.01", "--epochs", "20"]
 
 
 def test_schema_and_drift_checks_against_the_champion(
@@ -23,7 +23,7 @@ def test_schema_and_drift_checks_against_the_champion(
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
     frame["y"] = 2 * frame["a"] - frame["b"]
-    data = tmp_path / "d.csv"
+    data = tmp_path / "drifty.csv"
     frame.to_csv(data, index=False)
 
     def run(*extra: str) -> tuple[int, str]:
@@ -35,7 +35,9 @@ def test_schema_and_drift_checks_against_the_champion(
     # run 2: drift warns, trains (and stays a challenger: the baseline stays version 1's data)
     assert run("--promote", "never")[0] == 0
     code, line = run("--on-drift", "fail")  # run 3
-    assert code == 1 and line.startswith("gdflow: error: features drifted from model d version")
+    assert code == 1 and line.startswith(
+        "gdflow: error: features drifted from model drifty version"
+    )
     assert "a (PSI " in line and "b (" not in line
     frame.assign(c=1.0).to_csv(data, index=False)  # a new column
     code, line = run()  # run 4: the schema changed: fails by default
@@ -61,3 +63,46 @@ def test_schema_and_drift_checks_against_the_champion(
     assert checks[2]["failed"].startswith("features drifted")
     assert checks[3]["schema_changes"] == ["new column 'c'"] and "failed" in checks[3]
     assert checks[4]["schema_changes"] == ["new column 'c'"] and "failed" not in checks[4]
+
+    # The alerts reached the Prefect server as events about model `drifty`, numbers in the payload.
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    from tests.processes import wait_for
+
+    def gdflow_events() -> list:  # type: ignore[type-arg]
+        with get_client(sync_client=True) as client:
+            page = client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(prefix=["gdflow."]),
+                    resource=EventResourceFilter(id=["gdflow.model.drifty"]),
+                ),
+                limit=50,
+            )
+        found = {e.event for e in page.events}
+        wanted = {
+            "gdflow.model.promoted",
+            "gdflow.model.rejected",
+            "gdflow.data.drift",
+            "gdflow.data.schema-changed",
+        }
+        return page.events if wanted <= found else []
+
+    events = wait_for(gdflow_events, timeout=60, what="gdflow's events on the Prefect server")
+    by_name: dict[str, list] = {}  # type: ignore[type-arg]
+    for event in events:
+        by_name.setdefault(event.event, []).append(event)
+    drift_payloads = [e.payload for e in by_name["gdflow.data.drift"]]
+    assert any(
+        p["features"]["a"]["mean_shift"] > 1.5 and p["baseline"]["version"] == 1
+        for p in drift_payloads
+    )
+    assert any(
+        p["changes"] == ["new column 'c'"] and p["failed"]
+        for p in (e.payload for e in by_name["gdflow.data.schema-changed"])
+    )
+    (first,) = [e.payload for e in by_name["gdflow.model.promoted"] if e.payload["version"] == 1]
+    assert first["promoted"] is True and first["run_id"] == 1
+    rejected = [e.payload for e in by_name["gdflow.model.rejected"]]
+    assert any(p["version"] == 2 and "--promote never" in p["reason"] for p in rejected)
+    assert all(e.resource.get("gdflow.model.name") == "drifty" for e in events)
