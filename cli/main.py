@@ -19,6 +19,7 @@ from gdflow.cli.models import (
     add_parsers as add_model_parsers,
 )
 from gdflow.cli.models import (
+    cmd_alerts,
     cmd_models,
     cmd_predict,
     cmd_promote,
@@ -792,6 +793,8 @@ def _command(command: str, args: dict[str, Any]) -> int:
             return cmd_rollback(args["name"], settings)
         if command == "predict":
             return cmd_predict(args, settings)
+        if command == "alerts":
+            return cmd_alerts(args["block"])
         return cmd_metrics(args["run_id"], args["format"], settings)
     except CliError as exc:
         from gdflow.storage.database import hide_password

@@ -57,6 +57,19 @@ def add_parsers(commands: Any) -> None:
         )
     predict.add_argument("--format", choices=["text", "json"], default="text")
     predict.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
+    alerts = commands.add_parser(
+        "alerts",
+        help="install Prefect automations that notify on drift, schema changes, rejected "
+        "retrains and divergence",
+        description="Create the automations of gdflow's alerts file on the Prefect server "
+        "(PREFECT_API_URL or gdflow server), each sending through one notification block.",
+    )
+    alerts.add_argument(
+        "--block",
+        required=True,
+        metavar="TYPE/NAME",
+        help="the notification block, e.g. slack-webhook/ops (prefect block ls lists them)",
+    )
 
 
 def cmd_models(name: Optional[str], history: bool, limit: int, fmt: str, settings: Settings) -> int:
@@ -155,4 +168,29 @@ def cmd_predict(values: dict[str, Any], settings: Settings) -> int:
         f"{result['model']}: {result['rows_out']} of {result['rows_in']} row(s) scored"
         f"{skipped} -> {result['output']} (batch {result['batch_id']})"
     )
+    return 0
+
+
+def cmd_alerts(block: str) -> int:
+    """Install the alert automations on the Prefect server, sending through `block`."""
+    from gdflow.cli.main import CliError
+    from gdflow.config.errors import GdflowError
+    from gdflow.flows.alerts import install
+    from gdflow.flows.deployments import find_api_url
+
+    api_url = find_api_url()
+    if not api_url:
+        raise CliError(
+            "no Prefect server to install the automations on: start one (gdflow server) or "
+            "set PREFECT_API_URL"
+        )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            names = install(block)
+    except GdflowError as exc:
+        raise CliError(str(exc)) from None
+    for name in names:
+        print(f"installed automation {name!r} -> {block}")
     return 0
