@@ -212,6 +212,8 @@ def _check_data(config: TrainConfig, dataset: Dataset, run: RunRef) -> None:
     )
     _emit_checks(config.model_name, run.run_id, checks)
     logger = get_run_logger()
+    if checks.get("baseline") is None:
+        logger.info("Data checks: %s", checks.get("reason"))
     for change in checks.get("schema_changes") or []:
         logger.warning("Schema change against the champion's training data: %s", change)
     for name in checks.get("drifted") or []:

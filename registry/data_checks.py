@@ -34,13 +34,16 @@ class Baseline:
 
 
 def baseline(session: Session, name: str) -> Optional[Baseline]:
-    """The champion of `name`'s training data, or None (no champion, or one whose run has no
-    recorded profile: a version saved before data checks existed)."""
+    """The champion of `name`'s training data; None when the name has no champion. A champion
+    whose run has no recorded statistics (saved before data checks existed, or its run
+    deleted) is a Baseline without a profile."""
     number = get_alias(session, name, CHAMPION)
     version = get_model_version(session, name, number) if number is not None else None
-    run = get_run(session, run_id=version.run_id) if version and version.run_id else None
-    if version is None or run is None or not run.data_profile or not run.data_fingerprint:
+    if version is None:
         return None
+    run = get_run(session, run_id=version.run_id) if version.run_id else None
+    if run is None or not run.data_profile or not run.data_fingerprint:
+        return Baseline(version.version, version.run_id or 0, [], {}, None)
     return Baseline(
         version=version.version,
         run_id=run.id,
@@ -62,7 +65,19 @@ def check(
     """The checks of the new data as stored on the run: baseline, schema changes, drift per
     feature, the drifted features, and `failed` (a one-line reason) when a check fails."""
     if base is None:
-        return {"baseline": None, "reason": "no champion with a recorded profile to compare with"}
+        return {"baseline": None, "reason": "no champion to compare with"}
+    if not base.profile:
+        missing = (
+            f"model {config.model_name} version {base.version} (the champion) has no recorded "
+            "statistics of its training data (saved before data checks existed)"
+        )
+        record: dict[str, Any] = {"baseline": None, "reason": missing}
+        if config.on_drift == "fail":  # drift asked to be enforced: it cannot be
+            record["failed"] = (
+                f"cannot check the data: {missing}; retrain once with --on-drift warn to record "
+                "them, or promote a newer version"
+            )
+        return record
     changes = schema_changes(
         base.columns, columns, classes_before=base.classes, classes_after=classes
     )

@@ -106,3 +106,29 @@ def test_schema_and_drift_checks_against_the_champion(
     rejected = [e.payload for e in by_name["gdflow.model.rejected"]]
     assert any(p["version"] == 2 and "--promote never" in p["reason"] for p in rejected)
     assert all(e.resource.get("gdflow.model.name") == "drifty" for e in events)
+
+
+def test_a_champion_without_recorded_statistics(gdflow_main: GdflowMain, tmp_path: Path) -> None:
+    """A champion saved before data checks existed: the checks say so and training goes on;
+    with --on-drift fail, which cannot be honoured, the run fails in one line, nothing trains."""
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    (tmp_path / "old.csv").write_text("a,y\n" + "".join(f"{i},{2 * i}\n" for i in range(30)))
+    args = ["run", "--data", "old.csv", "--lr", "0.001", "--epochs", "5"]
+    assert gdflow_main(args, database_url=url, cwd=tmp_path).returncode == 0
+    with sqlite3.connect(tmp_path / "metrics.db") as conn:  # as a run before revision 0006
+        conn.execute("UPDATE runs SET data_profile = NULL, data_checks = NULL")
+    assert gdflow_main(args, database_url=url, cwd=tmp_path).returncode == 0
+    done = gdflow_main([*args, "--on-drift", "fail"], database_url=url, cwd=tmp_path)
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "gdflow: error: cannot check the data: model old version 1 (the champion) has no "
+            "recorded statistics"
+        )
+    )
+    with sqlite3.connect(tmp_path / "metrics.db") as conn:
+        rows = conn.execute("SELECT status, epochs_done, data_checks FROM runs").fetchall()
+    assert [(s, e) for s, e, _ in rows] == [("completed", 5), ("completed", 5), ("failed", 0)]
+    assert "no recorded statistics" in json.loads(rows[1][2])["reason"]
