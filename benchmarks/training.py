@@ -1,13 +1,21 @@
 """Training loop: time per epoch of gdflow's `fit` against reading the data once (`X.sum()`).
 
 Large problem: full-batch gradient descent on float32 rows x features in memory; the floor is
-one read of the feature matrix. The seed's loop and an `F.mse_loss` loop are shown beside it.
-Small problem (the seed's 5 points): `fit` against a bare loop of the same ops, no recording.
+one read of the feature matrix. `fit` takes the sufficient-statistics path there (its one pass
+over X to form X^T X included in the time); the fused pass, the seed's loop and an `F.mse_loss`
+loop are shown beside it. Statistics epoch: what one more epoch of `fit` costs on that path
+(1,000 epochs timed from one chunk of records to the next, after the one pass), against one
+read of X, and over a grid of rows and features, printed as its own table before the results,
+to show that it no longer grows with the rows. Small problem (the seed's 5 points): `fit`
+against a bare loop of the same ops, no recording.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,9 +23,13 @@ import torch.nn.functional as F
 
 from benchmarks.common import Result, interleaved, ms
 from gdflow.data.dataset import load_toy
-from gdflow.training.loop import fit
+from gdflow.training.loop import Hooks, fit, loss_path_of
 from gdflow.training.model import TrainingData
 from gdflow.training.optimization import Optimization
+from gdflow.training.statistics_mse import LossPath, MSEStatistics
+
+#: Feature matrices above this size are left out of the statistics grid (and said to be).
+MAX_GRID_BYTES = 2 << 30
 
 
 def _reference_epochs(
@@ -43,44 +55,229 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def large(rows: int, features: int, epochs: int, repeats: int, device: torch.device) -> Result:
-    """gdflow's per-epoch time on a rows x features float32 problem against one read of X."""
+def _data(rows: int, features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 rows of standard normal features and a linear target."""
     generator = np.random.default_rng(0)
     x = generator.standard_normal((rows, features), dtype=np.float32)
     y = (x @ np.linspace(-1, 1, features, dtype=np.float32) + 0.5).astype(np.float32)
-    x_t = torch.from_numpy(x).to(device)
-    y_t = torch.from_numpy(y).to(device)
-    initial = {f"w_{j}": 0.0 for j in range(features)}
+    return x, y
 
-    def floor() -> None:
-        for _ in range(epochs):
-            x_t.sum()
+
+def _fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    device: torch.device,
+    path: LossPath | None = None,
+) -> Callable[[], None]:
+    """One `fit` of `epochs` on (x, y) (on `path`; None: the path it chooses)."""
+    initial = {f"w_{j}": 0.0 for j in range(x.shape[1])}
+    opt = Optimization(lr=0.01, epochs=epochs)
+
+    def run() -> None:
+        fit(TrainingData(x, y), initial, opt, device=device, loss_path=path)
         _sync(device)
 
-    def gdflow() -> None:
-        fit(TrainingData(x, y), initial, Optimization(lr=0.01, epochs=epochs), device=device)
+    return run
 
+
+def _floor(x_t: torch.Tensor, reads: int) -> Callable[[], None]:
+    """`reads` reads of X (`X.sum()`): the floor of any epoch that reads the rows."""
+
+    def run() -> None:
+        for _ in range(reads):
+            x_t.sum()
+        _sync(x_t.device)
+
+    return run
+
+
+def large(rows: int, features: int, epochs: int, repeats: int, device: torch.device) -> Result:
+    """gdflow's per-epoch time on a rows x features float32 problem against one read of X."""
+    x, y = _data(rows, features)
+    x_t = torch.from_numpy(x).to(device)
+    y_t = torch.from_numpy(y).to(device)
+    path = loss_path_of(TrainingData(x, y), Optimization(lr=0.01, epochs=epochs), device)
     times = interleaved(
         {
-            "floor": floor,
-            "gdflow": gdflow,
+            "floor": _floor(x_t, epochs),
+            "gdflow": _fit(x, y, epochs, device),
+            "fused": _fit(x, y, epochs, device, "fused"),
             "seed": _reference_epochs(x_t, y_t, epochs, lambda p, t: ((p - t) ** 2).mean()),
             "mse_loss": _reference_epochs(x_t, y_t, epochs, F.mse_loss),
         },
         repeats,
     )
     per_epoch = {name: t / epochs for name, t in times.items()}
+    floor = per_epoch["floor"]
+    how = f"{path}, its one pass included" if path == "statistics" else path
     return Result(
         name=f"training {rows}x{features} ({device.type})",
-        ratio=per_epoch["gdflow"] / per_epoch["floor"],
+        ratio=per_epoch["gdflow"] / floor,
         target=2.0,
         higher_is_better=False,
         raw=(
-            f"epoch {ms(per_epoch['gdflow'])}, X.sum() {ms(per_epoch['floor'])}; seed loop "
-            f"{per_epoch['seed'] / per_epoch['floor']:.1f}x, F.mse_loss "
-            f"{per_epoch['mse_loss'] / per_epoch['floor']:.1f}x"
+            f"epoch {ms(per_epoch['gdflow'])} ({how}, {epochs} epochs), X.sum() {ms(floor)}; "
+            f"fused pass {per_epoch['fused'] / floor:.1f}x, seed loop "
+            f"{per_epoch['seed'] / floor:.1f}x, F.mse_loss {per_epoch['mse_loss'] / floor:.1f}x"
         ),
     )
+
+
+@dataclass(frozen=True)
+class StatisticsCell:
+    """One problem's statistics-path epoch, one read of its X, and forming its statistics."""
+
+    rows: int
+    features: int
+    epoch: float
+    floor: float
+    setup: float
+    chosen: str
+
+
+def _epoch_seconds(
+    x: np.ndarray, y: np.ndarray, epochs: int, device: torch.device
+) -> Callable[[], float]:
+    """A run of `fit` on the statistics path, 2 x `epochs` epochs in two chunks, returning the
+    seconds per epoch of the second chunk: the epochs alone, the statistics' one pass before
+    the first chunk left out, one chunk's hand-over (as fit does every 4096 epochs) in."""
+    initial = {f"w_{j}": 0.0 for j in range(x.shape[1])}
+    opt = Optimization(lr=0.01, epochs=2 * epochs)
+
+    def run() -> float:
+        stamps: list[float] = []
+        hooks = Hooks(
+            on_chunk=lambda _chunk: stamps.append(time.perf_counter()),
+            chunk_epochs=epochs,
+            flush_seconds=float("inf"),
+        )
+        _sync(device)
+        fit(TrainingData(x, y), initial, opt, device=device, hooks=hooks, loss_path="statistics")
+        return (stamps[-1] - stamps[0]) / epochs
+
+    return run
+
+
+def statistics_cell(
+    rows: int, features: int, *, epochs: int, repeats: int, device: torch.device
+) -> StatisticsCell:
+    """Time an epoch of `fit` on the statistics path (median of `repeats` runs), one read of X,
+    and the one pass that forms X^T X."""
+    x, y = _data(rows, features)
+    x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    epoch = _epoch_seconds(x, y, epochs, device)
+    per_epoch = []
+
+    def timed() -> None:
+        per_epoch.append(epoch())
+
+    def setup() -> None:
+        MSEStatistics.of(x_t, y_t)
+        _sync(device)
+
+    times = interleaved({"epochs": timed, "floor": _floor(x_t, 10), "setup": setup}, repeats)
+    return StatisticsCell(
+        rows=rows,
+        features=features,
+        epoch=statistics.median(per_epoch[-repeats:]),
+        floor=times["floor"] / 10,
+        setup=times["setup"],
+        chosen=loss_path_of(TrainingData(x, y), Optimization(lr=0.01, epochs=2 * epochs), device),
+    )
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f} us"
+
+
+def statistics_grid(
+    row_counts: list[int],
+    feature_counts: list[int],
+    *,
+    base_rows: int,
+    base_features: int,
+    epochs: int,
+    repeats: int,
+    device: torch.device,
+) -> dict[tuple[int, int], StatisticsCell]:
+    """The statistics epoch over rows (at `base_features`) and over features (at `base_rows`),
+    printed as a table as each cell is measured; matrices over 2 GiB are skipped, and said."""
+    cells = [(r, base_features) for r in row_counts]
+    cells += [(base_rows, f) for f in feature_counts if (base_rows, f) not in cells]
+    print(
+        f"\ntraining statistics path ({device.type}, float32): an epoch of fit (median of "
+        f"{repeats} run(s) of {epochs} timed epochs), one read of X, the one pass forming X^T X",
+        flush=True,
+    )
+    header = ("rows", "features", "matrix", "epoch", "X.sum()", "epoch/X.sum()", "one pass")
+    widths = (12, 8, 10, 12, 12, 13, 10)
+    line = "  ".join(h.rjust(w) for h, w in zip(header, widths))
+    print(f"{line}  fit's own choice", flush=True)
+    measured = {}
+    for rows, features in cells:
+        size = rows * features * 4
+        if size > MAX_GRID_BYTES:
+            print(f"{rows:>12,}  {features:>8}  skipped: {size / 2**30:.1f} GiB is over 2 GiB")
+            continue
+        cell = statistics_cell(rows, features, epochs=epochs, repeats=repeats, device=device)
+        measured[rows, features] = cell
+        values = (
+            f"{rows:,}",
+            str(features),
+            f"{size / 2**20:,.1f} MiB",
+            _us(cell.epoch),
+            _us(cell.floor),
+            f"{cell.epoch / cell.floor:.3f}x",
+            ms(cell.setup),
+        )
+        line = "  ".join(v.rjust(w) for v, w in zip(values, widths))
+        print(f"{line}  {cell.chosen}", flush=True)
+    print(flush=True)
+    return measured
+
+
+def statistics_results(
+    rows: int,
+    features: int,
+    grid: dict[tuple[int, int], StatisticsCell],
+    row_counts: list[int],
+    device: torch.device,
+) -> list[Result]:
+    """The statistics epoch against one read of X, and how it grows from the fewest rows of the
+    grid to the most (one read of X grows with them)."""
+    cell = grid[rows, features]
+    results = [
+        Result(
+            name=f"training statistics epoch {rows}x{features} ({device.type})",
+            ratio=cell.epoch / cell.floor,
+            target=0.05,
+            higher_is_better=False,
+            raw=(
+                f"epoch {_us(cell.epoch)}, X.sum() {ms(cell.floor)}; one pass to form "
+                f"X^T X {ms(cell.setup)}"
+            ),
+        )
+    ]
+    rows_measured = [r for r in row_counts if (r, features) in grid]
+    if len(rows_measured) >= 2:
+        fewest, most = grid[rows_measured[0], features], grid[rows_measured[-1], features]
+        results.append(
+            Result(
+                name=(
+                    f"training statistics epoch, rows {fewest.rows:,} -> {most.rows:,} "
+                    f"({device.type})"
+                ),
+                ratio=most.epoch / fewest.epoch,
+                target=1.5,
+                higher_is_better=False,
+                raw=(
+                    f"epoch {_us(fewest.epoch)} -> {_us(most.epoch)} at {features} features "
+                    f"while X.sum() grows {most.floor / fewest.floor:,.0f}x"
+                ),
+            )
+        )
+    return results
 
 
 def small(epochs: int, repeats: int, device: torch.device) -> Result:
@@ -117,11 +314,29 @@ def small(epochs: int, repeats: int, device: torch.device) -> Result:
 
 
 def run(*, quick: bool, device: str = "cpu", rows: int | None = None) -> list[Result]:
-    """Both training benchmarks (quick: tiny sizes for the smoke test)."""
+    """The training benchmarks (quick: tiny sizes for the smoke test); the statistics grid is
+    printed as it is measured."""
     dev = torch.device(device)
-    return [
-        large(
-            rows or (20_000 if quick else 1_000_000), 16, 3 if quick else 20, 1 if quick else 7, dev
-        ),
+    large_rows = rows or (20_000 if quick else 1_000_000)
+    if quick:
+        row_counts, feature_counts, base_rows = [1_000, large_rows], [1, 16], 1_000
+    else:
+        row_counts = [10_000, 100_000, 1_000_000, 10_000_000]
+        feature_counts, base_rows = [1, 16, 64, 256], 100_000
+        if large_rows not in row_counts:
+            row_counts = sorted([*row_counts, large_rows])
+    grid = statistics_grid(
+        row_counts,
+        feature_counts,
+        base_rows=base_rows,
+        base_features=16,
+        epochs=50 if quick else 1000,
+        repeats=1 if quick else 5,
+        device=dev,
+    )
+    results = [
+        large(large_rows, 16, 3 if quick else 20, 1 if quick else 7, dev),
+        *statistics_results(large_rows, 16, grid, row_counts, dev),
         small(200 if quick else 5000, 1 if quick else 7, dev),
     ]
+    return results

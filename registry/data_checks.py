@@ -71,13 +71,13 @@ def check(
             f"model {config.model_name} version {base.version} (the champion) has no recorded "
             "statistics of its training data (saved before data checks existed)"
         )
-        record: dict[str, Any] = {"baseline": None, "reason": missing}
+        unchecked: dict[str, Any] = {"baseline": None, "reason": missing}
         if config.on_drift == "fail":  # drift asked to be enforced: it cannot be
-            record["failed"] = (
+            unchecked["failed"] = (
                 f"cannot check the data: {missing}; retrain once with --on-drift warn to record "
                 "them, or promote a newer version"
             )
-        return record
+        return unchecked
     changes = schema_changes(
         base.columns, columns, classes_before=base.classes, classes_after=classes
     )

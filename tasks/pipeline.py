@@ -38,7 +38,7 @@ from gdflow.training.classifier_evaluation import class_prediction_line, evaluat
 from gdflow.training.conditioning import Conditioning, analyse, auto_learning_rate
 from gdflow.training.devices import resolve_device
 from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
-from gdflow.training.loop import Hooks, fit
+from gdflow.training.loop import Hooks, fit, loss_path_of
 from gdflow.training.lr_finder import RangeTest, range_test
 from gdflow.training.mlp import DEFAULT_HIDDEN, build_mlp, flat_names, flat_values
 from gdflow.training.network_evaluation import evaluate_network
@@ -200,12 +200,14 @@ def train_model(
     )
     writer = MetricWriter(engine=engine, run_id=run.run_id)
     on_chunk = _chunk_handler(config, problem, writer, progress)
+    opt, train_device = optimization(config, lr), resolve_device(device)
+    _log_loss_path(problem, loss_path_of(problem.data, opt, train_device))
     with stop_on_signals(), progress:
         result = fit(
             problem.data,
             problem.initial,
-            optimization(config, lr),
-            device=resolve_device(device),
+            opt,
+            device=train_device,
             hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
         )
     result = replace(
@@ -215,6 +217,19 @@ def train_model(
     )
     _log_stop(result)
     return result
+
+
+def _log_loss_path(problem: TrainingProblem, path: str) -> None:
+    """Say when training runs on the rows' sufficient statistics rather than on the rows."""
+    if path == "statistics":
+        rows, features = problem.x.shape
+        get_run_logger().info(
+            "Training on sufficient statistics XᵀX, Xᵀy (%d x %d): each epoch costs O(d²), "
+            "independent of the %s rows",
+            features,
+            features,
+            f"{rows:,}",
+        )
 
 
 def find_learning_rate(config: TrainConfig, problem: TrainingProblem, device: str) -> RangeTest:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 
@@ -83,9 +83,17 @@ def evaluate(
     names = list(params)
     rows = np.array([list(row) for row in predict_rows], dtype=np.float64)
     outputs = predict(rows, params) if len(rows) else np.empty(0)
-    optimum = least_squares(x, y, names)
-    train_loss = mse(x, y, params)
-    optimum_loss = mse(x, y, optimum)
+    # One float64 design matrix of the training rows serves the least-squares solve and the
+    # model's and the optimum's outputs: the metrics that need residuals (MSE, MAE, R^2) come
+    # from one pass over the rows, whatever path training took (statistics_mse needs none).
+    design = design_matrix(x, "b" in params)
+    target = np.asarray(y, dtype=np.float64)
+    theta, *_ = np.linalg.lstsq(design, target, rcond=None)
+    optimum = dict(zip(names, (float(v) for v in theta)))
+    train = metrics_of_predictions(design @ np.array(list(params.values()), np.float64), target)
+    train_loss = cast(float, train["mse"])  # always a number (only R^2 can be None)
+    optimum_loss = float(np.mean((design @ np.array(list(optimum.values())) - target) ** 2))
+    del design
     gap = np.array([params[n] - optimum[n] for n in names], dtype=np.float64)
     result: dict[str, Any] = {
         "predictions": [
@@ -93,7 +101,7 @@ def evaluate(
             for row, out in zip(rows, outputs)
         ],
         "train_loss": train_loss,
-        "train": regression_metrics(x, y, params),
+        "train": train,
         "least_squares": {"params": optimum, "loss": optimum_loss},
         "param_distance": float(np.linalg.norm(gap)),
         "loss_gap": train_loss - optimum_loss,

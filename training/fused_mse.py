@@ -8,6 +8,10 @@ backward, which only scales them. It is still a torch.autograd.Function: `loss.b
 fills `.grad` and a torch.optim optimizer takes the step, as on the reference path.
 
 The numbers equal the reference path's up to floating-point summation order.
+
+`fit` takes this path for large full-batch linear MSE that the sufficient statistics
+(`statistics_mse`) do not serve better: more features than rows, runs too short to repay
+forming X^T X, and devices without float64 (`statistics_mse.choose_loss_path`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any, Optional
 
 import torch
 
-#: Training data with at least this many elements (rows x features) takes the fused path.
+#: Full-batch linear training data with at least this many elements (rows x features) takes the
+#: fused or the statistics path; smaller data (the seed's toy data) keeps the reference ops.
 FUSED_MIN_ELEMENTS = 1 << 18
 #: Rows per block on the CPU: a block of x is read for the residual and again for the gradient
 #: while it is still in cache. Small blocks also keep each BLAS call single-threaded, which
@@ -80,8 +85,3 @@ def fused_mse(
         block_rows = CPU_BLOCK_ROWS if x.device.type == "cpu" else max(1, x.shape[0])
     loss: torch.Tensor = _FusedMSE.apply(x, y, w, b, block_rows)
     return loss
-
-
-def use_fused(x: torch.Tensor, *, full_batch: bool) -> bool:
-    """True for full-batch training on large data (the seed's toy data keeps the reference ops)."""
-    return full_batch and x.dim() == 2 and x.numel() >= FUSED_MIN_ELEMENTS

@@ -4,9 +4,11 @@ a classifier with cross-entropy, `model`), a torch.optim optimizer.
 Each epoch is the tutorial's: forward, loss, backward, step, zero_grad (or one such step per
 mini-batch), then its records are kept on the device (`records`). Every chunk of epochs, or
 every `flush_seconds`, the records are copied to the host, checked by the stop rules
-(`stopping`) and handed on (`result`). Large full-batch problems compute the loss with
-`fused_mse` (one pass over the data for the loss and its gradient); the seed's toy data keeps
-the seed's exact operations. A stop asked for from outside (`should_stop`, e.g. on SIGTERM)
+(`stopping`) and handed on (`result`). Large full-batch linear problems compute the loss from
+the rows' sufficient statistics (`statistics_mse`: X^T X, X^T y, y^T y formed once, then O(d^2)
+an epoch whatever the rows) or, for wide data and short runs, with `fused_mse` (one pass over
+the data for the loss and its gradient); the seed's toy data keeps the seed's exact operations
+(`loss_path_of` says which). A stop asked for from outside (`should_stop`, e.g. on SIGTERM)
 ends training after the current epoch, with every epoch so far handed on, as `cancelled`.
 """
 
@@ -20,11 +22,18 @@ from typing import Optional
 import torch
 
 from gdflow.training.batches import MiniBatches
-from gdflow.training.fused_mse import fused_mse, use_fused
-from gdflow.training.model import ClassifierModel, NetworkModel, TrainingData, build_model
+from gdflow.training.model import (
+    CLASSIFIERS,
+    ClassifierModel,
+    LinearModel,
+    NetworkModel,
+    TrainingData,
+    build_model,
+)
 from gdflow.training.optimization import Optimization, make_optimizer, make_scheduler
 from gdflow.training.records import CHUNK_EPOCHS, FLUSH_SECONDS, EpochChunk, EpochRecords
 from gdflow.training.result import History, TrainResult
+from gdflow.training.statistics_mse import LossPath, choose_loss_path
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,18 @@ class Hooks:
         return self.should_stop() if self.should_stop is not None else None
 
 
+def loss_path_of(data: TrainingData, opt: Optimization, device: torch.device) -> LossPath:
+    """How `fit` will compute the full-batch loss of this problem (`choose_loss_path`)."""
+    rows = data.x.shape[0]
+    return choose_loss_path(
+        data.x.shape,
+        linear=data.network is None and data.family not in CLASSIFIERS,
+        full_batch=opt.batch_size is None or opt.batch_size >= rows,
+        epochs=opt.epochs,
+        device=device,
+    )
+
+
 def fit(
     data: TrainingData,
     initial: dict[str, float],
@@ -49,15 +70,22 @@ def fit(
     *,
     device: torch.device,
     hooks: Hooks = Hooks(),  # noqa: B008 - frozen, safe as a default
+    loss_path: Optional[LossPath] = None,
 ) -> TrainResult:
-    """Train the model of `data.family` on `device` and return how it ended."""
+    """Train the model of `data.family` on `device` and return how it ended. `loss_path`
+    forces a path for a full-batch linear model (tests, benchmarks); None: `loss_path_of`."""
     model = build_model(data, initial, device)
-    x, y, params = model.x, model.y, model.params
+    x, params = model.x, model.params
     classifier = isinstance(model, ClassifierModel)
     optimizer = make_optimizer(params, opt)
     scheduler = make_scheduler(optimizer, opt)
     batches = MiniBatches(x.shape[0], opt.batch_size, opt.seed, device)
-    fused = not classifier and use_fused(x, full_batch=batches.full)
+    path = loss_path or loss_path_of(data, opt, device)
+    started = time.perf_counter()  # the statistics' one pass counts as training time
+    if isinstance(model, LinearModel) and batches.full:
+        model.use_loss_path(path)  # forms the statistics, once, on the statistics path
+    elif path != "direct":
+        raise ValueError(f"loss path {path!r} is for full-batch linear models only")
     records = EpochRecords(max(1, min(hooks.chunk_epochs, opt.epochs)))
     has_val = model.validation is not None
     has_accuracy = has_val and classifier and data.task != "regression"
@@ -68,17 +96,11 @@ def fit(
     history = History(
         initial, opt, has_val=has_val, has_accuracy=has_accuracy, on_chunk=hooks.on_chunk
     )
-    started = time.perf_counter()
     last_flush = time.monotonic()
     for epoch in range(1, opt.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         if batches.full:
-            if isinstance(model, ClassifierModel):
-                loss = model.full_loss()
-            elif fused:
-                loss = fused_mse(x, y, model.w, model.bias)
-            else:
-                loss = ((model(x) - y) ** 2).mean()
+            loss = model.full_loss()
             loss.backward()
             # zero_grad() below sets .grad to None, so keeping these tensors copies nothing.
             grads = [p.grad for p in params]
@@ -104,7 +126,7 @@ def fit(
                 stop = history.cancel(f"stopped by {asked} after epoch {epoch}")
             if stop:
                 break
-    result = history.result(str(device), time.perf_counter() - started)
+    result = history.result(str(device), time.perf_counter() - started, path)
     if isinstance(model, NetworkModel) and not model.names:
         result = replace(result, final_params=model.final_values())
     return result

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gdflow.training.fused_mse import fused_mse
+from gdflow.training.statistics_mse import LossPath, MSEStatistics, StatisticsMSE
+
 #: Families whose target is a class index, and their number of outputs given the classes.
 CLASSIFIERS = ("logistic", "softmax")
 
@@ -54,7 +57,16 @@ class TrainingData:
 
 
 class LinearModel:
-    """y ~ x @ w (+ b) with its data on `device`, in float64 for float64 data, else float32."""
+    """y ~ x @ w (+ b) with its data on `device`, in float64 for float64 data, else float32.
+
+    Its full-batch loss is computed by one of three paths (`use_loss_path`, chosen by `fit`):
+    the seed's ops on every row, the fused pass (`fused_mse`), or the rows' sufficient
+    statistics (`statistics_mse`), the validation rows' likewise."""
+
+    #: How `full_loss` and `validation_loss` compute the MSE.
+    loss_path: LossPath = "direct"
+    _train_statistics: Optional[StatisticsMSE] = None
+    _validation_statistics: Optional[StatisticsMSE] = None
 
     def __init__(self, data: TrainingData, initial: dict[str, float], device: torch.device):
         self.names = tuple(initial)
@@ -82,6 +94,26 @@ class LinearModel:
         """The predictions for `inputs`."""
         return inputs @ self.w + self.b if self.has_bias else inputs @ self.w
 
+    def use_loss_path(self, path: LossPath) -> None:
+        """Compute full-batch losses by `path`; for `statistics` the training and validation
+        rows' statistics are formed here, once (one pass over each, in float64)."""
+        self.loss_path = path
+        self._train_statistics = self._validation_statistics = None
+        if path == "statistics":
+            bias = self.has_bias
+            self._train_statistics = StatisticsMSE(MSEStatistics.of(self.x, self.y), bias=bias)
+            if self.validation is not None:
+                x, y = self.validation
+                self._validation_statistics = StatisticsMSE(MSEStatistics.of(x, y), bias=bias)
+
+    def full_loss(self) -> torch.Tensor:
+        """The MSE on every training row, by the chosen path."""
+        if self._train_statistics is not None:
+            return self._train_statistics.loss(self.w, self.bias)
+        if self.loss_path == "fused":
+            return fused_mse(self.x, self.y, self.w, self.bias)
+        return ((self(self.x) - self.y) ** 2).mean()
+
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
         """The MSE on the training rows `index` (a mini-batch)."""
         return ((self(self.x[index]) - self.y[index]) ** 2).mean()
@@ -90,6 +122,8 @@ class LinearModel:
         """The MSE on the validation rows (call under torch.no_grad()); None without them."""
         if self.validation is None:
             return None
+        if self._validation_statistics is not None:
+            return self._validation_statistics.value(self.w, self.bias)
         x, y = self.validation
         return ((self(x) - y) ** 2).mean()
 

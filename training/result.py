@@ -15,6 +15,7 @@ import numpy as np
 
 from gdflow.training.optimization import Optimization
 from gdflow.training.records import EpochChunk
+from gdflow.training.statistics_mse import LossPath
 from gdflow.training.stopping import DivergenceCause, Stop, StopReason, StopRules
 
 
@@ -38,6 +39,9 @@ class TrainResult:
     diverged_because: Optional[DivergenceCause] = None
     #: The learning-rate range test that chose the rate of `--lr auto` for a network, if any.
     lr_range_test: Optional[dict[str, Any]] = None
+    #: How the full-batch loss was computed: the model's ops on every row ("direct"), one
+    #: fused pass over the rows ("fused"), or the rows' sufficient statistics ("statistics").
+    loss_path: LossPath = "direct"
 
 
 class History:
@@ -97,7 +101,7 @@ class History:
         self.stop = Stop("cancelled", detail)
         return True
 
-    def result(self, device: str, seconds: float) -> TrainResult:
+    def result(self, device: str, seconds: float, loss_path: LossPath = "direct") -> TrainResult:
         """The TrainResult for what has been recorded so far."""
         stop = self.stop or Stop("max_epochs", "reached the maximum number of epochs")
         best_epoch = self.rules.best_epoch
@@ -114,4 +118,5 @@ class History:
             verdict_detail=stop.detail,
             lr=self.opt.lr,
             diverged_because=stop.diverged_because,
+            loss_path=loss_path,
         )

@@ -44,7 +44,15 @@ def rows_of(name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str
 @pytest.mark.parametrize(
     ("name", "promised"),
     [
-        ("training", ["training 20000x16 (cpu)", "training seed 5 points (cpu)"]),
+        (
+            "training",
+            [
+                "training 20000x16 (cpu)",
+                "training statistics epoch 20000x16 (cpu)",
+                "training statistics epoch, rows 1,000 -> 20,000 (cpu)",
+                "training seed 5 points (cpu)",
+            ],
+        ),
         (
             "persistence",
             [

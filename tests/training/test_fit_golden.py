@@ -1,8 +1,9 @@
 """`fit` against recorded outputs: every chunk and verdict, bit for bit, across its options.
 
-The golden file was written by the loop before it was split into modules (issue 11); any change
-to the numbers, the chunking, the stop rules or the verdict texts shows up here. Regenerate only
-for an intended change: `python -m tests.training.test_fit_golden --write`.
+The golden file was written by the loop before it was split into modules (issue 11), and
+`statistics_full_batch` by the first loop with the sufficient-statistics path (issue 15); any
+change to the numbers, the chunking, the stop rules or the verdict texts shows up here.
+Regenerate only for an intended change: `python -m tests.training.test_fit_golden --write`.
 """
 
 from __future__ import annotations
@@ -116,6 +117,12 @@ CASES: dict[str, dict[str, Any]] = {
         "stop": 30,
     },
     "fused_full_batch": {"data": "large32", "opt": {"lr": 0.1, "epochs": 6}, "chunk": 4},
+    "statistics_full_batch": {
+        "data": "large32",
+        "opt": {"lr": 0.1, "epochs": 40},
+        "validation": 1000,
+        "chunk": 16,
+    },
     "no_bias": {"data": "linear64", "bias": False, "opt": {"lr": 0.05, "epochs": 40}, "chunk": 16},
 }
 

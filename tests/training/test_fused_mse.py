@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from gdflow.training.fused_mse import FUSED_MIN_ELEMENTS, fused_mse, use_fused
-from gdflow.training.loop import Hooks, fit
+from gdflow.training.fused_mse import FUSED_MIN_ELEMENTS, fused_mse
+from gdflow.training.loop import Hooks, fit, loss_path_of
 from gdflow.training.model import TrainingData
 from gdflow.training.optimization import Optimization
 from gdflow.training.records import EpochChunk
@@ -56,17 +56,27 @@ def test_loss_and_gradients_match_autograd_in_float32() -> None:
     assert fused == pytest.approx(reference, rel=1e-4, abs=1e-6)
 
 
-def test_only_large_full_batch_problems_take_the_fused_path() -> None:
-    big = torch.zeros(FUSED_MIN_ELEMENTS // 4, 4)
-    assert use_fused(big, full_batch=True)
-    assert not use_fused(big, full_batch=False)
-    assert not use_fused(torch.zeros(5, 1), full_batch=True)  # the seed keeps its exact ops
+def test_only_large_full_batch_linear_problems_leave_the_reference_ops() -> None:
+    def path(rows: int, features: int, **options: object) -> str:
+        data = TrainingData(np.zeros((rows, features)), np.zeros(rows), **options)  # type: ignore[arg-type]
+        return loss_path_of(data, Optimization(lr=0.1, epochs=100), CPU)
+
+    square = int(FUSED_MIN_ELEMENTS**0.5)
+    assert path(FUSED_MIN_ELEMENTS // 4, 4) == "statistics"
+    assert path(square // 2, square * 2) == "fused"  # wide: more features than rows
+    assert path(5, 1) == "direct"  # the seed keeps its exact ops
+    assert path(FUSED_MIN_ELEMENTS // 4 - 1, 4) == "direct"
+    assert path(FUSED_MIN_ELEMENTS, 4, family="logistic", n_classes=2) == "direct"
+    mini_batches = Optimization(lr=0.1, epochs=100, batch_size=64)
+    data = TrainingData(np.zeros((FUSED_MIN_ELEMENTS, 4)), np.zeros(FUSED_MIN_ELEMENTS))
+    assert loss_path_of(data, mini_batches, CPU) == "direct"
 
 
 def _reference_trajectory(
     x: np.ndarray, y: np.ndarray, epochs: int, lr: float
 ) -> tuple[list[float], np.ndarray]:
-    """The seed's loop (autograd MSE, torch.optim.SGD) with a bias, written out."""
+    """The seed's loop (autograd MSE, torch.optim.SGD) with a bias, written out (also used by
+    test_statistics_mse)."""
     x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
     w = torch.zeros(x.shape[1], dtype=x_t.dtype, requires_grad=True)
     b = torch.zeros(1, dtype=x_t.dtype, requires_grad=True)
@@ -83,15 +93,17 @@ def _reference_trajectory(
 
 
 @pytest.mark.parametrize("dtype,rel", [(np.float64, 1e-9), (np.float32, 1e-4)])
-def test_fit_on_large_data_follows_the_reference_trajectory(dtype: type, rel: float) -> None:
+def test_fit_on_wide_data_follows_the_reference_trajectory(dtype: type, rel: float) -> None:
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(70_000, 4)).astype(dtype)
-    y = (x @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.7).astype(dtype)
-    assert use_fused(torch.from_numpy(x), full_batch=True)
-    chunks: list[EpochChunk] = []
-    initial = {"w_a": 0.0, "w_b": 0.0, "w_c": 0.0, "w_d": 0.0, "b": 0.0}
+    n, k = 300, 1000  # more features than rows: the statistics would cost more than the rows
+    x = (rng.normal(size=(n, k)) / np.sqrt(k)).astype(dtype)
+    y = (x @ rng.normal(size=k) + 0.7).astype(dtype)
     opt = Optimization(lr=0.1, epochs=30)
-    fit(TrainingData(x, y), initial, opt, device=CPU, hooks=Hooks(on_chunk=chunks.append))
+    assert loss_path_of(TrainingData(x, y), opt, CPU) == "fused"
+    chunks: list[EpochChunk] = []
+    initial = {**{f"w_{j}": 0.0 for j in range(k)}, "b": 0.0}
+    result = fit(TrainingData(x, y), initial, opt, device=CPU, hooks=Hooks(on_chunk=chunks.append))
+    assert result.loss_path == "fused"
     losses, params = _reference_trajectory(x, y, 30, 0.1)
     # one chunk, or several when a busy machine makes 30 epochs outlast the 2 s flush interval
     recorded = np.concatenate([chunk.losses for chunk in chunks]).tolist()
