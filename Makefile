@@ -35,7 +35,7 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 # Tests marked `extended` (minutes of CPU for what other tests cover in part: two process
 # workers on one pool, the GPU deployment, Dask on local worker processes, SIGHUP to gdflow
 # server, the orchestration and loading benchmarks end to end) run under `make test-extended`,
-# not in `make test`, which CI runs in 15 minutes.
+# not in `make test`, which CI runs in about 11 minutes (docs/development.md).
 test: lint  ## lint, then run the test suite
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m 'not alone and not extended'; parallel=$$?; \
 	$(BIN)/python -m pytest -m 'alone and not extended'; alone=$$?; \
