@@ -242,6 +242,28 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def checks_line(checks: Optional[Mapping[str, Any]]) -> str:
+    """`against version 1 (run 1): new column 'c'; drifted: a (PSI 8.28, mean shift 5.33)`."""
+    if not checks:
+        return ""
+    base = checks.get("baseline")
+    if not base:
+        return f"none: {checks.get('reason') or 'nothing to compare with'}"
+    changes = checks.get("schema_changes") or []
+    drift = checks.get("drift") or {}
+    moved = [
+        f"{name} (PSI {format_number(drift[name].get('psi'), 3)}, mean shift "
+        f"{format_number(drift[name].get('mean_shift'), 3)})"
+        for name in checks.get("drifted") or []
+        if name in drift
+    ]
+    parts = ["; ".join(changes) if changes else "schema unchanged"]
+    parts.append(f"drifted: {', '.join(moved)}" if moved else "no drift")
+    if checks.get("failed"):
+        parts.append("failed the run")
+    return f"against version {base['version']} (run {base['run_id']}): {'; '.join(parts)}"
+
+
 def data_line(fingerprint: Optional[Mapping[str, Any]]) -> str:
     """`sha256:3f2a… (150 rows, 5 columns: a double, b double, ...)`, or empty."""
     if not fingerprint:
@@ -275,6 +297,7 @@ def show_text(run: Any) -> str:
         ("data", details["data_source"] or ""),
         ("data fingerprint", data_line(details["data_fingerprint"])),
         ("skipped for", f"run {details['skipped_for']}" if details["skipped_for"] else ""),
+        ("data checks", checks_line(details["data_checks"])),
         ("model name", details["model_name"] or ""),
         ("device", details["device"] or ""),
         ("flow run", flow_run),

@@ -56,6 +56,10 @@ def test_schema_and_drift_checks_against_the_champion(
         ("failed", 0),
         ("completed", 20),
     ]
+    shown = gdflow_main(["show", "2"], database_url=url, cwd=tmp_path).stdout
+    assert "data checks        against version 1 (run 1): schema unchanged; drifted: a (PSI" in (
+        shown
+    )
     checks = [json.loads(c) for _, _, c in rows]
     assert checks[0]["baseline"] is None
     assert checks[1]["drifted"] == ["a"] and checks[1]["drift"]["a"]["mean_shift"] > 1.5
