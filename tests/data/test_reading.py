@@ -76,3 +76,24 @@ def test_empty_cells_go_to_the_general_path(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text("a,y\n1,2\n,3\n")
     assert read_numeric(str(path), features=None, target=None, dtype="float32") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'a,note,y\n1.5,"one\nline\n\nmore",2\n3,"x",4.25\n-1,"",0\n',  # row count too high
+        "a,note,y\r1.5,u,2\r3,v,4.25\r-1,w,0\r",  # lone CR line ends: row count too low
+        "a,note,y\r\n1.5,u,2\r\n\r\n3,v,4.25\r\n-1,w,0",  # CRLF, a blank line, no last line end
+    ],
+)
+def test_csv_row_count_off_still_reads_right(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(text.encode())
+    fast = read_numeric(str(path), features=["a"], target="y", dtype="float32")
+    assert fast is not None
+    x, y, _, _ = fast
+    general = select_columns(
+        read_table(str(path)), features=["a"], target="y", source=str(path), dtype="float32"
+    )
+    assert x.shape == (3, 1) and np.array_equal(x, general.x) and np.array_equal(y, general.y)
+    assert np.array_equal(y, np.array([2, 4.25, 0], dtype=np.float32))
