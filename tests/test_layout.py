@@ -252,4 +252,5 @@ def test_the_wheel_installs_only_gdflow(tmp_path: Path) -> None:
     packages = {name.split("/")[1] for name in names if name.startswith("gdflow/")}
     assert packages == set(_subpackages())
     assert "gdflow/storage/migrations/script.py.mako" in names
+    assert "gdflow/flows/automations/gdflow-alerts.yaml" in names  # what `gdflow alerts` reads
     assert any(name.startswith("gdflow/storage/migrations/versions/") for name in names)
