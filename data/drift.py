@@ -26,13 +26,18 @@ MIN_SHARE = 1e-4
 def profile(x: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per feature: mean, standard deviation, decile edges and each bin's share of rows."""
     data = np.asarray(x, dtype=np.float64)
-    found = {}
+    found: dict[str, dict[str, Any]] = {}
     for j, name in enumerate(names):
         column = data[:, j]
+        with np.errstate(over="ignore", invalid="ignore"):  # e.g. 1e300: std overflows
+            spread = float(column.std()) if column.size else 0.0
+        if not math.isfinite(spread):  # no usable statistics: the feature is not compared
+            found[name] = {"mean": None, "std": None, "edges": [], "shares": [1.0]}
+            continue
         edges = np.unique(np.quantile(column, QUANTILES)) if column.size else np.array([])
         found[name] = {
             "mean": float(column.mean()) if column.size else 0.0,
-            "std": float(column.std()) if column.size else 0.0,
+            "std": spread,
             "edges": edges.tolist(),
             "shares": _shares(column, edges).tolist(),
         }
@@ -53,10 +58,11 @@ def drift(reference: Mapping[str, Mapping[str, Any]], x: np.ndarray, names: Sequ
     data = np.asarray(x, dtype=np.float64)
     found: dict[str, dict[str, float]] = {}
     for name, ref in reference.items():
-        if name not in names:
+        if name not in names or ref.get("mean") is None or ref.get("std") is None:
             continue
         column = data[:, list(names).index(name)]
-        mean = float(column.mean()) if column.size else 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = float(column.mean()) if column.size else 0.0
         delta = abs(mean - float(ref["mean"]))
         std = float(ref["std"])
         if std > 0:

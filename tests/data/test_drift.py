@@ -79,3 +79,17 @@ def test_schema_changes_name_each_column() -> None:
         "classes changed: 0, 1 -> 0, 1, 2",
     ]
     assert schema_changes(before, before[:1]) == ["missing column 'b'"]
+
+
+def test_values_too_large_for_statistics_are_left_out_without_a_warning() -> None:
+    """A column of 1e300s overflows its variance: the profile says so (None) instead of
+    storing infinities, no RuntimeWarning escapes, and drift compares the other features."""
+    import warnings
+
+    x = np.column_stack([np.linspace(0, 1, 20), np.full(20, 1e300) * np.linspace(1, 2, 20)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reference = profile(x, ["a", "big"])
+        found = drift(reference, x, ["a", "big"])
+    assert reference["big"]["mean"] is None and reference["big"]["std"] is None
+    assert set(found) == {"a"} and found["a"]["psi"] == 0.0
