@@ -85,6 +85,26 @@ def _trigger(server: PrefectServer, deployment: str, config: Optional[dict], cwd
     return match.group(1)
 
 
+def _worker_completes(
+    server: PrefectServer, flow_run_id: str, *, cwd: Path, env: dict[str, str]
+) -> None:
+    """`prefect worker start --run-once` on the process pool; the flow run must complete."""
+    worker = server.cli(
+        venv_command("prefect"),
+        "worker",
+        "start",
+        "--pool",
+        "gdflow-process",
+        "--run-once",
+        cwd=cwd,
+        extra_env=env,
+        timeout=300,
+    )
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    run = _wait_final(server, flow_run_id)
+    assert run.state.type.value == "COMPLETED", worker.stdout[-3000:]
+
+
 def test_gdflow_serve_uses_the_deployment_names_of_prefect_yaml() -> None:
     """One set of names: `gdflow serve` registers prefect.yaml's scheduled and on-demand names."""
     import yaml
@@ -291,20 +311,7 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(
         },
         project,
     )
-    worker = prefect_server.cli(
-        prefect,
-        "worker",
-        "start",
-        "--pool",
-        "gdflow-process",
-        "--run-once",
-        cwd=tmp_path,
-        extra_env=env,
-        timeout=300,
-    )
-    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-    run = _wait_final(prefect_server, flow_run_id)
-    assert run.state.type.value == "COMPLETED", worker.stdout[-3000:]
+    _worker_completes(prefect_server, flow_run_id, cwd=tmp_path, env=env)
     ((status, stop_reason, params),) = _rows(
         database,
         "SELECT status, stop_reason, final_params FROM runs WHERE flow_run_id = ?",
@@ -323,20 +330,7 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(
     )
     assert version == 1 and path.endswith(".safetensors")
     predict_run_id = _trigger(prefect_server, "predict/gdflow-predict", None, project)
-    worker = prefect_server.cli(
-        prefect,
-        "worker",
-        "start",
-        "--pool",
-        "gdflow-process",
-        "--run-once",
-        cwd=tmp_path,
-        extra_env=env,
-        timeout=300,
-    )
-    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-    run = _wait_final(prefect_server, predict_run_id)
-    assert run.state.type.value == "COMPLETED", worker.stdout[-3000:]
+    _worker_completes(prefect_server, predict_run_id, cwd=tmp_path, env=env)
     scored = pd.read_csv(project / "examples" / "linear.predictions.csv")
     source = pd.read_csv(project / "examples" / "linear.csv")
     assert list(scored.columns) == [*source.columns, "prediction"]
