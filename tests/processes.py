@@ -353,3 +353,19 @@ def latest_run(database_url: str):  # type: ignore[no-untyped-def]
         session.expunge_all()
     engine.dispose()
     return run, metrics
+
+
+def model_events(model: str) -> list:  # type: ignore[type-arg]
+    """gdflow's events about model `model` on the configured Prefect server (newest first)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            filter=EventFilter(
+                event=EventNameFilter(prefix=["gdflow."]),
+                resource=EventResourceFilter(id=[f"gdflow.model.{model}"]),
+            ),
+            limit=50,
+        )
+    return list(page.events)

@@ -69,28 +69,18 @@ def test_schema_and_drift_checks_against_the_champion(
     assert checks[4]["schema_changes"] == ["new column 'c'"] and "failed" not in checks[4]
 
     # The alerts reached the Prefect server as events about model `drifty`, numbers in the payload.
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
-    from tests.processes import wait_for
+    from tests.processes import model_events, wait_for
 
     def gdflow_events() -> list:  # type: ignore[type-arg]
-        with get_client(sync_client=True) as client:
-            page = client.read_events(
-                filter=EventFilter(
-                    event=EventNameFilter(prefix=["gdflow."]),
-                    resource=EventResourceFilter(id=["gdflow.model.drifty"]),
-                ),
-                limit=50,
-            )
-        found = {e.event for e in page.events}
+        events = model_events("drifty")
+        found = {e.event for e in events}
         wanted = {
             "gdflow.model.promoted",
             "gdflow.model.rejected",
             "gdflow.data.drift",
             "gdflow.data.schema-changed",
         }
-        return page.events if wanted <= found else []
+        return events if wanted <= found else []
 
     events = wait_for(gdflow_events, timeout=60, what="gdflow's events on the Prefect server")
     by_name: dict[str, list] = {}  # type: ignore[type-arg]

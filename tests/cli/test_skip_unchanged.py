@@ -83,21 +83,11 @@ def test_an_unchanged_retrain_is_skipped_and_any_change_retrains(
     assert sum(digest[7:15] in line for line in table) == 3  # runs 1, 2, 3
 
     # Each skip is an event about the model, pointing at the run it matched.
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
-    from tests.processes import wait_for
+    from tests.processes import model_events, wait_for
 
     def skipped_events() -> list:  # type: ignore[type-arg]
-        with get_client(sync_client=True) as client:
-            page = client.read_events(
-                filter=EventFilter(
-                    event=EventNameFilter(name=["gdflow.run.skipped"]),
-                    resource=EventResourceFilter(id=["gdflow.model.d"]),
-                ),
-                limit=50,
-            )
-        pairs = {(e.payload["run_id"], e.payload["same_as"]) for e in page.events}
+        skips = [e for e in model_events("d") if e.event == "gdflow.run.skipped"]
+        pairs = {(e.payload["run_id"], e.payload["same_as"]) for e in skips}
         return sorted(pairs) if {(2, 1), (5, 4)} <= pairs else []
 
     assert wait_for(skipped_events, timeout=60, what="the skipped runs' events")
