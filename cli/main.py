@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from pydantic import ValidationError
 
+from gdflow.cli.db import add_parser as add_db_parser
+from gdflow.cli.db import cmd_prune
 from gdflow.cli.models import (
     add_parsers as add_model_parsers,
 )
@@ -170,15 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest'")
     metrics.add_argument("--format", choices=["table", "csv"], default="table")
     metrics.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
-    db = commands.add_parser(
-        "db",
-        help="show or upgrade the metrics database's schema version",
-        description="Every gdflow command upgrades an older database when it opens it; "
-        "`gdflow db upgrade` does it on its own (e.g. before starting workers), "
-        "`gdflow db current` only reports.",
-    )
-    db.add_argument("action", choices=["upgrade", "current"])
-    db.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
+    add_db_parser(commands)
     add_model_parsers(commands)
     return parser
 
@@ -781,6 +775,8 @@ def _command(command: str, args: dict[str, Any]) -> int:
             return cmd_runs(args["limit"], args["source"], args["format"], settings)
         if command == "show":
             return cmd_show(args["run_id"], args["format"], settings)
+        if command == "db" and args["action"] == "prune":
+            return cmd_prune(args, settings)
         if command == "db":
             return cmd_db(args["action"], settings)
         if command == "models":

@@ -42,6 +42,8 @@ STEERING = frozenset(
         "on_drift",
         "drift_psi",
         "drift_mean_shift",
+        "prune_keep_last",
+        "prune_older_than_days",
     }
 )
 #: A model name: saved versions live under it in the store and the database.
@@ -275,6 +277,25 @@ class TrainConfig(BaseModel):
             "Folder or fsspec URL (s3://bucket/prefix) of the model files (default: "
             "$GDFLOW_MODEL_STORE, else the folder models/ beside a SQLite database, else "
             "~/.gdflow/models)."
+        ),
+    )
+    prune_keep_last: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description=(
+            "After the run: delete the --name model's runs beyond its N newest, with their "
+            "epoch rows (never a running run, the champion's run or the newest completed one; "
+            "no VACUUM: new rows reuse the space; not in a sweep). Default: keep every run."
+        ),
+    )
+    prune_older_than_days: Optional[float] = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        allow_inf_nan=False,
+        description=(
+            "After the run: delete the --name model's runs started more than DAYS ago, as "
+            "--prune-keep-last does (with both, only runs that neither keeps)."
         ),
     )
 

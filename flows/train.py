@@ -47,6 +47,7 @@ from gdflow.tasks.pipeline import (
     persist,
     train_model,
 )
+from gdflow.tasks.retention import prune_after_run
 from gdflow.training.devices import resolve_device
 from gdflow.training.result import TrainResult
 
@@ -301,7 +302,9 @@ def train_flow(
                 data_hash=(dataset.fingerprint or {}).get("sha256"),
             )
             if same_as is not None:
-                return _skipped(run, same_as, config.model_name)
+                skipped = _skipped(run, same_as, config.model_name)
+                prune_after_run(config, run, in_sweep=sweep_id is not None)
+                return skipped
         _check_data(config, dataset, run)
         initial = initialize_weight(
             config, dataset.feature_names, dataset.classes, database_url=run.database_url
@@ -326,6 +329,7 @@ def train_flow(
             )
         raise
     publish_run_report(run.database_url, run.run_id, seconds=result.seconds)
+    prune_after_run(config, run, in_sweep=sweep_id is not None)
     if persisted.model is not None:
         publish_model_report(run.database_url, persisted.model["name"])
     if persisted.status is RunStatus.DIVERGED:
