@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gdflow.config.train import delimiter_value
 
 #: The file types a prediction batch reads and writes, by suffix.
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -20,7 +22,16 @@ class PredictConfig(BaseModel):
     model: str = Field(
         description="The model: NAME (its champion), NAME@ALIAS or NAME:VERSION (gdflow models)."
     )
-    data: str = Field(description="CSV or Parquet file of rows to score (its feature columns).")
+    data: str = Field(
+        description=(
+            "Rows to score (their feature columns): CSV or TSV (optionally compressed), a "
+            "Parquet file or folder, local or at an fsspec URL."
+        )
+    )
+    delimiter: Optional[str] = Field(
+        default=None,
+        description="Column delimiter of a CSV/TSV --data (default: detected from its lines).",
+    )
     output: Optional[str] = Field(
         default=None,
         description=(
@@ -40,7 +51,7 @@ class PredictConfig(BaseModel):
         description="Model store to read from instead of the one each version was saved to.",
     )
 
-    @field_validator("data", "output")
+    @field_validator("output")
     @classmethod
     def _table_file(cls, value: Optional[str]) -> Optional[str]:
         """CSV or Parquet, by suffix."""
@@ -48,10 +59,23 @@ class PredictConfig(BaseModel):
             raise ValueError(f"must be a .csv or .parquet file, not {Path(value).name!r}")
         return value
 
+    _delimiter = field_validator("delimiter", mode="before")(delimiter_value)
+
     @property
     def output_path(self) -> str:
         """--output, else `<input stem>.predictions<suffix>` beside the input."""
         if self.output:
             return self.output
-        source = Path(self.data)
-        return str(source.with_name(f"{source.stem}.predictions{source.suffix}"))
+        source = Path(self.data.rstrip("/"))
+        stem, *suffixes = source.name.split(".")
+        parquet = not suffixes or suffixes[0].lower() in ("parquet", "pq")
+        return str(source.with_name(f"{stem}.predictions.{'parquet' if parquet else 'csv'}"))
+
+    @model_validator(mode="after")
+    def _remote_needs_output(self) -> PredictConfig:
+        """Predictions of remote rows are written to a file --output names."""
+        if self.output is None and "://" in self.data and not self.data.startswith("file://"):
+            raise ValueError(
+                f"--data {self.data!r} is remote: give --output, the CSV or Parquet file to write"
+            )
+        return self

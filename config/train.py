@@ -52,6 +52,32 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
+#: Names `--delimiter` takes besides the character itself.
+DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+
+def parse_delimiter(text: str) -> Optional[str]:
+    """`--delimiter` as one character (`tab` and `\\t` are a tab); None when it cannot be one."""
+    value = DELIMITER_NAMES.get(text.lower(), text)
+    if len(value) != 1 or value in '"\r\n' or value.isalnum():
+        return None
+    return value
+
+
+def delimiter_value(cls: type, value: Any) -> Optional[str]:
+    """A `delimiter` field's validator: one character, or its name (tab, comma, semicolon,
+    pipe); empty is not given."""
+    if value is None or value == "":
+        return None
+    parsed = parse_delimiter(str(value))
+    if parsed is None:
+        raise ValueError(
+            "must be one character such as ',' ';' '|' or the word tab, not a letter, "
+            "digit, quote or line break"
+        )
+    return parsed
+
+
 def registered_models() -> list[str]:
     """Names of the models installed packages register (entry points of MODEL_ENTRY_POINTS)."""
     from importlib.metadata import entry_points
@@ -76,7 +102,11 @@ class TrainConfig(BaseModel):
 
     data: Optional[str] = Field(
         default=None,
-        description="CSV or Parquet file to train on; empty for the seed's toy data (y = 2x).",
+        description=(
+            "Data to train on: a CSV or TSV file (optionally .gz/.bz2/.xz/.zst), a Parquet file "
+            "or folder of Parquet files, local or at an fsspec URL (s3://, https://); empty for "
+            "the seed's toy data (y = 2x)."
+        ),
     )
     features: Optional[list[str]] = Field(
         default=None,
@@ -87,6 +117,13 @@ class TrainConfig(BaseModel):
     target: Optional[str] = Field(
         default=None,
         description="Target column of --data (default: the last column).",
+    )
+    delimiter: Optional[str] = Field(
+        default=None,
+        description=(
+            "Column delimiter of a CSV/TSV --data: one character, or tab (default: detected "
+            "from the first lines, and the run's log says what was detected)."
+        ),
     )
     model: str = Field(
         default="linear",
@@ -357,6 +394,8 @@ class TrainConfig(BaseModel):
         if isinstance(value, str):
             return value.strip().lower() or None
         return value
+
+    _delimiter = field_validator("delimiter", mode="before")(delimiter_value)
 
     @field_validator("data", "target", "database_url", mode="before")
     @classmethod

@@ -1,8 +1,9 @@
-"""Load training data: the seed's toy data, or numeric columns of a CSV or Parquet file."""
+"""Load training data: the seed's toy data, or columns of a data set (`data.sources`)."""
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 from collections.abc import Sequence
@@ -15,6 +16,17 @@ import numpy as np
 from gdflow.config.errors import GdflowError
 from gdflow.data.labels import Label, check_validation_classes, encode_labels
 from gdflow.data.reading import read_numeric
+from gdflow.data.sources import (
+    DELIMITERS,
+    Source,
+    TextFormat,
+    open_bytes,
+    parse_delimiter,
+    read_head,
+    source_of,
+    text_format,
+    unsupported,
+)
 
 if TYPE_CHECKING:  # pandas is imported where a file is read: the toy run never needs it
     import pandas as pd
@@ -23,7 +35,6 @@ if TYPE_CHECKING:  # pandas is imported where a file is read: the toy run never 
 TOY_X = (1.0, 2.0, 3.0, 4.0, 5.0)
 TOY_Y = (2.0, 4.0, 6.0, 8.0, 10.0)
 
-_READERS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
 #: Columns a data file may have, at most: wider files (a "CSV bomb") are refused before parsing.
 MAX_COLUMNS = 10_000
 #: Feature columns a model may have, at most (the Hessian and least squares are d x d).
@@ -49,6 +60,10 @@ class Dataset:
     classes: Optional[tuple[Label, ...]] = None
     #: The data's fingerprint (`data.fingerprint`): hash, size, rows, columns and types.
     fingerprint: Optional[dict[str, Any]] = None
+    #: How the file was read, when that is worth saying: "gzip CSV, detected delimiter ';'".
+    read_as: Optional[str] = None
+    #: A text file's delimiter and decimal mark, as given or detected (None: not text).
+    text: Optional[TextFormat] = None
 
     @property
     def n_rows(self) -> int:
@@ -124,28 +139,56 @@ def load_toy(dtype: str = "float32") -> Dataset:
     )
 
 
-def read_table(path: str, *, csv_index: bool = False) -> pd.DataFrame:
-    """Read a CSV or Parquet file into a DataFrame; raise GdflowError with the fix on failure.
-    `csv_index`: the CSV's first column is its row index (Parquet's index is in its metadata)."""
-    import pandas as pd
-
+def resolve(path: str) -> Source:
+    """The local data file or Parquet folder `path` names; GdflowError with the fix when it is
+    missing, empty, or of a kind gdflow does not read."""
     file = Path(path).expanduser()
-    kind = _READERS.get(file.suffix.lower())
     if not file.exists():
         raise GdflowError(f"data file {path!r} not found; check the path given to --data")
-    if file.is_dir():
-        raise GdflowError(f"--data {path!r} is a directory; pass a CSV or Parquet file")
-    if kind is None:
-        raise GdflowError(
-            f"cannot read {path!r}: unsupported file type {file.suffix or '(none)'!r}; "
-            "use a .csv or .parquet file"
-        )
-    if file.stat().st_size == 0:
+    source = source_of(file)
+    if source is None:
+        if file.is_dir():
+            raise GdflowError(
+                f"--data {path!r} is a folder with no .parquet files; pass a CSV or Parquet "
+                "file, or a folder of Parquet files (a partitioned data set)"
+            )
+        raise GdflowError(unsupported(path))
+    if not source.is_folder and file.stat().st_size == 0:
         raise GdflowError(f"data file {path!r} is empty; add a header row and data rows")
+    return source
+
+
+def read_table(
+    path: str,
+    *,
+    csv_index: bool = False,
+    delimiter: Optional[str] = None,
+    text: Optional[TextFormat] = None,
+) -> pd.DataFrame:
+    """Read a data set (see `data.sources`) into a DataFrame; raise GdflowError with the fix
+    on failure. `csv_index`: the CSV's first column is its row index (Parquet's index is in its
+    metadata); `delimiter`: --delimiter; `text`: the CSV's format when already worked out."""
+    import pandas as pd
+
+    source = resolve(path)
+    kind = source.kind
     try:
         if kind == "CSV":
-            return pd.read_csv(file, engine="pyarrow", index_col=0 if csv_index else None)
-        return pd.read_parquet(file)
+            if text is None:
+                text = text_format(source, parse_delimiter(delimiter), name=path)
+            with contextlib.closing(open_bytes(source)) as stream:
+                return pd.read_csv(
+                    stream,
+                    engine="pyarrow",
+                    sep=text.delimiter,
+                    decimal=text.decimal,
+                    index_col=0 if csv_index else None,
+                )
+        if source.is_folder:
+            return _read_parquet_parts(source.parts)
+        return pd.read_parquet(source.path)
+    except GdflowError:
+        raise
     except PermissionError:
         raise GdflowError(
             f"cannot read data file {path!r}: permission denied; make it readable"
@@ -162,28 +205,47 @@ def read_table(path: str, *, csv_index: bool = False) -> pd.DataFrame:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "straddl" in detail:  # pyarrow: a row longer than its 1 MiB block
             detail = f"a row is longer than {MAX_HEADER_BYTES >> 20} MiB"
+        what = f"{source.compression}-compressed {kind}" if source.compression else kind
         raise GdflowError(
-            f"cannot parse {path!r} as {kind} ({detail}); check the file is valid {kind}"
+            f"cannot parse {path!r} as {what} ({detail}); check the file is valid {what}"
         ) from None
 
 
-def check_header(path: str) -> tuple[str, ...]:
-    """Check a data file's column names before parsing it: UTF-8, at most MAX_COLUMNS, no
-    duplicates (which pandas would silently rename `x.1`), every column named. Return the
-    columns that hold the row index, which are not data: a CSV's first column when its name is
-    empty (as `DataFrame.to_csv` writes the index), a Parquet file's index columns named in its
-    pandas metadata (as `DataFrame.to_parquet` writes them). Missing files are read_table's."""
+def _read_parquet_parts(parts: Sequence[Path]) -> pd.DataFrame:
+    """The Parquet files of a folder as one table, in path order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(part) for part in parts]
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+def check_header(path: str, text: TextFormat = TextFormat()) -> tuple[str, ...]:  # noqa: B008
+    """Check a data set's column names before parsing it: UTF-8, at most MAX_COLUMNS, no
+    duplicates (which pandas would silently rename `x.1`), every column named, and for a
+    Parquet folder the same columns in every file. Return the columns that hold the row index,
+    which are not data: a CSV's first column when its name is empty (as `DataFrame.to_csv`
+    writes the index), a Parquet file's index columns named in its pandas metadata (as
+    `DataFrame.to_parquet` writes them). Missing files are read_table's (`resolve`)."""
     file = Path(path).expanduser()
-    kind = _READERS.get(file.suffix.lower())
-    if kind is None or not file.is_file() or file.stat().st_size == 0:
+    source = source_of(file) if file.exists() else None
+    if source is None or (not source.is_folder and file.stat().st_size == 0):
         return ()
+    kind = source.kind
     index: tuple[str, ...] = ()
     try:
         if kind == "CSV":
-            header = _csv_header(file, path)
+            header = _csv_header(source, path, text)
             index = ("",) if header[:1] == [""] and len(header) > 1 else ()
         else:
-            header, index = _parquet_header(file)
+            header, index = _parquet_header(source.parts[0] if source.parts else file)
+            for part in source.parts[1:]:
+                other, _ = _parquet_header(part)
+                if sorted(other) != sorted(header):
+                    raise GdflowError(
+                        f"{part} has columns {', '.join(other)} but {source.parts[0]} has "
+                        f"{', '.join(header)}; write every file of {path!r} with the same columns"
+                    )
     except (OSError, ValueError):
         return ()  # unreadable or not Parquet: read_table says so
     # The CSV index is the first column only (its name, "", may recur: an error below).
@@ -207,24 +269,23 @@ def check_header(path: str) -> tuple[str, ...]:
     return index
 
 
-def _csv_header(file: Path, path: str) -> list[str]:
+def _csv_header(source: Source, path: str, text: TextFormat) -> list[str]:
     """The first record of a CSV file, decoded as UTF-8 (an optional BOM is dropped)."""
-    with file.open("rb") as handle:
-        head = handle.read(MAX_HEADER_BYTES + 1)
+    head = read_head(source, MAX_HEADER_BYTES + 1)
     try:
-        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
+        decoded = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
     except UnicodeDecodeError as exc:
         raise GdflowError(
             f"data file {path!r} is not UTF-8 text (byte 0x{head[exc.start]:02x} at offset "
             f"{exc.start}); re-save it as UTF-8 CSV"
         ) from None
-    if len(head) > MAX_HEADER_BYTES and "\n" not in text and "\r" not in text:
+    if len(head) > MAX_HEADER_BYTES and "\n" not in decoded and "\r" not in decoded:
         raise GdflowError(
             f"data file {path!r} has a header row longer than {MAX_HEADER_BYTES >> 20} MiB "
             f"(at most {MAX_COLUMNS} columns are read); keep only the columns to train on"
         )
     try:
-        return next(csv.reader(io.StringIO(text)), [])
+        return next(csv.reader(io.StringIO(decoded), delimiter=text.delimiter), [])
     except csv.Error as exc:
         raise GdflowError(
             f"cannot parse {path!r} as CSV ({exc}); check the file is valid CSV"
@@ -356,13 +417,19 @@ def load_dataset(
     target: Optional[str] = None,
     dtype: str = "float32",
     labels: Optional[Labels] = None,
+    delimiter: Optional[str] = None,
 ) -> Dataset:
-    """Load the toy data (no path) or the chosen columns of a CSV or Parquet file. With
-    `labels`, the target holds class labels, encoded as class indices (`Dataset.classes`)."""
+    """Load the toy data (no path) or the chosen columns of a local data set (`data.sources`:
+    CSV or TSV, plain or compressed, a Parquet file or folder). With `labels`, the target holds
+    class labels, encoded as class indices (`Dataset.classes`); `delimiter`: --delimiter."""
     if path is None:
         return _with_labels(load_toy(dtype), labels)
-    index = check_header(path)
-    fast = read_numeric(path, features=features, target=target, dtype=dtype, skip=index)
+    source = resolve(path)
+    text = text_format(source, parse_delimiter(delimiter), name=path)
+    index = check_header(path, text)
+    fast = read_numeric(
+        source, features=features, target=target, dtype=dtype, skip=index, text=text
+    )
     if fast is not None and len(fast[2]) <= MAX_FEATURES:  # else the general path says why
         x, y, feature_names, target_name = fast
         dataset = make_dataset(
@@ -370,13 +437,47 @@ def load_dataset(
         )
         dataset = _with_labels(dataset, labels)
     else:
-        frame = read_table(path, csv_index=index == ("",))
+        frame = read_table(path, csv_index=index == ("",), text=text)
+        _check_split(frame, text, path)
         if frame.shape[0] == 0:
             raise GdflowError(f"data file {path!r} has a header but no data rows; add data rows")
         dataset = select_columns(
             frame, features=features, target=target, source=path, dtype=dtype, labels=labels
         )
-    return replace(dataset, index_columns=index)
+    return replace(
+        dataset,
+        index_columns=index,
+        read_as=read_as(source, text),
+        text=text if source.kind == "CSV" else None,
+    )
+
+
+def _check_split(frame: pd.DataFrame, text: TextFormat, path: str) -> None:
+    """A text table read as one column whose name holds another delimiter was split by the
+    wrong one: say which to pass."""
+    if frame.shape[1] != 1:
+        return
+    name = str(frame.columns[0])
+    other = next((d for d in DELIMITERS if d != text.delimiter and d in name), None)
+    if other is not None:
+        shown = "tab" if other == "\t" else repr(other)
+        raise GdflowError(
+            f"{path!r} read with delimiter {text.delimiter!r} has one column {name!r}; its "
+            f"columns look separated by {shown}: pass --delimiter {shown}"
+        )
+
+
+def read_as(source: Source, text: TextFormat) -> Optional[str]:
+    """How `source` was read, for the run's log, when it is more than a plain file:
+    "gzip-compressed CSV, detected delimiter ';'", "Parquet folder of 12 files"."""
+    if source.is_folder:
+        return f"Parquet folder of {len(source.parts)} file(s)"
+    parts = []
+    if source.compression:
+        parts.append(f"{source.compression}-compressed {source.kind}")
+    if text.note:
+        parts.append(text.note)
+    return ", ".join(parts) or None
 
 
 def _with_labels(dataset: Dataset, labels: Optional[Labels]) -> Dataset:

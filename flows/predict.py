@@ -45,10 +45,15 @@ def predict_flow(config: PredictConfig) -> dict[str, Any]:
     flow_run_id = str(current_run.id) if current_run.id else None
     model = load_model(config, database_url=settings.database_url)
     try:
-        frame = load_input(config)
-        scored = predict_rows(config, model, frame)
+        table = load_input(config)
+        scored = predict_rows(config, model, table.frame)
         return write_predictions(
-            config, model, scored, database_url=settings.database_url, flow_run_id=flow_run_id
+            config,
+            model,
+            scored,
+            database_url=settings.database_url,
+            flow_run_id=flow_run_id,
+            input_fingerprint=table.fingerprint,
         )
     except Exception as exc:
         record_failed_batch(

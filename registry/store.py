@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from gdflow.config.errors import GdflowError
+from gdflow.config.storage_options import storage_options_from_env
 
 #: Environment variable holding the model store's fsspec storage options, as a JSON object.
 STORE_OPTIONS_ENV = "GDFLOW_MODEL_STORE_OPTIONS"
@@ -71,22 +71,7 @@ def sha256_checksum(data: bytes) -> str:
 
 def store_options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """The fsspec storage options in $GDFLOW_MODEL_STORE_OPTIONS (a JSON object); {} if unset."""
-    text = environ.get(STORE_OPTIONS_ENV, "").strip()
-    if not text:
-        return {}
-    try:
-        options = json.loads(text)
-    except ValueError as exc:  # the value is not repeated: it may hold credentials
-        raise GdflowError(
-            f"${STORE_OPTIONS_ENV} is not valid JSON ({exc}); set it to a JSON object of fsspec "
-            'storage options, e.g. {"client_kwargs": {"region_name": "eu-west-1"}}, or unset it'
-        ) from None
-    if not isinstance(options, dict):
-        raise GdflowError(
-            f"${STORE_OPTIONS_ENV} is a JSON {type(options).__name__}, not an object; set it to "
-            'a JSON object of fsspec storage options, e.g. {"anon": false}, or unset it'
-        )
-    return options
+    return storage_options_from_env(environ, STORE_OPTIONS_ENV)
 
 
 def mask_store_url(url: str) -> str:

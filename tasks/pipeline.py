@@ -17,6 +17,7 @@ from gdflow.config.settings import Settings
 from gdflow.config.train import TrainConfig
 from gdflow.data.dataset import Dataset, Labels, load_dataset, split_validation
 from gdflow.data.fingerprint import data_fingerprint, file_state, fingerprint
+from gdflow.data.sources import local_copy
 from gdflow.registry import champion, versions
 from gdflow.registry.versions import spec_of
 from gdflow.registry.warm_start import champion_parameters
@@ -65,18 +66,20 @@ def retry_unless_user_error(_task: Any, _task_run: Any, state: Any) -> bool:
 def load_data(config: TrainConfig) -> Dataset:
     """Load the configured data and check it can train the configured model."""
     labels = Labels(config.resolved_task, config.model) if config.classifier else None
-    before = file_state(config.data) if config.data else None
-    dataset = load_dataset(
-        config.data,
-        features=config.features,
-        target=config.target,
-        dtype=config.dtype,
-        labels=labels,
-    )
-    check_predict_rows(config.prediction_inputs, dataset.n_features)
-    dataset = replace(
-        dataset, fingerprint=fingerprint(config.data, rows=dataset.n_rows, read_from=before)
-    )
+    with local_copy(config.data or "") as local:  # a remote --data: a temporary copy
+        path = str(local) if config.data else None
+        before = file_state(path) if path else None
+        dataset = load_dataset(
+            path,
+            features=config.features,
+            target=config.target,
+            dtype=config.dtype,
+            labels=labels,
+            delimiter=config.delimiter,
+        )
+        check_predict_rows(config.prediction_inputs, dataset.n_features)
+        found = fingerprint(path, rows=dataset.n_rows, read_from=before, text=dataset.text)
+    dataset = replace(dataset, fingerprint=found, source=config.data or dataset.source)
     dataset = split_validation(dataset, config.validation_split, seed=config.seed)
     if dataset.index_columns:
         get_run_logger().info(
@@ -86,12 +89,13 @@ def load_data(config: TrainConfig) -> Dataset:
             ),
         )
     get_run_logger().info(
-        "Loaded %d rows x %d feature(s) %s -> %s from %s",
+        "Loaded %d rows x %d feature(s) %s -> %s from %s%s",
         dataset.n_rows,
         dataset.n_features,
         list(dataset.feature_names),
         dataset.target_name,
         dataset.source,
+        f" ({dataset.read_as})" if dataset.read_as else "",
     )
     if dataset.classes is not None:
         get_run_logger().info(

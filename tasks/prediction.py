@@ -14,6 +14,7 @@ from gdflow.config.errors import one_line
 from gdflow.config.predict import PredictConfig
 from gdflow.data.dataset import read_table
 from gdflow.data.fingerprint import file_fingerprint
+from gdflow.data.sources import local_copy
 from gdflow.registry.predictor import Predictor
 from gdflow.registry.scoring import Scored, score, summary, write_table
 from gdflow.registry.versions import ModelRef, describe, load_predictor, resolve
@@ -59,11 +60,21 @@ def load_model(config: PredictConfig, *, database_url: str) -> LoadedModel:
     retry_condition_fn=retry_unless_user_error,
     cache_policy=NO_CACHE,
 )
-def load_input(config: PredictConfig) -> Any:
-    """The table to score, as read from --data."""
-    frame = read_table(config.data)
+def load_input(config: PredictConfig) -> InputTable:
+    """The table to score, as read from --data (local or an fsspec URL), and its fingerprint."""
+    with local_copy(config.data) as local:
+        frame = read_table(str(local), delimiter=config.delimiter)
+        found = file_fingerprint(local)
     get_run_logger().info("Read %d row(s) x %d column(s) from %s", *frame.shape, config.data)
-    return frame
+    return InputTable(frame, found)
+
+
+@dataclass(frozen=True)
+class InputTable:
+    """The rows of --data to score, and the fingerprint of what was read."""
+
+    frame: Any
+    fingerprint: str
 
 
 @task(name="predict", cache_policy=NO_CACHE)
@@ -87,6 +98,7 @@ def write_predictions(
     *,
     database_url: str,
     flow_run_id: Optional[str],
+    input_fingerprint: str,
 ) -> dict[str, Any]:
     """Write the scored rows (whole or not at all) and record the batch."""
     output = write_table(scored.frame, config.output_path)
@@ -95,7 +107,7 @@ def write_predictions(
         model,
         database_url=database_url,
         flow_run_id=flow_run_id,
-        input_fingerprint=file_fingerprint(config.data),
+        input_fingerprint=input_fingerprint,
         output_path=str(output),
         rows_in=scored.rows_in,
         rows_out=scored.rows_out,

@@ -166,7 +166,7 @@ def test_a_directory_as_data_fails_in_one_line(
     error, state = train_on(gdflow_main, folder, epochs=20, database_url=database_url)
     OBSERVED["cases"]["directory"] = {"error": error, **state}
     assert error is not None
-    assert "is a directory" in error
+    assert "is a folder with no .parquet files" in error
 
 
 @pytest.mark.parametrize(

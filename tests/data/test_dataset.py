@@ -86,13 +86,15 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_directory_instead_of_file(tmp_path: Path) -> None:
     folder = tmp_path / "d.csv"
     folder.mkdir()
-    with pytest.raises(GdflowError, match="is a directory"):
+    with pytest.raises(GdflowError, match="is a folder with no .parquet files"):
         load_dataset(str(folder))
 
 
 def test_unsupported_file_type(tmp_path: Path) -> None:
-    with pytest.raises(GdflowError, match="unsupported file type '.txt'"):
-        load_dataset(_csv(tmp_path, "a,y\n1,2\n", name="data.txt"))
+    with pytest.raises(GdflowError, match="unsupported file type '.xlsx'.*use .csv, .tsv"):
+        load_dataset(_csv(tmp_path, "a,y\n1,2\n", name="data.xlsx"))
+    with pytest.raises(GdflowError, match=r"unsupported file type '.csv.7z'"):
+        load_dataset(_csv(tmp_path, "a,y\n1,2\n", name="data.csv.7z"))
 
 
 def test_non_utf8_file(tmp_path: Path) -> None:

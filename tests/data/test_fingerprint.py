@@ -58,7 +58,9 @@ def test_a_file_rewritten_while_it_is_read_is_one_line(tmp_path: Path) -> None:
     path.write_text("x,y\n1,2\n")
     before = file_state(str(path))
     path.write_text("x,y\n1,2\n3,4\n")  # the writer finished after gdflow loaded the old rows
-    os.utime(path, ns=(before[1] + 10**9, before[1] + 10**9))
+    assert before is not None
+    mtime = before[0][2] + 10**9
+    os.utime(path, ns=(mtime, mtime))
     with pytest.raises(GdflowError, match="changed while gdflow read it") as caught:
         fingerprint(str(path), rows=1, read_from=before)
     assert "\n" not in str(caught.value)

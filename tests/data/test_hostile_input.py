@@ -275,7 +275,7 @@ def test_a_directory_or_duplicate_parquet_names_fail_in_one_line(tmp_path: Path)
 
     folder = tmp_path / "folder.csv"
     folder.mkdir()
-    assert "is a directory" in str(load_or_one_line(folder))
+    assert "is a folder with no .parquet files" in str(load_or_one_line(folder))
     table = pa.table([pa.array([1.0, 2.0])] * 3, names=["x", "x", "y"])
     pq.write_table(table, tmp_path / "dupes.parquet")
     assert "duplicate column names ['x']" in str(load_or_one_line(tmp_path / "dupes.parquet"))

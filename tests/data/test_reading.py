@@ -10,6 +10,14 @@ import pytest
 
 from gdflow.data.dataset import load_dataset, read_table, select_columns
 from gdflow.data.reading import read_numeric
+from gdflow.data.sources import Source, source_of
+
+
+def _source(path: Path) -> Source:
+    """The data set at `path`, as `load_dataset` hands it to the fast path."""
+    source = source_of(path)
+    assert source is not None
+    return source
 
 
 def _frame(rows: int = 1000) -> pd.DataFrame:
@@ -32,7 +40,7 @@ def test_fast_path_arrays_equal_the_general_paths(tmp_path: Path, suffix: str, d
     frame = _frame()
     frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
     features = ["c", "a", "count"]
-    fast = read_numeric(str(path), features=features, target="target", dtype=dtype)
+    fast = read_numeric(_source(path), features=features, target="target", dtype=dtype)
     assert fast is not None
     x, y, names, target = fast
     general = select_columns(
@@ -49,7 +57,7 @@ def test_fast_path_reads_many_row_groups(tmp_path: Path) -> None:
     path = tmp_path / "data.parquet"
     frame = _frame(1000).drop(columns="label")
     frame.to_parquet(path, row_group_size=100)
-    x, y, names, target = read_numeric(str(path), features=None, target=None, dtype="float64")  # type: ignore[misc]
+    x, y, names, target = read_numeric(_source(path), features=None, target=None, dtype="float64")  # type: ignore[misc]
     assert names == ["a", "count", "c"] and target == "target"
     assert np.array_equal(x, frame[names].to_numpy(np.float64)) and np.array_equal(y, frame.target)
 
@@ -69,13 +77,13 @@ def test_doubtful_requests_go_to_the_general_path(
 ) -> None:
     path = tmp_path / "data.csv"
     _frame(10).to_csv(path, index=False)
-    assert read_numeric(str(path), features=features, target=target, dtype="float32") is None
+    assert read_numeric(_source(path), features=features, target=target, dtype="float32") is None
 
 
 def test_empty_cells_go_to_the_general_path(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text("a,y\n1,2\n,3\n")
-    assert read_numeric(str(path), features=None, target=None, dtype="float32") is None
+    assert read_numeric(_source(path), features=None, target=None, dtype="float32") is None
 
 
 @pytest.mark.parametrize(
@@ -89,7 +97,7 @@ def test_empty_cells_go_to_the_general_path(tmp_path: Path) -> None:
 def test_csv_row_count_off_still_reads_right(tmp_path: Path, text: str) -> None:
     path = tmp_path / "data.csv"
     path.write_bytes(text.encode())
-    fast = read_numeric(str(path), features=["a"], target="y", dtype="float32")
+    fast = read_numeric(_source(path), features=["a"], target="y", dtype="float32")
     assert fast is not None
     x, y, _, _ = fast
     general = select_columns(
