@@ -10,7 +10,7 @@ from datetime import date
 
 from benchmarks.common import Result, table
 
-NAMES = ("orchestration", "training", "persistence", "loading")
+NAMES = ("orchestration", "training", "overhead", "persistence", "loading", "streaming")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +40,18 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import training
 
             results += training.run(quick=args.quick, device=args.device, rows=args.train_rows)
+        elif name == "overhead":
+            from benchmarks import overhead
+
+            results += overhead.run(quick=args.quick, device=args.device, rows=args.train_rows)
         elif name == "persistence":
             from benchmarks import persistence
 
             results += persistence.run(quick=args.quick)
+        elif name == "streaming":
+            from benchmarks import streaming
+
+            results += streaming.run(quick=args.quick, rows=args.load_rows)
         else:
             from benchmarks import loading
 

@@ -1,19 +1,31 @@
-"""Orchestration overhead: wall time of `gdflow run` (defaults) against the seed script.
+"""Orchestration overhead: wall time of `gdflow run` (defaults) against a bare Prefect flow and
+against the seed script.
 
-Runs alternate (seed, gdflow, seed, ...) and the median ratio is reported, once with a local
-Prefect server started for the benchmark and once in ephemeral mode (no server: Prefect starts
-its temporary one). Both use a temporary database and PREFECT_HOME.
+The bare flow (`bare_flow.py`: five empty tasks, `import torch`) is what any Prefect user pays:
+Python, torch and Prefect imported, a flow run and its task runs recorded, Prefect's exit. What
+`gdflow run` takes beyond it is gdflow's own (its imports, bookkeeping, checks, artifacts, and the
+training itself: `torch.optim` imports `torch._dynamo`, which the seed script pays too). The seed
+script is the plain PyTorch program gdflow grew from.
+
+The three programs run in turn, the order rotated each round, after one warm-up run of each (it
+creates the databases and byte-compiles the modules); the median of the per-round ratios is
+reported, with the median wall and CPU times (user + system, children included). Once in
+ephemeral mode (no server: Prefect, and gdflow, start a temporary one) and once against a
+`prefect server start` on a free loopback port. All use one temporary database and
+PREFECT_HOME.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +35,20 @@ from gdflow.flows.deployments import local_api_url, server_command, server_is_he
 #: The seed script beside the checkout, else the copy kept with the benchmarks.
 SHARED_SEED = REPO.parent / "shared" / "reference" / "seed_script.py"
 SEED = SHARED_SEED if SHARED_SEED.exists() else Path(__file__).with_name("seed_script.py")
+BARE_FLOW = Path(__file__).with_name("bare_flow.py")
+#: Targets: gdflow's own share over the bare flow (issue 15), and the ratios to the seed.
+TARGET_BARE = 1.15
+TARGET_SEED = {"ephemeral": 2.5, "server": 1.3}
+
+
+def programs() -> dict[str, list[str]]:
+    """The command line of each program measured, by name."""
+    gdflow = str(Path(sys.executable).with_name("gdflow"))
+    return {
+        "gdflow": [gdflow, "run"],
+        "bare flow": [sys.executable, str(BARE_FLOW)],
+        "seed script": [sys.executable, str(SEED)],
+    }
 
 
 def _free_port() -> int:
@@ -31,36 +57,69 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _timed(command: list[str], env: dict[str, str]) -> float:
+def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system of the process and the children it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True)
-    return time.perf_counter() - started
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+        raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{tail}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
-def _compare(label: str, env: dict[str, str], repeats: int, *, warm_up: bool = True) -> Result:
-    gdflow = str(Path(sys.executable).with_name("gdflow"))
-    if warm_up:  # creates the databases, so that no measured run does
-        _timed([gdflow, "run"], env)
-    seed_times, gdflow_times = [], []
-    for _ in range(repeats):
-        seed_times.append(_timed([sys.executable, str(SEED)], env))
-        gdflow_times.append(_timed([gdflow, "run"], env))
-    ratios = [g / s for g, s in zip(gdflow_times, seed_times)]
-    return Result(
-        f"orchestration, {label}",
-        statistics.median(ratios),
-        1.3 if label == "server" else 2.5,
-        False,
-        f"gdflow run {statistics.median(gdflow_times):.2f} s, seed script "
-        f"{statistics.median(seed_times):.2f} s (medians of {repeats})",
-    )
+def rotated(names: Sequence[str], round_: int) -> list[str]:
+    """`names` starting at position `round_` (each program leads one round in turn)."""
+    k = round_ % len(names)
+    return [*names[k:], *names[:k]]
+
+
+def _compare(mode: str, env: dict[str, str], repeats: int, *, warm_up: bool = True) -> list[Result]:
+    commands = programs()
+    if warm_up:  # creates the databases and .pyc files, so that no measured run does
+        for command in commands.values():
+            _timed(command, env)
+    wall: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
+    loads = [os.getloadavg()[0]]
+    for round_ in range(repeats):
+        for name in rotated(list(commands), round_):
+            seconds, used = _timed(commands[name], env)
+            wall[name].append(seconds)
+            cpu[name].append(used)
+        loads.append(os.getloadavg()[0])
+    median = {name: statistics.median(values) for name, values in wall.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+    load = f"load {min(loads):.1f}-{max(loads):.1f}"
+    results = []
+    for other, target in (("bare flow", TARGET_BARE), ("seed script", TARGET_SEED[mode])):
+        ratios = [g / o for g, o in zip(wall["gdflow"], wall[other])]
+        results.append(
+            Result(
+                f"orchestration, {mode}: gdflow / {other}",
+                statistics.median(ratios),
+                target,
+                False,
+                f"gdflow run {median['gdflow']:.2f} s, {other} {median[other]:.2f} s (cpu "
+                f"{median_cpu['gdflow']:.2f} s, {median_cpu[other]:.2f} s; medians of "
+                f"{repeats}, {load})",
+            )
+        )
+    return results
 
 
 def _environment(folder: Path) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("PREFECT_") and key != "GDFLOW_DATABASE_URL"
+        if not key.startswith("PREFECT_")
+        and key != "GDFLOW_DATABASE_URL"
+        # As installed packages are: each module byte-compiled once (the warm-up), not on
+        # every run (this machine's environment sets it; the Makefile unexports it too).
+        and key != "PYTHONDONTWRITEBYTECODE"
     }
     env.update(
         PREFECT_HOME=str(folder / "prefect"),
@@ -72,7 +131,7 @@ def _environment(folder: Path) -> dict[str, str]:
     return env
 
 
-def _with_server(env: dict[str, str], repeats: int) -> Result:
+def _with_server(env: dict[str, str], repeats: int) -> list[Result]:
     port = _free_port()
     command, server_env = server_command("127.0.0.1", port)
     process = subprocess.Popen(
@@ -107,19 +166,24 @@ def run(*, quick: bool, repeats: Optional[int] = None) -> list[Result]:
         env = _environment(Path(folder))
         if server_is_healthy(local_api_url()):
             # gdflow run would use that server: ephemeral mode cannot be measured here.
-            results.append(
+            results += [
                 Result(
-                    "orchestration, ephemeral (skipped: a server answers on port 4200)",
+                    f"orchestration, ephemeral: gdflow / {other} (skipped: a server answers "
+                    "on port 4200)",
                     float("nan"),
-                    2.5,
+                    target,
                     False,
                     "stop that server to measure ephemeral mode",
                 )
-            )
+                for other, target in (
+                    ("bare flow", TARGET_BARE),
+                    ("seed script", TARGET_SEED["ephemeral"]),
+                )
+            ]
         else:
-            # --quick (the test suite's smoke run): no warm-up; its one figure includes
-            # creating the databases
-            results.append(_compare("ephemeral", env, repeats, warm_up=not quick))
+            # --quick (the test suite's smoke run): no warm-up; its figures include creating
+            # the databases and compiling the modules
+            results += _compare("ephemeral", env, repeats, warm_up=not quick)
         if not quick:
-            results.append(_with_server(env, repeats))
+            results += _with_server(env, repeats)
     return results

@@ -6,8 +6,10 @@ over X to form X^T X included in the time); the fused pass, the seed's loop and 
 loop are shown beside it. Statistics epoch: what one more epoch of `fit` costs on that path
 (1,000 epochs timed from one chunk of records to the next, after the one pass), against one
 read of X, and over a grid of rows and features, printed as its own table before the results,
-to show that it no longer grows with the rows. Small problem (the seed's 5 points): `fit`
-against a bare loop of the same ops, no recording.
+to show that it no longer grows with the rows. Classifiers: an epoch of `fit` on full-batch
+logistic and 10-class softmax regression of the same float32 rows (the fused cross-entropy
+kernel on the CPU), against one read of X, the torch ops beside it. Small problem (the seed's 5
+points): `fit` against a bare loop of the same ops, no recording.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import Result, interleaved, ms
 from gdflow.data.dataset import load_toy
+from gdflow.training.fused_cross_entropy import threads_for
 from gdflow.training.loop import Hooks, fit, loss_path_of
 from gdflow.training.model import TrainingData
 from gdflow.training.optimization import Optimization
@@ -120,6 +123,63 @@ def large(rows: int, features: int, epochs: int, repeats: int, device: torch.dev
             f"epoch {ms(per_epoch['gdflow'])} ({how}, {epochs} epochs), X.sum() {ms(floor)}; "
             f"fused pass {per_epoch['fused'] / floor:.1f}x, seed loop "
             f"{per_epoch['seed'] / floor:.1f}x, F.mse_loss {per_epoch['mse_loss'] / floor:.1f}x"
+        ),
+    )
+
+
+def _classes(rows: int, features: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 standard normal rows and classes that depend on them (plus noise)."""
+    generator = np.random.default_rng(1)
+    x = generator.standard_normal((rows, features), dtype=np.float32)
+    scores = x @ generator.standard_normal((features, classes), dtype=np.float32)
+    scores += generator.standard_normal((rows, classes), dtype=np.float32)
+    return x, scores.argmax(axis=1)
+
+
+def classifier(
+    rows: int, features: int, classes: int, epochs: int, repeats: int, device: torch.device
+) -> Result:
+    """An epoch of `fit` (loss, backward, optimizer step) on a full-batch logistic (2 classes)
+    or softmax classifier of float32 rows x features against one read of X; `fit` takes the
+    fused kernel on the CPU (`fused_cross_entropy`). The torch ops' epoch is shown beside it."""
+    x, y = _classes(rows, features, classes)
+    family = "logistic" if classes == 2 else "softmax"
+    data = TrainingData(x, y, family=family, n_classes=classes)
+    names = [f"w_{j}" for j in range(features * data.outputs)]
+    initial = {**{name: 0.0 for name in names}, **{f"b_{c}": 0.0 for c in range(data.outputs)}}
+    opt = Optimization(lr=0.5, epochs=epochs)
+    path = loss_path_of(data, opt, device)
+
+    def run(loss_path: LossPath | None) -> Callable[[], None]:
+        def train() -> None:
+            fit(data, initial, opt, device=device, loss_path=loss_path)
+            _sync(device)
+
+        return train
+
+    x_t = torch.from_numpy(x).to(device)
+    times = interleaved(
+        {"floor": _floor(x_t, epochs), "gdflow": run(None), "torch": run("direct")}, repeats
+    )
+    per_epoch = {name: t / epochs for name, t in times.items()}
+    floor = per_epoch["floor"]
+    if classes == 2:
+        name, target, note = f"training logistic {rows}x{features} ({device.type})", 2.0, ""
+    else:
+        name = f"training softmax {classes} classes {rows}x{features} ({device.type})"
+        target, note = 2.0, "; target report-only"
+    if path == "fused":
+        how = f"fused kernel, {threads_for(rows * features * data.outputs)} thread(s)"
+    else:
+        how = "torch ops"
+    return Result(
+        name=name,
+        ratio=per_epoch["gdflow"] / floor,
+        target=target,
+        higher_is_better=False,
+        raw=(
+            f"epoch {ms(per_epoch['gdflow'])} ({how}, {epochs} epochs), X.sum() {ms(floor)}; "
+            f"torch ops {per_epoch['torch'] / floor:.1f}x{note}"
         ),
     )
 
@@ -337,6 +397,8 @@ def run(*, quick: bool, device: str = "cpu", rows: int | None = None) -> list[Re
     results = [
         large(large_rows, 16, 3 if quick else 20, 1 if quick else 7, dev),
         *statistics_results(large_rows, 16, grid, row_counts, dev),
+        classifier(large_rows, 16, 2, 3 if quick else 20, 1 if quick else 7, dev),
+        classifier(large_rows, 16, 10, 3 if quick else 10, 1 if quick else 5, dev),
         small(200 if quick else 5000, 1 if quick else 7, dev),
     ]
     return results

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -284,11 +285,14 @@ def _start_temporary_server() -> None:
         use_server(_launch_temporary_server())
 
 
-def start_temporary_server_early() -> Callable[[], None]:
+def start_temporary_server_early(
+    while_waiting: Callable[[], None] = lambda: None,
+) -> Callable[[], None]:
     """With no Prefect server to use, start the temporary one in a background thread now, so
     that it boots while torch and the flow are imported (otherwise one waits for the other).
-    Returns a function, for the main thread, that waits for it, raises its start failure if
-    any, and points this process's Prefect clients at it."""
+    Returns a function, for the main thread, that waits for it (calling `while_waiting` first
+    when it is not up yet), raises its start failure if any, and points this process's Prefect
+    clients at it."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from gdflow.flows.deployments import find_api_url
 
@@ -316,6 +320,8 @@ def start_temporary_server_early() -> Callable[[], None]:
     def ready() -> None:
         from gdflow.flows.temporary_server import use_server
 
+        if not started.is_set():
+            while_waiting()
         started.wait()
         if isinstance(outcome[0], CliError):
             raise outcome[0]
@@ -448,8 +454,9 @@ def _config_without_url(values: dict[str, Any], *, command: str = "run") -> Trai
 def cmd_run(values: dict[str, Any], settings: Settings) -> int:
     """Run the training flow once; print the outcome; exit 0 only when it completed."""
     config = _config_without_url(values)
-    server_ready = start_temporary_server_early()
-    from gdflow.flows.train import train_flow
+    with _imports_without_gc():
+        server_ready = start_temporary_server_early(while_waiting=_prepare_training)
+        from gdflow.flows.train import train_flow
 
     summary = _run_flow(train_flow, settings, server_ready, config=config)
     run_id = summary["run_id"]
@@ -730,11 +737,43 @@ def _exit_soon(code: object) -> None:
     that stopped answering for minutes (everything of the run is in gdflow's database)."""
     from gdflow.tasks.dashboard_feed import deliver_or_drop
 
-    if deliver_or_drop(EXIT_GRACE_SECONDS):
+    delivered = deliver_or_drop(EXIT_GRACE_SECONDS)
+    # The interpreter's last collections would walk every object of torch, Prefect and
+    # SQLAlchemy (a second or more of a run's end): they are left out of them.
+    gc.freeze()
+    if delivered:
         return
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code if isinstance(code, int) else 1)
+
+
+def _prepare_training() -> None:
+    """While the temporary server boots: build a throwaway optimizer. torch.optim imports
+    torch._dynamo when it builds its first optimizer (a second or two of CPU), which the run
+    would otherwise pay in its train task, after the server is up."""
+    import torch
+
+    with _imports_without_gc():
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+@contextlib.contextmanager
+def _imports_without_gc() -> Iterator[None]:
+    """In the console script: import Prefect, torch and the flow with the cyclic garbage
+    collector paused, then freeze what they built. Imports make long-lived objects, millions of
+    them; each full collection walks them all again (about a third of the CPU a run's imports
+    take), and so would every full collection of the run afterwards. The few cycles the imports
+    leave are kept for the life of the process."""
+    if not _console_script or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 @contextlib.contextmanager

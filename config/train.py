@@ -205,6 +205,23 @@ class TrainConfig(BaseModel):
         ge=1,
         description="Rows per mini-batch, shuffled each epoch by --seed (default: full batch).",
     )
+    stream: bool = Field(
+        default=False,
+        description=(
+            "Stream a Parquet --data a record batch at a time instead of loading it (needs "
+            "--batch-size; default: streamed when it would not fit in memory, as the run's log "
+            "says)."
+        ),
+    )
+    shuffle_buffer: Optional[int] = Field(
+        default=None,
+        ge=1,
+        le=1 << 40,
+        description=(
+            "Rows of the shuffle buffer a streamed run draws its mini-batches from (default: "
+            "64 batches, at least 65,536 rows)."
+        ),
+    )
     epochs: int = Field(default=100, ge=1, description="Maximum number of epochs.")
     tolerance: Optional[float] = Field(
         default=None,

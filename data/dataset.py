@@ -27,6 +27,7 @@ from gdflow.data.sources import (
     text_format,
     unsupported,
 )
+from gdflow.data.streaming import StreamedData, open_stream
 
 if TYPE_CHECKING:  # pandas is imported where a file is read: the toy run never needs it
     import pandas as pd
@@ -64,11 +65,14 @@ class Dataset:
     read_as: Optional[str] = None
     #: A text file's delimiter and decimal mark, as given or detected (None: not text).
     text: Optional[TextFormat] = None
+    #: A data set streamed from its files (`data.streaming`): then `x` and `y` hold a seeded
+    #: sample of its rows only (for the data checks and the champion's comparison).
+    stream: Optional[StreamedData] = None
 
     @property
     def n_rows(self) -> int:
-        """Number of examples."""
-        return int(self.x.shape[0])
+        """Number of examples (of a streamed data set: all of them, not only the sample's)."""
+        return self.stream.rows if self.stream is not None else int(self.x.shape[0])
 
     @property
     def n_features(self) -> int:
@@ -449,6 +453,44 @@ def load_dataset(
         index_columns=index,
         read_as=read_as(source, text),
         text=text if source.kind == "CSV" else None,
+    )
+
+
+def load_streamed(
+    path: str,
+    *,
+    features: Optional[Sequence[str]] = None,
+    target: Optional[str] = None,
+    dtype: str = "float32",
+    labels: Optional[Labels] = None,
+    seed: int = 0,
+    reason: str = "",
+) -> Dataset:
+    """A Parquet file or folder to stream (`data.streaming`): one pass over it checks it and
+    gathers its statistics; the Dataset holds a seeded sample of its rows and the stream."""
+    source = resolve(path)
+    index = check_header(path)
+    stream, x, y = open_stream(
+        source,
+        features=features,
+        target=target,
+        dtype=dtype,
+        skip=index,
+        labels=(labels.task, labels.model) if labels else None,
+        seed=seed,
+        reason=reason,
+        name=path,
+    )
+    return Dataset(
+        x=x,
+        y=y,
+        feature_names=stream.feature_names,
+        target_name=stream.target_name,
+        source=path,
+        index_columns=index,
+        classes=stream.classes,
+        read_as=read_as(source, TextFormat()),
+        stream=stream,
     )
 
 

@@ -72,14 +72,14 @@ def run_tags(config: TrainConfig, device: str) -> list[str]:
 
 
 def _tag_flow_run(tags: list[str]) -> None:
-    """Add tags to the current flow run (whatever started it: CLI, deployment or UI)."""
+    """Add tags to the current flow run (whatever started it: CLI, deployment or UI): one
+    request, its own tags (a deployment's, `prefect.tags`) taken from the run's context."""
     run_id = current_run.id
     if run_id is None:
         return
     try:
         with get_client(sync_client=True) as client:
-            current = client.read_flow_run(run_id)
-            client.update_flow_run(run_id, tags=sorted(set(current.tags) | set(tags)))
+            client.update_flow_run(run_id, tags=sorted(set(current_run.tags) | set(tags)))
     except Exception as exc:  # noqa: BLE001 - tags are a convenience, never a failure
         get_run_logger().warning("Could not tag the flow run: %s", exc)
 

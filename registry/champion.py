@@ -2,9 +2,10 @@
 
 A name's first version becomes its champion. After that a new version (the challenger) is
 compared with the champion on the same rows (the new run's validation rows, or its training
-rows without a split) with the family's loss, and replaces it under `--promote auto` only when
-its loss is lower by the relative `--promote-margin`. A champion that cannot be evaluated on
-the new rows (other features, classes or task) is kept, and the reason is stored.
+rows without a split: a seeded sample of them for a streamed data set) with the family's
+loss, and replaces it under `--promote auto` only when its loss is lower by the relative
+`--promote-margin`. A champion that cannot be evaluated on the new rows (other features,
+classes or task) is kept, and the reason is stored.
 
 Every change is a compare-and-set on the alias (storage's `set_alias`): when two retrains of a
 name finish at once, the second sees the champion the first set, compares again with it, and
@@ -76,6 +77,8 @@ def rows_of(dataset: Dataset) -> Rows:
         x, y, split = dataset.x_val, dataset.y_val, "validation"
     else:
         x, y, split = dataset.x, dataset.y, "train"
+        if dataset.stream is not None:  # a streamed data set keeps a seeded sample in memory
+            split = f"train sample ({len(y):,} rows)"
     return Rows(
         x=np.asarray(x, dtype=np.float64),
         y=np.asarray(y, dtype=np.float64),

@@ -210,9 +210,16 @@ def standardization_of(config: TrainConfig, dataset: Dataset) -> Optional[dict[s
         return None
     from gdflow.training.preprocessing import Standardizer
 
-    scaler = Standardizer.fit(
-        dataset.x, dataset.y, bias=config.bias, labels=dataset.classes is not None
-    )
+    if dataset.stream is not None:  # `x` is a sample: every row's, from the streamed moments
+        from gdflow.training.streamed import standardizer_of
+
+        scaler = standardizer_of(
+            dataset.stream, bias=config.bias, labels=dataset.classes is not None
+        )
+    else:
+        scaler = Standardizer.fit(
+            dataset.x, dataset.y, bias=config.bias, labels=dataset.classes is not None
+        )
     return {
         "mean": scaler.mean.tolist(),
         "scale": scaler.scale.tolist(),

@@ -175,8 +175,13 @@ def outcome_of(result: TrainResult, evaluation: Optional[dict[str, Any]]) -> Run
     error = None if status is RunStatus.COMPLETED else f"{status.value}: {result.verdict_detail}"
     if result.lr_range_test is not None:  # how --lr auto chose a network's rate, kept with it
         evaluation = {**(evaluation or {}), "lr_range_test": result.lr_range_test}
-    # How the loss was computed (on the rows, fused, or from their statistics), kept with it.
-    evaluation = {**(evaluation or {}), "loss_path": result.loss_path}
+    # How the loss was computed (on the rows, fused, or from their statistics) and whether the
+    # rows were in memory or streamed, kept with it.
+    evaluation = {
+        **(evaluation or {}),
+        "loss_path": result.loss_path,
+        "data_mode": result.data_mode,
+    }
     return RunOutcome(
         status=status,
         stop_reason=result.stop_reason,

@@ -1,7 +1,9 @@
 """Engines from a URL: SQLite in WAL mode with a busy timeout, the schema migrated on first use.
 
 `engine_for(url)` keeps one engine per URL per process and checks its schema once; a forked
-child drops the engines it inherited (their pooled connections belong to the parent).
+child drops the engines it inherited (their pooled connections belong to the parent), and a
+SQLite file that was deleted or replaced since gets a new engine, its schema checked again
+(pooled connections of the old one would write into the deleted file).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import Optional
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -170,29 +173,71 @@ def _first_line(exc: BaseException, url: str = "") -> str:
     return hide_password(line, url)
 
 
+def _file_identity(path: Path) -> Optional[tuple[int, int]]:
+    """(device, inode) of a database file; None when there is no file there."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 class _EngineCache:
-    """One engine per URL for this process, its schema checked once; safe across threads."""
+    """One engine per URL for this process, its schema checked once; safe across threads. A
+    SQLite URL's engine holds while its file is the one it opened (same device and inode)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.engines: dict[str, Engine] = {}
         self.current: set[str] = set()
+        #: The file behind each SQLite URL, and its identity once it exists.
+        self.files: dict[str, Path] = {}
+        self.identities: dict[str, tuple[int, int]] = {}
 
     def get(self, url: str, *, migrate: bool) -> Engine:
-        """The cached engine of `url` (created on first use), migrated to the head if asked."""
+        """The cached engine of `url` (created on first use, and again when its SQLite file
+        was deleted or replaced), migrated to the head if asked."""
         with self.lock:
             engine = self.engines.get(url)
+            if engine is not None and self._file_replaced(url):
+                self._forget(url).dispose()
+                engine = None
             if engine is None:
                 engine = make_engine(url, create_schema=False)
                 self.engines[url] = engine
+                path = _sqlite_file(url)
+                if path is not None:
+                    self.files[url] = path
             if migrate and url not in self.current:
                 try:
                     _create_schema(engine, mask_url(url))
                 except DatabaseError:
-                    del self.engines[url]
+                    self._forget(url)
                     raise
                 self.current.add(url)
+            self._file_replaced(url)  # notes the file's identity once the file exists
             return engine
+
+    def _file_replaced(self, url: str) -> bool:
+        """True when `url`'s SQLite file is gone or is another file than the one its engine
+        opened; notes the identity of a file seen for the first time."""
+        path = self.files.get(url)
+        if path is None:
+            return False
+        now = _file_identity(path)
+        known = self.identities.get(url)
+        if known is None:
+            if now is not None:
+                self.identities[url] = now
+            return False
+        return now != known
+
+    def _forget(self, url: str) -> Engine:
+        """Drop `url`'s engine and what is known of its schema and file; return the engine."""
+        self.current.discard(url)
+        self.files.pop(url, None)
+        self.identities.pop(url, None)
+        return self.engines.pop(url)
 
     def dispose(self) -> None:
         """Close every cached engine's connections and forget them."""
@@ -200,6 +245,8 @@ class _EngineCache:
             engines = list(self.engines.values())
             self.engines.clear()
             self.current.clear()
+            self.files.clear()
+            self.identities.clear()
         for engine in engines:
             engine.dispose()
 
@@ -210,6 +257,8 @@ class _EngineCache:
         self.lock = threading.Lock()  # a lock held by another thread at fork time stays held
         self.engines = {}
         self.current = set()
+        self.files = {}
+        self.identities = {}
 
 
 _ENGINES = _EngineCache()

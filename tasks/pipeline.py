@@ -8,6 +8,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -15,9 +16,17 @@ from prefect.cache_policies import NO_CACHE
 from gdflow.config.errors import GdflowError
 from gdflow.config.settings import Settings
 from gdflow.config.train import TrainConfig
-from gdflow.data.dataset import Dataset, Labels, load_dataset, split_validation
+from gdflow.data.dataset import (
+    Dataset,
+    Labels,
+    load_dataset,
+    load_streamed,
+    resolve,
+    split_validation,
+)
 from gdflow.data.fingerprint import data_fingerprint, file_state, fingerprint
 from gdflow.data.sources import local_copy
+from gdflow.data.streaming import Plan, memory_available, size_text, stream_plan
 from gdflow.registry import champion, versions
 from gdflow.registry.versions import spec_of
 from gdflow.registry.warm_start import champion_parameters
@@ -36,18 +45,21 @@ from gdflow.tasks.dashboard_feed import quiet_when_unreachable
 from gdflow.tasks.events import emit
 from gdflow.training.classification import class_weights
 from gdflow.training.classifier_evaluation import class_prediction_line, evaluate_classifier
-from gdflow.training.conditioning import Conditioning, analyse, auto_learning_rate
+from gdflow.training.conditioning import Conditioning, Gram, analyse, auto_learning_rate
 from gdflow.training.devices import resolve_device
 from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
+from gdflow.training.fused_cross_entropy import kernel_problem, worth_fusing
 from gdflow.training.loop import Hooks, fit, loss_path_of
 from gdflow.training.lr_finder import RangeTest, range_test
 from gdflow.training.mlp import DEFAULT_HIDDEN, build_mlp, flat_names, flat_values
+from gdflow.training.model import CLASSIFIERS
 from gdflow.training.network_evaluation import evaluate_network
 from gdflow.training.optimization import Optimization
-from gdflow.training.parameters import initial_parameters, parameter_names
+from gdflow.training.parameters import initial_parameters, is_bias, parameter_names
 from gdflow.training.preprocessing import Network, TrainingProblem
 from gdflow.training.records import EpochChunk, progress_line
 from gdflow.training.result import TrainResult
+from gdflow.training.streamed import StreamedProblem, evaluate_streamed, fit_streamed
 from gdflow.training.user_models import build_user_module
 
 
@@ -69,14 +81,28 @@ def load_data(config: TrainConfig) -> Dataset:
     with local_copy(config.data or "") as local:  # a remote --data: a temporary copy
         path = str(local) if config.data else None
         before = file_state(path) if path else None
-        dataset = load_dataset(
-            path,
-            features=config.features,
-            target=config.target,
-            dtype=config.dtype,
-            labels=labels,
-            delimiter=config.delimiter,
-        )
+        plan = _stream_plan(config, path)
+        if plan.stream:
+            assert path is not None and plan.reason is not None
+            get_run_logger().info(plan.reason)
+            dataset = load_streamed(
+                path,
+                features=config.features,
+                target=config.target,
+                dtype=config.dtype,
+                labels=labels,
+                seed=config.seed,
+                reason=plan.reason,
+            )
+        else:
+            dataset = load_dataset(
+                path,
+                features=config.features,
+                target=config.target,
+                dtype=config.dtype,
+                labels=labels,
+                delimiter=config.delimiter,
+            )
         check_predict_rows(config.prediction_inputs, dataset.n_features)
         found = fingerprint(path, rows=dataset.n_rows, read_from=before, text=dataset.text)
     dataset = replace(dataset, fingerprint=found, source=config.data or dataset.source)
@@ -101,7 +127,23 @@ def load_data(config: TrainConfig) -> Dataset:
         get_run_logger().info(
             "Classes of %s: %s", dataset.target_name, ", ".join(map(str, dataset.classes))
         )
+    if dataset.stream is not None:
+        get_run_logger().info(
+            "One pass over the %s rows gave their statistics and checks; the data checks and "
+            "the champion's comparison use a seeded sample of %s of them",
+            f"{dataset.n_rows:,}",
+            f"{len(dataset.y):,}",
+        )
     return dataset
+
+
+def _stream_plan(config: TrainConfig, path: Optional[str]) -> Plan:
+    """Whether the run streams its data (`data.streaming.stream_plan`)."""
+    if path is None:
+        if config.stream:
+            raise GdflowError("--stream needs --data: a Parquet file or folder to stream")
+        return Plan(False)
+    return stream_plan(config, resolve(path), memory=memory_available(), name=config.data or path)
 
 
 @task(name="initialize-weight", cache_policy=NO_CACHE)
@@ -169,6 +211,8 @@ def train_model(
     config: TrainConfig, dataset: Dataset, initial: dict[str, float], *, device: str, run: RunRef
 ) -> TrainResult:
     """Run gradient descent on `device`, writing epoch metrics to the database as it goes."""
+    if dataset.stream is not None:
+        return _train_streamed(config, dataset, initial, device=device, run=run)
     problem = TrainingProblem.prepare(
         dataset,
         initial,
@@ -206,6 +250,7 @@ def train_model(
     on_chunk = _chunk_handler(config, problem, writer, progress)
     opt, train_device = optimization(config, lr), resolve_device(device)
     _log_loss_path(problem, loss_path_of(problem.data, opt, train_device))
+    _log_kernel_fallback(problem, opt, train_device)
     with stop_on_signals(), progress:
         result = fit(
             problem.data,
@@ -223,8 +268,91 @@ def train_model(
     return result
 
 
+def _train_streamed(
+    config: TrainConfig, dataset: Dataset, initial: dict[str, float], *, device: str, run: RunRef
+) -> TrainResult:
+    """`train_model` on a streamed data set (`training.streamed`): the learning rate and the
+    conditioning from the rows' Gram matrix, mini-batches from the shuffle buffer."""
+    assert config.batch_size is not None, "stream_plan streams mini-batch runs only"
+    streamed = StreamedProblem.prepare(
+        dataset,
+        initial,
+        standardize=config.standardize,
+        family=config.model,
+        batch_size=config.batch_size,
+        class_weight=config.class_weight,
+        shuffle_buffer=config.shuffle_buffer,
+    )
+    problem = streamed.problem
+    gram = streamed.gram(any(is_bias(name) for name in problem.initial))
+    lr = learning_rate(config, problem, rows=gram)
+    if streamed.class_weights is None:
+        conditioning = check_conditioning(config, problem, lr, rows=gram)
+    else:
+        conditioning = Conditioning(None, None, [])
+        get_run_logger().info(
+            "Conditioning not checked: streamed rows weighted by --class-weight have no Gram "
+            "matrix (it is formed unweighted)"
+        )
+    engine = open_database(run.database_url)
+    record_setup(
+        engine,
+        run_id=run.run_id,
+        names=list(initial),
+        device=device,
+        conditioning=conditioning,
+        model=config.model,
+        task=config.resolved_task,
+        classes=dataset.classes,
+    )
+    progress = ProgressArtifact(
+        config.epochs,
+        description=f"gdflow run {run.run_id}: epochs done of {config.epochs}",
+        logger=get_run_logger(),
+    )
+    writer = MetricWriter(engine=engine, run_id=run.run_id)
+    on_chunk = _chunk_handler(config, problem, writer, progress)
+    row_bytes = (dataset.n_features + 1) * np.dtype(config.dtype).itemsize
+    get_run_logger().info(
+        "Mini-batches of %d rows drawn from a shuffle buffer of %s rows (%s)",
+        config.batch_size,
+        f"{streamed.buffer_rows:,}",
+        size_text(min(streamed.buffer_rows, dataset.n_rows) * row_bytes),
+    )
+    with stop_on_signals(), progress:
+        result = fit_streamed(
+            streamed,
+            optimization(config, lr),
+            device=resolve_device(device),
+            hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
+        )
+    result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
+    _log_stop(result)
+    return result
+
+
+def _log_kernel_fallback(problem: TrainingProblem, opt: Optimization, device: torch.device) -> None:
+    """Say when a linear classifier that the fused cross-entropy kernel would serve trains on
+    the torch ops instead, and why (no C compiler, a failed build, switched off)."""
+    if problem.network is not None or problem.family not in CLASSIFIERS:
+        return
+    full_batch = opt.batch_size is None or opt.batch_size >= problem.x.shape[0]
+    if worth_fusing(problem.x.shape, full_batch=full_batch, device=device) and kernel_problem():
+        get_run_logger().warning(
+            "Training on the torch ops (two reads of the rows an epoch): the fused "
+            "cross-entropy kernel is unavailable: %s",
+            kernel_problem(),
+        )
+
+
 def _log_loss_path(problem: TrainingProblem, path: str) -> None:
-    """Say when training runs on the rows' sufficient statistics rather than on the rows."""
+    """Say when training runs on the rows' sufficient statistics rather than on the rows, or
+    on the fused cross-entropy kernel."""
+    if path == "fused" and problem.family in CLASSIFIERS:
+        get_run_logger().info(
+            "Training on the fused cross-entropy kernel: one read of the %s rows an epoch",
+            f"{problem.x.shape[0]:,}",
+        )
     if path == "statistics":
         rows, features = problem.x.shape
         get_run_logger().info(
@@ -245,12 +373,15 @@ def find_learning_rate(config: TrainConfig, problem: TrainingProblem, device: st
     return test
 
 
-def learning_rate(config: TrainConfig, problem: TrainingProblem) -> float:
-    """The configured learning rate, with 'auto' resolved from the data (and logged)."""
+def learning_rate(
+    config: TrainConfig, problem: TrainingProblem, *, rows: Optional[Gram] = None
+) -> float:
+    """The configured learning rate, with 'auto' resolved from the data (and logged); `rows`:
+    the Gram matrix of rows not in memory (a streamed data set's)."""
     if config.lr != "auto":
         return config.lr
     lr = auto_learning_rate(
-        problem.x,
+        problem.x if rows is None else rows,
         bias=config.bias,
         optimizer=config.optimizer,
         family=config.model,
@@ -260,13 +391,16 @@ def learning_rate(config: TrainConfig, problem: TrainingProblem) -> float:
     return lr
 
 
-def check_conditioning(config: TrainConfig, problem: TrainingProblem, lr: float) -> Conditioning:
+def check_conditioning(
+    config: TrainConfig, problem: TrainingProblem, lr: float, *, rows: Optional[Gram] = None
+) -> Conditioning:
     """The data's conditioning at learning rate `lr`; each of its warnings is logged. A network
-    has no stability bound (its loss is not a quadratic or a convex function of its weights)."""
+    has no stability bound (its loss is not a quadratic or a convex function of its weights).
+    `rows`: the Gram matrix of rows not in memory (a streamed data set's)."""
     if config.network:
         return Conditioning(None, None, [])
     conditioning = analyse(
-        problem.x,
+        problem.x if rows is None else rows,
         bias=config.bias,
         lr=None if config.lr == "auto" else lr,
         optimizer=config.optimizer,
@@ -352,6 +486,8 @@ def evaluate_prediction(
     config: TrainConfig, dataset: Dataset, params: dict[str, float]
 ) -> dict[str, Any]:
     """Predictions for the configured inputs, the training loss and the gap to the optimum."""
+    if dataset.stream is not None:
+        return _evaluate_streamed(config, dataset, params)
     validation = None
     if dataset.x_val is not None and dataset.y_val is not None:
         validation = (dataset.x_val, dataset.y_val)
@@ -377,6 +513,40 @@ def evaluate_prediction(
         evaluation["param_distance"],
         evaluation["loss_gap"],
     )
+    return evaluation
+
+
+def _evaluate_streamed(
+    config: TrainConfig, dataset: Dataset, params: dict[str, float]
+) -> dict[str, Any]:
+    """`evaluate_prediction` on a streamed data set: one more pass over its rows, logged as
+    the in-memory evaluation is."""
+    streamed = StreamedProblem.prepare(
+        dataset,
+        params,
+        standardize=False,
+        family=config.model,
+        batch_size=config.batch_size or 1,
+        class_weight=config.class_weight,
+    )
+    evaluation = evaluate_streamed(streamed, params, predict_rows=config.prediction_inputs)
+    logger = get_run_logger()
+    for prediction in evaluation["predictions"]:
+        line = class_prediction_line if "class" in prediction else prediction_line
+        logger.info(line(prediction))
+    least_squares = evaluation.get("least_squares")
+    if least_squares is not None:
+        optimum = ", ".join(f"{k} = {v:.6g}" for k, v in least_squares["params"].items())
+        logger.info(
+            "Least-squares optimum (from the streamed moments): %s (loss %.6g); distance to it "
+            "%.3g, loss gap %.3g",
+            optimum,
+            least_squares["loss"],
+            evaluation["param_distance"],
+            evaluation["loss_gap"],
+        )
+    else:
+        logger.info("No exact optimum to compare with: %s", evaluation["optimum"]["reason"])
     return evaluation
 
 

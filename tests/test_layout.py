@@ -253,4 +253,6 @@ def test_the_wheel_installs_only_gdflow(tmp_path: Path) -> None:
     assert packages == set(_subpackages())
     assert "gdflow/storage/migrations/script.py.mako" in names
     assert "gdflow/flows/automations/gdflow-alerts.yaml" in names  # what `gdflow alerts` reads
+    assert "gdflow/training/cross_entropy_kernel.c" in names  # the fused kernel's source,
+    assert "gdflow/training/cross_entropy_rows.h" in names  # compiled on first use
     assert any(name.startswith("gdflow/storage/migrations/versions/") for name in names)

@@ -38,11 +38,30 @@ class Conditioning:
 CURVATURE = {"linear": 2.0, "logistic": 0.25, "softmax": 0.5}
 
 
+@dataclass(frozen=True)
+class Gram:
+    """A^T A of rows not in memory (a streamed data set's, `training.streamed`): the design
+    matrix A has the bias's column of ones last when the model has one; `rows` is n."""
+
+    matrix: np.ndarray
+    rows: int
+
+
 def hessian_eigenvalues(
-    x: np.ndarray, *, bias: bool, family: str = "linear", weights: Optional[np.ndarray] = None
+    x: np.ndarray | Gram,
+    *,
+    bias: bool,
+    family: str = "linear",
+    weights: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Eigenvalues (ascending) of the MSE loss Hessian of a linear model on `x`, or of a
-    classifier's Hessian bound c A^T W A / n (`family` logistic or softmax, `weights` per row)."""
+    classifier's Hessian bound c A^T W A / n (`family` logistic or softmax, `weights` per row).
+    `x` may be the rows' Gram matrix instead (unweighted)."""
+    if isinstance(x, Gram):
+        if not np.isfinite(x.matrix).all():
+            raise features_too_large(float(np.sqrt(np.abs(x.matrix).max())))
+        factor = 2.0 if family == "linear" else CURVATURE[family]
+        return np.linalg.eigvalsh(factor / x.rows * x.matrix)
     x64 = np.asarray(x, dtype=np.float64)
     n, d = x64.shape
     gram = np.empty((d + bias, d + bias))
@@ -61,7 +80,7 @@ def hessian_eigenvalues(
 
 
 def analyse(
-    x: np.ndarray,
+    x: np.ndarray | Gram,
     *,
     bias: bool,
     lr: Optional[float],
@@ -112,7 +131,7 @@ def analyse(
 
 
 def auto_learning_rate(
-    x: np.ndarray,
+    x: np.ndarray | Gram,
     *,
     bias: bool,
     optimizer: str = "sgd",

@@ -22,15 +22,15 @@ from typing import Optional
 import torch
 
 from gdflow.training.batches import MiniBatches
+from gdflow.training.fused_cross_entropy import choose_classifier_path
 from gdflow.training.model import (
     CLASSIFIERS,
     ClassifierModel,
-    LinearModel,
     NetworkModel,
     TrainingData,
     build_model,
 )
-from gdflow.training.optimization import Optimization, make_optimizer, make_scheduler
+from gdflow.training.optimization import Optimization, make_optimizer, make_scheduler, zero_grad
 from gdflow.training.records import CHUNK_EPOCHS, FLUSH_SECONDS, EpochChunk, EpochRecords
 from gdflow.training.result import History, TrainResult
 from gdflow.training.statistics_mse import LossPath, choose_loss_path
@@ -52,12 +52,16 @@ class Hooks:
 
 
 def loss_path_of(data: TrainingData, opt: Optimization, device: torch.device) -> LossPath:
-    """How `fit` will compute the full-batch loss of this problem (`choose_loss_path`)."""
+    """How `fit` will compute the full-batch loss of this problem (`choose_loss_path`, and
+    `choose_classifier_path` for a linear classifier)."""
     rows = data.x.shape[0]
+    full_batch = opt.batch_size is None or opt.batch_size >= rows
+    if data.network is None and data.family in CLASSIFIERS:
+        return choose_classifier_path(data.x.shape, full_batch=full_batch, device=device)
     return choose_loss_path(
         data.x.shape,
         linear=data.network is None and data.family not in CLASSIFIERS,
-        full_batch=opt.batch_size is None or opt.batch_size >= rows,
+        full_batch=full_batch,
         epochs=opt.epochs,
         device=device,
     )
@@ -82,11 +86,14 @@ def fit(
     batches = MiniBatches(x.shape[0], opt.batch_size, opt.seed, device)
     path = loss_path or loss_path_of(data, opt, device)
     started = time.perf_counter()  # the statistics' one pass counts as training time
-    if isinstance(model, LinearModel) and batches.full:
+    if batches.full:
         model.use_loss_path(path)  # forms the statistics, once, on the statistics path
     elif path != "direct":
         raise ValueError(f"loss path {path!r} is for full-batch linear models only")
-    records = EpochRecords(max(1, min(hooks.chunk_epochs, opt.epochs)))
+    records = EpochRecords(
+        max(1, min(hooks.chunk_epochs, opt.epochs)),
+        mean_batch_losses=None if batches.full else batches.mean_batch_losses,
+    )
     has_val = model.validation is not None
     has_accuracy = has_val and classifier and data.task != "regression"
     recorded = params
@@ -96,23 +103,30 @@ def fit(
     history = History(
         initial, opt, has_val=has_val, has_accuracy=has_accuracy, on_chunk=hooks.on_chunk
     )
+    group = optimizer.param_groups[0]
+    lr = group["lr"]  # changed by the scheduler only
+    val_loss: Optional[torch.Tensor] = None
+    accuracy: Optional[torch.Tensor] = None
     last_flush = time.monotonic()
     for epoch in range(1, opt.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
         if batches.full:
             loss = model.full_loss()
             loss.backward()
             # zero_grad() below sets .grad to None, so keeping these tensors copies nothing.
             grads = [p.grad for p in params]
             optimizer.step()
-            optimizer.zero_grad()
+            zero_grad(params)
         else:
             loss, grads = batches.epoch(model, params, optimizer)
-        with torch.no_grad():
-            accuracy = model.validation_accuracy() if isinstance(model, ClassifierModel) else None
-            records.add(lr, loss.detach(), grads, recorded, model.validation_loss(), accuracy)
+        if has_val:
+            with torch.no_grad():
+                val_loss = model.validation_loss()
+                if isinstance(model, ClassifierModel):
+                    accuracy = model.validation_accuracy()
+        records.add(lr, loss.detach(), grads, recorded, val_loss, accuracy)
         if scheduler is not None:
             scheduler.step()
+            lr = group["lr"]
         asked = hooks.asked_to_stop()
         if (
             asked

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gdflow.training.fused_cross_entropy import fused_cross_entropy
 from gdflow.training.fused_mse import fused_mse
 from gdflow.training.statistics_mse import LossPath, MSEStatistics, StatisticsMSE
 
@@ -116,7 +117,15 @@ class LinearModel:
 
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
         """The MSE on the training rows `index` (a mini-batch)."""
-        return ((self(self.x[index]) - self.y[index]) ** 2).mean()
+        x, y = self.x.index_select(0, index), self.y.index_select(0, index)  # x[index], faster
+        return ((self(x) - y) ** 2).mean()
+
+    def loss(
+        self, inputs: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """The MSE on rows given as tensors (a streamed batch, `training.streamed`), as
+        `batch_loss` computes it; `weights` is a classifier's, never given here."""
+        return ((self(inputs) - target) ** 2).mean()
 
     def validation_loss(self) -> Optional[torch.Tensor]:
         """The MSE on the validation rows (call under torch.no_grad()); None without them."""
@@ -130,7 +139,14 @@ class LinearModel:
 
 class ClassifierModel:
     """logits = x @ W^T (+ b) with a cross-entropy loss, its data on `device` (float64 for
-    float64 data, else float32); W has one row per output."""
+    float64 data, else float32); W has one row per output.
+
+    Its full-batch loss is computed by the torch ops (`direct`) or, for large data on the CPU,
+    by the fused kernel (`fused`: `fused_cross_entropy`, one read of the rows), as `fit`
+    chooses (`use_loss_path`)."""
+
+    #: How `full_loss` computes the loss on every training row.
+    loss_path: LossPath = "direct"
 
     def __init__(self, data: TrainingData, initial: dict[str, float], device: torch.device):
         self.names = tuple(initial)
@@ -181,14 +197,32 @@ class ClassifierModel:
             each = F.cross_entropy(logits, target, reduction="none")
         return (each * weights).mean() if weights is not None else each.mean()
 
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        """The bias tensor, or None for a model without one."""
+        return self.b if self.has_bias else None
+
+    def use_loss_path(self, path: LossPath) -> None:
+        """Compute full-batch losses by `path`: `direct` or `fused` (the rows, targets and
+        weights are made contiguous for the kernel, once: a copy only if they are not)."""
+        if path not in ("direct", "fused"):
+            raise ValueError(f"loss path {path!r} is for full-batch linear models only")
+        if path == "fused":
+            self.x, self.y = self.x.contiguous(), self.y.contiguous()
+            self.weights = self.weights.contiguous() if self.weights is not None else None
+        self.loss_path = path
+
     def full_loss(self) -> torch.Tensor:
-        """The loss on every training row."""
+        """The loss on every training row, by the chosen path."""
+        if self.loss_path == "fused":
+            return fused_cross_entropy(self.x, self.y, self.w, self.bias, self.weights)
         return self.loss(self.x, self.y, self.weights)
 
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
         """The loss on the training rows `index`."""
-        weights = self.weights[index] if self.weights is not None else None
-        return self.loss(self.x[index], self.y[index], weights)
+        weights = self.weights.index_select(0, index) if self.weights is not None else None
+        x, y = self.x.index_select(0, index), self.y.index_select(0, index)  # x[index], faster
+        return self.loss(x, y, weights)
 
     def validation_loss(self) -> Optional[torch.Tensor]:
         """The unweighted mean cross-entropy on the validation rows (under torch.no_grad())."""
@@ -238,6 +272,11 @@ class NetworkModel(ClassifierModel):
                 self._target(y_val, device),
             )
         self.params = list(self.module.parameters())
+
+    def use_loss_path(self, path: LossPath) -> None:
+        """A network's loss is always its module's ops (`direct`)."""
+        if path != "direct":
+            raise ValueError(f"loss path {path!r} is for linear models only, not networks")
 
     def _target(self, y: np.ndarray, device: torch.device) -> torch.Tensor:
         if self.task == "regression":

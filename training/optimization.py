@@ -29,10 +29,22 @@ class Optimization:
 
 
 def make_optimizer(params: list[torch.Tensor], opt: Optimization) -> torch.optim.Optimizer:
-    """The configured torch.optim optimizer."""
+    """The configured torch.optim optimizer. On the CPU it is told `foreach=False`, the
+    single-tensor loop it would choose anyway, which spares it the check every step (3% of a
+    statistics-path epoch); elsewhere it chooses (foreach on CUDA)."""
+    foreach = False if all(p.device.type == "cpu" for p in params) else None
     if opt.optimizer == "adam":
-        return torch.optim.Adam(params, lr=opt.lr)
-    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
+        return torch.optim.Adam(params, lr=opt.lr, foreach=foreach)
+    return torch.optim.SGD(
+        params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, foreach=foreach
+    )
+
+
+def zero_grad(params: list[torch.Tensor]) -> None:
+    """What `optimizer.zero_grad()` does by default (each `.grad` set to None), without its
+    profiler wrapper: 60,000 fewer instructions a step (12% of a statistics-path epoch)."""
+    for p in params:
+        p.grad = None
 
 
 def make_scheduler(

@@ -3,10 +3,13 @@
 Each epoch records the loss before the update, the gradient norm, the parameters after the
 update and, with a validation split, the validation loss after the update. Keeping references on
 the device and copying a whole chunk at once means a GPU run does not synchronise every epoch.
+A mini-batch epoch keeps its batch losses and the last batch's gradients; its loss (their
+row-weighted mean, `MiniBatches.mean_batch_losses`) is reduced on the host with the chunk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,10 +53,15 @@ class EpochRecords:
     gradient norms and the host copy are computed for the whole chunk at once.
     """
 
-    def __init__(self, rows: int) -> None:
+    def __init__(
+        self, rows: int, mean_batch_losses: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    ) -> None:
         self.rows = rows
+        #: For mini-batches: each epoch's loss from its row of batch losses, on the host.
+        self.mean_batch_losses = mean_batch_losses
         self.lrs = np.empty(rows)
         self.count = 0
+        #: Each epoch's loss, or a mini-batch epoch's batch losses (reduced in `take`).
         self.losses: list[torch.Tensor] = []
         self.grads: list[list[torch.Tensor]] = []
         self.params: list[list[torch.Tensor]] = []
@@ -92,9 +100,9 @@ class EpochRecords:
         the epochs' learning rates; then start afresh."""
         lrs = self.lrs[: self.count].copy()
         with torch.no_grad():
+            losses = torch.stack(self.losses)  # (epochs,), or (epochs, batches) for mini-batches
             grads = torch.cat([torch.stack(g).reshape(self.count, -1) for g in zip(*self.grads)], 1)
             columns = [
-                torch.stack(self.losses).reshape(-1, 1),
                 torch.linalg.vector_norm(grads, dim=1).reshape(-1, 1),
                 *(torch.stack(p).reshape(self.count, -1) for p in zip(*self.params)),
             ]
@@ -102,7 +110,12 @@ class EpochRecords:
                 columns.append(torch.stack(self.val_losses).reshape(-1, 1))
             if self.val_accuracies:
                 columns.append(torch.stack(self.val_accuracies).reshape(-1, 1))
+            if self.mean_batch_losses is None:
+                columns.insert(0, losses.reshape(-1, 1))
             host = torch.cat(columns, 1).to("cpu", copy=True).numpy()  # never a device view
+            if self.mean_batch_losses is not None:
+                epoch_losses = self.mean_batch_losses(losses.to("cpu").numpy())
+                host = np.concatenate([epoch_losses.reshape(-1, 1), host], axis=1)
         self.losses, self.grads, self.params, self.val_losses = [], [], [], []
         self.val_accuracies = []
         self.count = 0

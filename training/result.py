@@ -42,6 +42,9 @@ class TrainResult:
     #: How the full-batch loss was computed: the model's ops on every row ("direct"), one
     #: fused pass over the rows ("fused"), or the rows' sufficient statistics ("statistics").
     loss_path: LossPath = "direct"
+    #: Where the rows were: all in memory ("in-memory"), or read from their files epoch by
+    #: epoch ("streamed", `training.streamed`).
+    data_mode: str = "in-memory"
 
 
 class History:

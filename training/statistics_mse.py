@@ -39,7 +39,8 @@ import torch
 from gdflow.training.fused_mse import FUSED_MIN_ELEMENTS
 
 #: How `fit` computes the full-batch loss: the model's own ops on every row ("direct"), one
-#: fused pass over the rows (`fused_mse`), or the sufficient statistics (this module).
+#: fused pass over the rows (`fused_mse`; `fused_cross_entropy` for a linear classifier), or
+#: the sufficient statistics (this module).
 LossPath = Literal["direct", "fused", "statistics"]
 
 #: Elements (rows x (features + 1), float64) of one block while the statistics are formed on

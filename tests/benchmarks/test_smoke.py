@@ -50,7 +50,17 @@ def rows_of(name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str
                 "training 20000x16 (cpu)",
                 "training statistics epoch 20000x16 (cpu)",
                 "training statistics epoch, rows 1,000 -> 20,000 (cpu)",
+                "training logistic 20000x16 (cpu)",
+                "training softmax 10 classes 20000x16 (cpu)",
                 "training seed 5 points (cpu)",
+            ],
+        ),
+        (
+            "overhead",
+            [
+                "overhead linear SGD batch 256, 20,000x16 (cpu)",
+                "overhead MLP 64,64 SGD full batch, 20,000x16 (cpu)",
+                "overhead MLP 64,64 SGD batch 256, 20,000x16 (cpu)",
             ],
         ),
         (
@@ -72,6 +82,15 @@ def rows_of(name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str
             # each load runs in a fresh process; make test-extended runs it
             marks=[pytest.mark.process, pytest.mark.extended],
         ),
+        pytest.param(
+            "streaming",
+            [
+                "streaming 20,000x16 training rows/s vs one pyarrow read",
+                "streaming 20,000x16 peak memory vs RLIMIT_AS",
+            ],
+            # the streamed run and the pyarrow read each run in a fresh process
+            marks=[pytest.mark.process, pytest.mark.extended],
+        ),
     ],
 )
 def test_benchmark_prints_its_rows(
@@ -90,9 +109,14 @@ def test_orchestration_benchmark_runs_once_in_ephemeral_mode(
 
     if server_is_healthy(local_api_url()):
         pytest.skip("a Prefect server listens on 127.0.0.1:4200: ephemeral mode is not measured")
-    rows = rows_of("orchestration", capsys)  # one gdflow run, one seed run (no warm-up)
-    assert sorted(rows) == ["orchestration, ephemeral"]
-    assert re.fullmatch(
-        r"gdflow run [\d.]+ s, seed script [\d.]+ s \(medians of 1\)",
-        rows["orchestration, ephemeral"]["raw"],
-    ), rows
+    rows = rows_of("orchestration", capsys)  # one run of each program (no warm-up)
+    assert sorted(rows) == [
+        "orchestration, ephemeral: gdflow / bare flow",
+        "orchestration, ephemeral: gdflow / seed script",
+    ]
+    for other in ("bare flow", "seed script"):
+        assert re.fullmatch(
+            rf"gdflow run [\d.]+ s, {other} [\d.]+ s \(cpu [\d.]+ s, [\d.]+ s; medians of 1, "
+            r"load [\d.]+-[\d.]+\)",
+            rows[f"orchestration, ephemeral: gdflow / {other}"]["raw"],
+        ), rows

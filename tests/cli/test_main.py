@@ -207,3 +207,27 @@ def test_a_run_opens_one_engine_and_checks_the_schema_once(
     assert "run 1 completed: 5 epochs" in capsys.readouterr().out
     assert len(engines) == 1, f"{len(engines)} engines opened on {path}"
     assert len(checks) == 1, checks
+
+
+def test_the_console_script_imports_with_the_collector_paused_then_frozen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    from gdflow.cli import main as cli
+
+    made: list[list[int]] = []
+    with cli._imports_without_gc():  # called in process (tests, notebooks): no change
+        assert gc.isenabled()
+        made += [[i] for i in range(1000)]
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(cli, "_console_script", True)
+    try:
+        with cli._imports_without_gc():
+            assert not gc.isenabled()
+            made += [[i] for i in range(1000)]
+        assert gc.isenabled()
+        # what the imports built is left out of later collections
+        assert gc.get_freeze_count() >= len(made)
+    finally:
+        gc.unfreeze()

@@ -40,14 +40,14 @@ linux_only = pytest.mark.skipif(
 )
 
 #: A stand-in for `gdflow run` that imports neither torch nor the flow: it starts the temporary
-#: server as `gdflow run` does (early, from a background thread), prints its API URL and
-#: whether a flow run would get a UI link, then waits until the file named by its argument
-#: exists and exits normally.
+#: server as `gdflow run` does (early, from a background thread; a line while it waits for it, as
+#: `gdflow run` prepares its training then), prints its API URL and whether a flow run would get
+#: a UI link, then waits until the file named by its argument exists and exits normally.
 GDFLOW_LIKE = """
 import os, sys, time
 from gdflow.cli.main import start_temporary_server_early
 import prefect.main  # as the flow's import does: Prefect's logging set up
-start_temporary_server_early()()
+start_temporary_server_early(while_waiting=lambda: print("while it boots", flush=True))()
 from prefect.utilities.urls import url_for
 print("ui link", url_for("flow-run", obj_id="00000000-0000-0000-0000-000000000000"))
 print("api", os.environ["PREFECT_API_URL"], flush=True)
@@ -105,6 +105,7 @@ def test_the_temporary_server_has_its_own_group_and_ends_with_gdflow(
         api_url = _api_url(log, gdflow)
         servers = temporary_servers_of(gdflow.pid)
         assert len(servers) == 1 and server_is_healthy(api_url)
+        assert log.read_text().count("while it boots") == 1  # the server takes seconds
         # Out of reach of a terminal's Ctrl-C, which goes to gdflow's (foreground) group.
         assert os.getpgid(servers[0]) == servers[0] != os.getpgid(gdflow.pid)
         if end == "SIGKILL":

@@ -110,3 +110,18 @@ def test_flow_and_config_pickle_with_cloudpickle() -> None:
     assert restored.name == "train"
     config = TrainConfig(lr=0.5, predict=[1, 2])
     assert cloudpickle.loads(cloudpickle.dumps(config)) == config
+
+
+def test_the_flow_run_keeps_its_own_tags_and_gains_gdflow_s(database_url: str) -> None:
+    from prefect import tags
+    from prefect.client.orchestration import get_client
+
+    from gdflow.flows.train import run_tags
+
+    config = TrainConfig(database_url=database_url, epochs=3)
+    with tags("team-a"):  # as a deployment's or a caller's tags
+        state = train_flow(config=config, return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+    assert set(flow_run.tags) == {"team-a", *run_tags(config, "cpu")}

@@ -185,3 +185,54 @@ def test_a_forked_child_opens_its_own_engine(tmp_path: Path) -> None:
     assert (status, answer) == (0, b"own")
     assert engine_for(url) is parent  # the parent keeps its engine
     dispose_engines()
+
+
+def _new_run(url: str, source: str) -> int:
+    """Record a run through this process's engine for `url`; its id."""
+    with Session(engine_for(url)) as session, session.begin():
+        return create_run(session, config={}, data_source=source, parameter_names=[])
+
+
+def _sources(path: Path) -> list[str]:
+    """The data sources of the runs in the SQLite file at `path`, read with a fresh engine."""
+    engine = make_engine(f"sqlite:///{path}", create_schema=False)
+    try:
+        with Session(engine) as session:
+            return [run.data_source for run in reversed(list_runs(session, limit=10))]
+    finally:
+        engine.dispose()
+
+
+def test_a_deleted_database_file_gets_a_new_engine_and_its_schema(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    url = f"sqlite:///{path}"
+    first = engine_for(url)
+    _new_run(url, "before.csv")
+    with first.connect():  # a pooled connection on the file about to be deleted
+        pass
+    for leftover in tmp_path.glob("m.db*"):  # the file, its WAL and shared memory
+        leftover.unlink()
+    assert _new_run(url, "after.csv") == 1  # a new file, with its schema
+    assert engine_for(url) is not first
+    assert path.exists() and _sources(path) == ["after.csv"]
+    dispose_engines()
+
+
+def test_a_replaced_database_file_gets_a_new_engine(tmp_path: Path) -> None:
+    path, other = tmp_path / "m.db", tmp_path / "other.db"
+    url = f"sqlite:///{path}"
+    first = engine_for(url)
+    _new_run(url, "mine.csv")
+    engine = make_engine(f"sqlite:///{other}")
+    with Session(engine) as session, session.begin():
+        for source in ("a.csv", "b.csv"):
+            create_run(session, config={}, data_source=source, parameter_names=[])
+    engine.dispose()
+    os.replace(other, path)  # e.g. a backup restored over it
+    for leftover in tmp_path.glob("m.db-*"):
+        leftover.unlink()
+    assert _new_run(url, "c.csv") == 3  # written into the file now at the path
+    assert engine_for(url) is not first
+    assert _sources(path) == ["a.csv", "b.csv", "c.csv"]
+    assert engine_for(url) is engine_for(url)  # and kept while the file stays
+    dispose_engines()

@@ -66,7 +66,8 @@ def test_only_large_full_batch_linear_problems_leave_the_reference_ops() -> None
     assert path(square // 2, square * 2) == "fused"  # wide: more features than rows
     assert path(5, 1) == "direct"  # the seed keeps its exact ops
     assert path(FUSED_MIN_ELEMENTS // 4 - 1, 4) == "direct"
-    assert path(FUSED_MIN_ELEMENTS, 4, family="logistic", n_classes=2) == "direct"
+    # a small classifier keeps the torch ops (large ones: tests/training/test_fused_cross_entropy)
+    assert path(1000, 4, family="logistic", n_classes=2) == "direct"
     mini_batches = Optimization(lr=0.1, epochs=100, batch_size=64)
     data = TrainingData(np.zeros((FUSED_MIN_ELEMENTS, 4)), np.zeros(FUSED_MIN_ELEMENTS))
     assert loss_path_of(data, mini_batches, CPU) == "direct"

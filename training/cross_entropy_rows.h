@@ -1,0 +1,254 @@
+/* One block of rows of the fused cross-entropy, in the rows' own type: included twice by
+ * cross_entropy_kernel.c, with REAL float (LANES 16) and with REAL double (LANES 8); FN(name)
+ * names each function after its type, EXP, LOG and LOG1P are that type's exp, log and log1p.
+ *
+ * A block is at most BLOCK_ROWS rows (4 KiB of float rows with 16 features): its logits, its
+ * losses and its gradient are computed while it is in L1. Per row, the products and the
+ * polynomials run in REAL, vectorised over rows; each block's sums are added into the chunk's
+ * double sums (the loss row by row, the gradient block by block). */
+
+typedef REAL FN(vector) __attribute__((vector_size(64)));
+typedef WORD FN(bits) __attribute__((vector_size(64)));
+#define VEC FN(vector)
+#define BITS FN(bits)
+/* GCC before 12 has only __builtin_shuffle, with the lanes as a vector of integers. */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (BITS){__VA_ARGS__})
+#endif
+
+static inline VEC FN(load)(const REAL *p) {
+    VEC v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* sum[l] = the sum of the lanes of p[l], for LANES vectors at once: four (three) rounds that
+ * each add two halves of every pair of vectors (2 (LANES - 1) shuffles and LANES - 1
+ * additions), then one shuffle that puts the sums back in the order of p. */
+#if LANES == 16
+static inline VEC FN(lane_sums)(VEC *p) {
+    for (int r = 0; r < 8; r++) { /* 256-bit halves */
+        VEC a = p[2 * r], b = p[2 * r + 1];
+        p[r] = SHUFFLE(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+               SHUFFLE(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    }
+    for (int r = 0; r < 4; r++) { /* 128-bit quarters */
+        VEC a = p[2 * r], b = p[2 * r + 1];
+        p[r] = SHUFFLE(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+               SHUFFLE(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    }
+    for (int r = 0; r < 2; r++) { /* pairs of lanes */
+        VEC a = p[2 * r], b = p[2 * r + 1];
+        p[r] = SHUFFLE(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+               SHUFFLE(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    }
+    VEC sums = SHUFFLE(p[0], p[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+               SHUFFLE(p[0], p[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    return SHUFFLE(sums, sums, 0, 4, 8, 12, 2, 6, 10, 14, 1, 5, 9, 13, 3, 7, 11, 15);
+}
+#else
+static inline VEC FN(lane_sums)(VEC *p) {
+    for (int r = 0; r < 4; r++) {
+        VEC a = p[2 * r], b = p[2 * r + 1];
+        p[r] = SHUFFLE(a, b, 0, 1, 2, 3, 8, 9, 10, 11) + SHUFFLE(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+    for (int r = 0; r < 2; r++) {
+        VEC a = p[2 * r], b = p[2 * r + 1];
+        p[r] = SHUFFLE(a, b, 0, 1, 8, 9, 4, 5, 12, 13) + SHUFFLE(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    VEC sums = SHUFFLE(p[0], p[1], 0, 8, 2, 10, 4, 12, 6, 14) +
+               SHUFFLE(p[0], p[1], 1, 9, 3, 11, 5, 13, 7, 15);
+    return SHUFFLE(sums, sums, 0, 4, 2, 6, 1, 5, 3, 7);
+}
+#endif
+
+/* w (d) as vectors of LANES, zero beyond d; the mask keeps the last vector's lanes below d. */
+static void FN(vectors_of)(const REAL *w, int64_t d, VEC *out, BITS *mask) {
+    const int64_t count = (d + LANES - 1) / LANES;
+    for (int64_t c = 0; c < count; c++) {
+        for (int l = 0; l < LANES; l++) {
+            out[c][l] = c * LANES + l < d ? w[c * LANES + l] : 0;
+        }
+    }
+    for (int l = 0; l < LANES; l++) (*mask)[l] = l < d % LANES ? -1 : 0;
+}
+
+/* logits[i] = bias + x[i] . w for rows (a multiple of LANES) rows x of d values, w as vectors
+ * (vectors_of): each row's products in one vector of lanes, the lanes of LANES rows summed at
+ * once (lane_sums). A row's last vector reads past its d values into the next row's (the
+ * caller pads the rows at the end of the data); the mask drops what it read. */
+static void FN(logits_of)(const REAL *x, int64_t rows, int64_t d, const VEC *w, BITS mask,
+                          REAL bias, REAL *logits) {
+    const int64_t full = d / LANES;
+    const int tail = d % LANES != 0;
+    for (int64_t i = 0; i < rows; i += LANES) {
+        VEC p[LANES];
+        for (int r = 0; r < LANES; r++) {
+            const REAL *row = x + (i + r) * d;
+            VEC acc = {0};
+            for (int64_t c = 0; c < full; c++) acc += FN(load)(row + c * LANES) * w[c];
+            if (tail) acc += (VEC)((BITS)(FN(load)(row + full * LANES) * w[full]) & mask);
+            p[r] = acc;
+        }
+        VEC sums = FN(lane_sums)(p) + bias;
+        memcpy(logits + i, &sums, sizeof sums);
+    }
+}
+
+/* grad (d, rounded up to LANES) = sum over the rows of coef[i] x[i], one vector of lanes at a
+ * time, with four accumulators (rows i mod 4) so that the additions do not wait on each other.
+ * Like logits_of it reads each row's last vector past d; those lanes of grad are not used. */
+static void FN(rows_times)(const REAL *x, int64_t rows, int64_t d, const REAL *coef,
+                           REAL *grad) {
+    const int64_t chunks = (d + LANES - 1) / LANES;
+    for (int64_t c = 0; c < chunks; c++) {
+        const REAL *column = x + c * LANES;
+        VEC g0 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
+        int64_t i = 0;
+        for (; i + 4 <= rows; i += 4) {
+            g0 += coef[i] * FN(load)(column + i * d);
+            g1 += coef[i + 1] * FN(load)(column + (i + 1) * d);
+            g2 += coef[i + 2] * FN(load)(column + (i + 2) * d);
+            g3 += coef[i + 3] * FN(load)(column + (i + 3) * d);
+        }
+        for (; i < rows; i++) g0 += coef[i] * FN(load)(column + i * d);
+        VEC g = (g0 + g1) + (g2 + g3);
+        memcpy(grad + c * LANES, &g, sizeof g);
+    }
+}
+
+/* W as vectors (scratch->w, one row of ceil(d / LANES) vectors per class), the mask of the
+ * last vector's lanes (scratch->mask) and BLOCK_ROWS ones (scratch->ones), once per thread. */
+static void FN(prepare)(const job_t *job, const scratch_t *scratch) {
+    const int64_t chunks = (job->d + LANES - 1) / LANES;
+    for (int64_t i = 0; i < BLOCK_ROWS; i++) ((REAL *)scratch->ones)[i] = 1;
+    for (int64_t c = 0; c < job->k; c++) {
+        FN(vectors_of)((const REAL *)job->w + c * job->d, job->d, (VEC *)scratch->w + c * chunks,
+                       (BITS *)scratch->mask);
+    }
+}
+
+/* The rows [start, start + rows) for logits_of: the data itself, or for the data's last rows a
+ * copy padded with zeros to a multiple of LANES rows and one vector beyond, so that no read
+ * goes past the end of x. */
+static const REAL *FN(rows_of)(const job_t *job, int64_t start, int64_t rows,
+                               const scratch_t *scratch) {
+    const int64_t d = job->d;
+    const REAL *x = (const REAL *)job->x + start * d;
+    if (start + rows < job->n || (rows % LANES == 0 && d % LANES == 0)) return x;
+    REAL *pad = (REAL *)scratch->pad;
+    const int64_t padded = (rows + LANES - 1) / LANES * LANES;
+    memcpy(pad, x, sizeof(REAL) * rows * d);
+    memset(pad + rows * d, 0, sizeof(REAL) * ((padded - rows) * d + LANES));
+    return pad;
+}
+
+/* The rows' weights from start on, or BLOCK_ROWS ones without weights: the loops always read
+ * an array (a masked load from a NULL pointer, which a compiler may make of `weights ? w[i] :
+ * 1`, costs a fault assist per vector on x86). */
+static const REAL *FN(weights_of)(const job_t *job, int64_t start, const scratch_t *scratch) {
+    return job->weights ? (const REAL *)job->weights + start : (const REAL *)scratch->ones;
+}
+
+/* The binary loss of rows [start, start + rows), added into sums (loss, dW, db). */
+static void FN(binary_block)(const job_t *job, int64_t start, int64_t rows,
+                             const scratch_t *scratch, double *sums) {
+    const int64_t d = job->d;
+    const REAL *x = FN(rows_of)(job, start, rows, scratch);
+    const REAL *target = (const REAL *)job->y + start;
+    const REAL *weights = FN(weights_of)(job, start, scratch);
+    const REAL *b = (const REAL *)job->b;
+    REAL *coef = (REAL *)scratch->z, *grad = (REAL *)scratch->grad;
+    FN(logits_of)(x, (rows + LANES - 1) / LANES * LANES, d, (const VEC *)scratch->w,
+                  *(const BITS *)scratch->mask, b ? b[0] : 0, coef);
+    double loss = 0.0, grad_b = 0.0;
+#pragma omp simd reduction(+ : loss, grad_b)
+    for (int64_t i = 0; i < rows; i++) {
+        REAL z = coef[i];
+        REAL e = EXP(z < 0 ? z : -z);
+        REAL u = 1 + e;
+        REAL r = 1 / u;
+        REAL log1p_e = LOG1P(e, u, r);
+        REAL each = (z > 0 ? z : 0) - z * target[i] + log1p_e;
+        REAL sigmoid = z >= 0 ? r : e * r;
+        REAL weight = weights[i];
+        loss += (double)(weight * each);
+        coef[i] = weight * (sigmoid - target[i]);
+        grad_b += (double)coef[i];
+    }
+    FN(rows_times)(x, rows, d, coef, grad);
+    sums[0] += loss;
+    for (int64_t j = 0; j < d; j++) sums[1 + j] += (double)grad[j];
+    sums[1 + d] += grad_b;
+}
+
+/* The multiclass loss of rows [start, start + rows), added into sums (loss, dW, db): z holds
+ * the logits class by class (k x BLOCK_ROWS), then their gradients. */
+static int FN(classes_block)(const job_t *job, int64_t start, int64_t rows,
+                             const scratch_t *scratch, double *sums) {
+    const int64_t d = job->d, k = job->k, chunks = (d + LANES - 1) / LANES;
+    const int64_t *label = (const int64_t *)job->y + start;
+    for (int64_t i = 0; i < rows; i++) {
+        if (label[i] < 0 || label[i] >= k) return GDFLOW_BAD_LABEL;
+    }
+    const REAL *x = FN(rows_of)(job, start, rows, scratch);
+    const REAL *weights = FN(weights_of)(job, start, scratch);
+    const REAL *b = (const REAL *)job->b;
+    REAL *z = (REAL *)scratch->z, *grad = (REAL *)scratch->grad;
+    REAL *top = (REAL *)scratch->rows, *total = top + BLOCK_ROWS, *picked = total + BLOCK_ROWS;
+    for (int64_t c = 0; c < k; c++) {
+        FN(logits_of)(x, (rows + LANES - 1) / LANES * LANES, d,
+                      (const VEC *)scratch->w + c * chunks, *(const BITS *)scratch->mask,
+                      b ? b[c] : 0, z + c * BLOCK_ROWS);
+    }
+    for (int64_t i = 0; i < rows; i++) {
+        top[i] = z[i];
+        total[i] = 0;
+        picked[i] = 0;
+    }
+    for (int64_t c = 1; c < k; c++) {
+        const REAL *zc = z + c * BLOCK_ROWS;
+#pragma omp simd
+        for (int64_t i = 0; i < rows; i++) top[i] = zc[i] > top[i] ? zc[i] : top[i];
+    }
+    for (int64_t c = 0; c < k; c++) {
+        REAL *zc = z + c * BLOCK_ROWS;
+#pragma omp simd
+        for (int64_t i = 0; i < rows; i++) {
+            picked[i] += label[i] == c ? zc[i] : 0;
+            REAL e = EXP(zc[i] - top[i]);
+            total[i] += e;
+            zc[i] = e;
+        }
+    }
+    double loss = 0.0;
+#pragma omp simd reduction(+ : loss)
+    for (int64_t i = 0; i < rows; i++) {
+        REAL weight = weights[i];
+        /* (max - z_y) + log(sum exp(z - max)): no cancellation when z_y is the max */
+        loss += (double)(weight * ((top[i] - picked[i]) + LOG(total[i])));
+        total[i] = weight / total[i];
+        top[i] = weight;
+    }
+    sums[0] += loss;
+    for (int64_t c = 0; c < k; c++) {
+        REAL *zc = z + c * BLOCK_ROWS;
+        double grad_b = 0.0;
+#pragma omp simd reduction(+ : grad_b)
+        for (int64_t i = 0; i < rows; i++) {
+            zc[i] = zc[i] * total[i] - (label[i] == c ? top[i] : 0);
+            grad_b += (double)zc[i];
+        }
+        FN(rows_times)(x, rows, d, zc, grad);
+        double *grad_c = sums + 1 + c * d;
+        for (int64_t j = 0; j < d; j++) grad_c[j] += (double)grad[j];
+        sums[1 + k * d + c] += grad_b;
+    }
+    return GDFLOW_OK;
+}
+
+#undef VEC
+#undef BITS
+#undef SHUFFLE
