@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from scipy.special import expit, softmax
 
 from gdflow.registry.model_file import ModelFile, ModelSpec
 from gdflow.training.classification import binary_log_loss, multiclass_log_loss
@@ -61,6 +60,8 @@ class Predictor:
         z = self.logits(x)
         if self.spec.task == "regression":
             return z
+        from scipy.special import expit, softmax  # a regression's run never loads scipy
+
         return np.asarray(expit(z) if self.spec.task == "binary" else softmax(z, axis=1))
 
     def loss(self, x: np.ndarray, y: np.ndarray) -> float:

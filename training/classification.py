@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
-from scipy.special import logsumexp
-from scipy.stats import rankdata
 
 from gdflow.config.errors import GdflowError
 
@@ -72,6 +70,8 @@ def multiclass_log_loss(
     logits: np.ndarray, y_idx: np.ndarray, weights: Optional[np.ndarray] = None
 ) -> float:
     """Weighted mean softmax cross-entropy sum_i w_i l_i / n of (n, k) logits."""
+    from scipy.special import logsumexp  # imported here: a regression run never loads scipy
+
     z = np.asarray(logits, dtype=np.float64)
     idx = class_indices(y_idx, z.shape[1])
     per_row = logsumexp(z, axis=1) - z[np.arange(z.shape[0]), idx]
@@ -96,6 +96,8 @@ def roc_auc(scores: np.ndarray, y01: np.ndarray) -> Optional[float]:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return None
+    from scipy.stats import rankdata  # imported here: a regression run never loads scipy
+
     ranks = rankdata(s)  # average ranks for ties
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
