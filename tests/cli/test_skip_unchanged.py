@@ -75,6 +75,7 @@ def test_an_unchanged_retrain_is_skipped_and_any_change_retrains(
         "bytes": len("a,y\n" + "".join(f"{i / 10},{3 * i / 10 + 1}\n" for i in range(40))),
         "rows": 40,
         "columns": [{"name": "a", "type": "double"}, {"name": "y", "type": "double"}],
+        "delimiter": ",",
     }
     text = gdflow_main(["show", "2"], database_url=url, cwd=tmp_path).stdout
     assert f"data fingerprint  {digest} (40 rows" in text and "skipped for       run 1" in text

@@ -153,7 +153,7 @@ def test_run_form_shows_the_config_and_starts_a_run(served: Served, browser) -> 
     page.get_by_text("Learning rate of the optimizer").wait_for(timeout=UI_TIMEOUT_MS)
     text = page.inner_text("body")
     for description in (
-        "CSV or Parquet file to train on",
+        "Data to train on: a CSV or TSV file",
         "Maximum number of epochs.",
         "Where tensors live: auto, cpu, cuda, cuda:N or mps.",
         "Converged once the loss changes by less than this between epochs.",
