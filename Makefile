@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # without, on the same 2 cores).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: run test test-fast test-extended lint typecheck-tree reliability bench setup clean
+.PHONY: run test test-fast test-extended lint typecheck-tree reliability bench soak setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,22 @@ bench: setup  ## run the four benchmarks (minutes; see BENCHMARKS.md); RECORD=1 
 	if [ $$status -eq 0 ] && [ -n "$(RECORD)" ]; then \
 		$(BIN)/python -m benchmarks.record bench --log bench.log --document BENCHMARKS.md \
 			|| status=1; \
+	fi; exit $$status
+
+# The soak (RELIABILITY.md, "The soak"): a real Prefect server, SOAK_RUNS scheduled runs of
+# `gdflow serve` and of a process pool with two workers (SOAK_VARIANT=serve|workers|both),
+# faults at moments drawn from SOAK_SEED; one summary line, exit 1 naming any invariant missed.
+# Report, databases and logs in test-artifacts/soak/. About an hour a variant at 500 runs.
+SOAK_RUNS ?= 500
+SOAK_SEED ?= 0
+SOAK_VARIANT ?= both
+
+soak: setup  ## hundreds of scheduled runs under injected faults, then every invariant checked
+	$(BIN)/python -m benchmarks.soak --runs $(SOAK_RUNS) --seed $(SOAK_SEED) \
+		--variant $(SOAK_VARIANT); status=$$?; \
+	if [ $$status -eq 0 ] && [ -n "$(RECORD)" ]; then \
+		$(BIN)/python -m benchmarks.record soak --log test-artifacts/soak/soak.json \
+			--document RELIABILITY.md || status=1; \
 	fi; exit $$status
 
 clean:

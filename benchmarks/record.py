@@ -1,13 +1,17 @@
 """Write a command's figures into the marked block of a document, with machine, date and versions.
 
-`make bench RECORD=1` and `make reliability RECORD=1` hand their output to this script, which
-replaces what lies between `<!-- figures:NAME begin -->` and `<!-- figures:NAME end -->` in
-BENCHMARKS.md or RELIABILITY.md; nothing outside the markers changes. So the documents hold
+`make bench RECORD=1`, `make reliability RECORD=1` and `make soak RECORD=1` hand their output to
+this script, which replaces what lies between `<!-- figures:NAME begin -->` and
+`<!-- figures:NAME end -->` in BENCHMARKS.md or RELIABILITY.md; nothing outside the markers
+changes. So the documents hold
 what the commands printed, never a hand-typed figure:
 
     python -m benchmarks.record bench --log bench.log --document BENCHMARKS.md
     python -m benchmarks.record reliability --log reliability.log --document RELIABILITY.md \
         [--hostile test-artifacts/hostile-input.json]
+    python -m benchmarks.record soak --log test-artifacts/soak/soak.json --document RELIABILITY.md
+
+(the soak's curves go to docs/soak/ beside the document).
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ from typing import Any, Optional
 #: The packages whose versions go with every recorded figure.
 VERSIONED = ("torch", "prefect", "sqlalchemy", "pandas", "pyarrow")
 #: The commands behind each kind of figures, as the documents name them.
-COMMANDS = {"bench": "make bench RECORD=1", "reliability": "make reliability RECORD=1"}
+COMMANDS = {
+    "bench": "make bench RECORD=1",
+    "reliability": "make reliability RECORD=1",
+    "soak": "make soak RECORD=1",
+}
+#: Where the soak's curves go, relative to the document (RELIABILITY.md links them there).
+SOAK_IMAGES = "docs/soak"
 BENCH_HEADER = ("benchmark", "ratio", "target", "result", "raw figures")
 PYTEST_SUMMARY = re.compile(r"^=*\s*(\d+ (passed|failed|skipped|error).*?)\s*=*$")
 
@@ -168,6 +178,41 @@ def reliability_figures(output: str, hostile: Optional[dict[str, Any]] = None) -
     return table + (f"\n\npytest: `{summaries[-1]}`" if summaries else "")
 
 
+def soak_reports(output: str) -> list[dict[str, Any]]:
+    """The variants of a soak report (test-artifacts/soak/soak.json)."""
+    try:
+        reports = json.loads(output)["variants"]
+    except (ValueError, KeyError, TypeError):
+        reports = None
+    if not isinstance(reports, list) or not reports:
+        raise RecordError(
+            "not a soak report (a JSON object with 'variants'); record the "
+            "test-artifacts/soak/soak.json of a finished 'make soak'"
+        )
+    return reports
+
+
+def soak_figures(output: str) -> str:
+    """The soak's block: per variant its faults, invariants and links to its curves."""
+    from benchmarks.soak.report import markdown
+
+    return markdown(soak_reports(output), SOAK_IMAGES)
+
+
+def write_soak_charts(output: str, document: Path) -> list[Path]:
+    """The soak's SVG curves into SOAK_IMAGES beside the document; the files written."""
+    from benchmarks.soak.report import charts
+
+    folder = document.parent / SOAK_IMAGES
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for report in soak_reports(output):
+        for name, svg in charts(report).items():
+            (folder / name).write_text(svg)
+            written.append(folder / name)
+    return written
+
+
 def replace_block(document: str, name: str, body: str) -> str:
     """The document with the text between NAME's begin and end markers replaced by `body`."""
     begin, end = f"<!-- figures:{name} begin -->", f"<!-- figures:{name} end -->"
@@ -194,7 +239,12 @@ def record(
     hostile: Optional[dict[str, Any]] = None,
 ) -> str:
     """The document with the `kind` figures of `output` and their provenance in their block."""
-    figures = bench_figures(output) if kind == "bench" else reliability_figures(output, hostile)
+    if kind == "bench":
+        figures = bench_figures(output)
+    elif kind == "soak":
+        figures = soak_figures(output)
+    else:
+        figures = reliability_figures(output, hostile)
     body = f"{provenance(machine, COMMANDS[kind])}\n\n{figures}"
     return replace_block(document, kind, body)
 
@@ -222,6 +272,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (OSError, RecordError, KeyError, ValueError) as exc:
         print(f"record: error: {args.document}: {exc}", file=sys.stderr)
         return 1
+    if args.kind == "soak":
+        write_soak_charts(output, args.document)
     args.document.write_text(updated)
     print(f"recorded the {args.kind} figures of {args.log} in {args.document}")
     return 0

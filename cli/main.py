@@ -526,9 +526,10 @@ def cmd_serve(values: dict[str, Any], settings: Settings) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from gdflow.flows.deployments import build_deployments, find_api_url, ui_url
+    from gdflow.flows.deployments import build_deployments, find_api_url, runner_limit, ui_url
 
-    _open_existing(settings)
+    crashed: list[int] = []
+    engine = _open_existing(settings, crashed)
     api_url = find_api_url()
     if api_url is None:
         raise CliError(
@@ -547,8 +548,9 @@ def cmd_serve(values: dict[str, Any], settings: Settings) -> int:
             deployments = build_deployments(config, **options)
         except ValueError as exc:
             raise CliError(f"invalid schedule: {str(exc).splitlines()[0]}") from None
+        _crash_in_prefect(engine, crashed)
         print(f"serving train/{NIGHTLY} and train/{ON_DEMAND}; watch at {ui_url(api_url)}")
-        serve(*deployments, print_starting_message=False)
+        serve(*deployments, print_starting_message=False, limit=runner_limit(deployments))
     return 0
 
 
@@ -579,24 +581,41 @@ def cmd_server(host: str, port: int) -> int:
         raise CliError("the 'prefect' command is not installed; reinstall gdflow") from None
 
 
-def _open_existing(settings: Settings) -> Engine:
+def _open_existing(settings: Settings, crashed: Optional[list[int]] = None) -> Engine:
     """The process's engine on the metrics database (created if missing), after marking
-    `crashed` the runs whose process is gone (each said on stderr); errors become CliError."""
+    `crashed` the runs whose process is gone (each said on stderr, and its id added to
+    `crashed` when given); errors become CliError."""
     from gdflow.config.errors import GdflowError
     from gdflow.runs.recording import open_database, reconcile_runs
 
     try:
         engine = open_database(settings.database_url)
-        crashed = reconcile_runs(engine)
+        found = reconcile_runs(engine)
     except GdflowError as exc:
         raise CliError(str(exc)) from None
-    for run_id in crashed:
+    for run_id in found:
         print(
             f"{PROG}: run {run_id} was left 'running' by a process that is gone; "
             "recorded it as crashed",
             file=sys.stderr,
         )
+    if crashed is not None:
+        crashed.extend(found)
     return engine
+
+
+def _crash_in_prefect(engine: Engine, run_ids: list[int]) -> None:
+    """Set Crashed in Prefect the flow runs of runs just recorded crashed: a killed `gdflow
+    serve` left them Running there, holding the deployment's slot (each said on stderr)."""
+    if not run_ids:
+        return
+    from gdflow.flows.orphans import crash_flow_runs
+
+    for flow_run_id in crash_flow_runs(engine, run_ids):
+        print(
+            f"{PROG}: its flow run {flow_run_id} was still running in Prefect; set it Crashed",
+            file=sys.stderr,
+        )
 
 
 def cmd_runs(limit: int, source: Optional[str], fmt: str, settings: Settings) -> int:

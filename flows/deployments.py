@@ -15,6 +15,13 @@ DEFAULT_PORT = 4200
 #: `prefect deployment run 'train/<name>'`. NIGHTLY carries the schedule (the cron, or
 #: `--interval` under `gdflow serve`); ON_DEMAND has none; GPU is prefect.yaml's only.
 NIGHTLY = "gdflow-nightly"
+#: Where `gdflow server` keeps the leases of deployment concurrency slots (unless the
+#: environment says otherwise): on disk, in PREFECT_HOME/concurrency_leases. Prefect's default
+#: keeps them in the server's memory, so a server restart loses them: a run holding the slot is
+#: then cancelled at its next lease renewal (every 225 s), and the slot of a run that died
+#: meanwhile is never freed (the soak found both; RELIABILITY.md, "The soak").
+LEASE_STORAGE_SETTING = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 ON_DEMAND = "gdflow-on-demand"
 GPU = "gdflow-gpu"
 
@@ -67,6 +74,7 @@ def server_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
         # The dashboard's browser code must call this server, not the default port.
         "PREFECT_SERVER_UI_API_URL": local_api_url(host, port),
     }
+    env.setdefault(LEASE_STORAGE_SETTING, LEASE_STORAGE)
     return [prefect, "server", "start", "--host", host, "--port", str(port)], env
 
 
@@ -91,6 +99,19 @@ def exposure_warning(host: str, env: dict[str, str]) -> Optional[str]:
         "machine with no authentication; set PREFECT_SERVER_API_AUTH_STRING=user:password "
         "for the server and PREFECT_API_AUTH_STRING for its clients first"
     )
+
+
+def runner_limit(deployments: list[Any]) -> Optional[int]:
+    """How many flow runs `gdflow serve`'s runner starts at once: as many as its deployments
+    may run together (one each, unless one has no concurrency limit: then no limit).
+    `prefect.serve` gives its runner no limit otherwise (PREFECT_RUNNER_PROCESS_LIMIT is not
+    read), and with a queue of scheduled runs the runner then proposes every one of them each
+    poll, all but one refused by the deployment's limit: a dozen refused state changes a second
+    on Prefect's database in the soak, which made its SQLite server answer 503."""
+    limits = [deployment.concurrency_limit for deployment in deployments]
+    if any(limit is None for limit in limits):
+        return None
+    return sum(getattr(limit, "limit", limit) for limit in limits)
 
 
 def build_deployments(

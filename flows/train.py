@@ -11,6 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run as current_run
 from prefect.states import Cancelled, State
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gdflow.config.errors import DivergedError
@@ -18,6 +19,7 @@ from gdflow.config.settings import Settings
 from gdflow.config.train import TrainConfig, safe_label
 from gdflow.data.dataset import Dataset
 from gdflow.data.drift import profile
+from gdflow.flows.orphans import crash_flow_runs
 from gdflow.registry import data_checks
 from gdflow.runs.recording import (
     RunRef,
@@ -25,6 +27,7 @@ from gdflow.runs.recording import (
     failure_outcome,
     mark_unfinished,
     open_database,
+    reconcile_runs,
     record_checks,
     record_data,
     skip_run,
@@ -98,12 +101,26 @@ def _on_unfinished(flow: Any, flow_run: FlowRun, state: State) -> None:
     )
 
 
+def _reconcile(engine: Engine) -> None:
+    """Record `crashed` the runs of this host whose process is gone (a worker killed with its
+    flow run: nothing else would) and tell Prefect, which still shows them Running."""
+    crashed = reconcile_runs(engine)
+    if crashed:
+        get_run_logger().warning(
+            "Run(s) %s were left running by a process that is gone: recorded crashed",
+            ", ".join(map(str, crashed)),
+        )
+        crash_flow_runs(engine, crashed, current=str(current_run.id) if current_run.id else None)
+
+
 def _start(config: TrainConfig, settings: Settings, sweep_id: Optional[int]) -> RunRef:
     """Record the run in status `running` and say where it records; a retry of this flow run
     restarts its run."""
     logger = get_run_logger()
+    engine = open_database(settings.database_url)
+    _reconcile(engine)
     run_id, restarted = start_run(
-        open_database(settings.database_url),
+        engine,
         config=config.public_dict(),
         data_source=config.data_source,
         flow_run_id=current_run.id,

@@ -1,0 +1,116 @@
+"""A flow run whose process was killed stays Running in Prefect and holds its deployment's
+concurrency slot (until the lease runs out, 5 minutes later): once gdflow records its run
+crashed, `crash_flow_runs` tells Prefect, and the next queued run gets the slot at once.
+(The soak found it: after each SIGKILL of `gdflow serve` the schedule stalled 5 minutes.)"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from gdflow.flows.orphans import crash_flow_runs
+from gdflow.runs.liveness import process_started
+from gdflow.runs.recording import open_database, reconcile_runs
+from gdflow.storage import create_run, get_run
+
+
+def _dead_owner(tmp_path: Path) -> dict[str, object]:
+    """The owner columns of a process that has ended (a child that exited)."""
+    child = subprocess.Popen(["sleep", "0"])
+    started = process_started(child.pid)
+    child.wait()
+    return {"host": socket.gethostname(), "pid": child.pid, "pid_started": started}
+
+
+@pytest.mark.usefixtures("prefect_api_url")
+def test_a_killed_runs_flow_run_is_crashed_in_prefect_and_frees_the_deployment_slot(
+    database_url: str, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
+    from prefect.states import Completed, Pending, Running
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("orphans-test")
+        deployment_id = client.create_deployment(
+            flow_id=flow_id,
+            name="one-at-a-time",
+            concurrency_limit=1,
+            concurrency_options=ConcurrencyOptions(
+                collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+            ),
+        )
+        killed, queued, finished = (
+            client.create_flow_run_from_deployment(deployment_id) for _ in range(3)
+        )
+        assert client.set_flow_run_state(killed.id, Pending()).state.is_pending()
+        client.set_flow_run_state(killed.id, Running())
+        # The slot is taken: the next run waits for it.
+        assert client.set_flow_run_state(queued.id, Pending()).state.name == (
+            "AwaitingConcurrencySlot"
+        )
+        client.set_flow_run_state(finished.id, Completed(), force=True)
+
+    engine = open_database(database_url)
+    owner = _dead_owner(tmp_path)
+    with Session(engine) as session, session.begin():
+        ids = [
+            create_run(
+                session,
+                config={},
+                data_source="toy",
+                parameter_names=["w"],
+                flow_run_id=str(flow_run.id),
+                owner=owner,
+            )
+            for flow_run in (killed, finished)
+        ]
+    assert sorted(reconcile_runs(engine)) == sorted(ids)
+
+    assert crash_flow_runs(engine, ids) == [str(killed.id)]  # the completed one left alone
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(killed.id).state
+        assert state is not None and state.is_crashed()
+        with Session(engine) as session:
+            run = get_run(session, run_id=ids[0])
+            assert run is not None and state.message == run.error
+        assert client.read_flow_run(finished.id).state.is_completed()
+        assert client.set_flow_run_state(queued.id, Pending()).state.is_pending()
+
+
+@pytest.mark.usefixtures("prefect_api_url")
+def test_the_next_train_flow_on_the_host_crashes_a_killed_workers_run(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A worker killed with its flow run leaves no gdflow process to notice: the next flow run
+    on the same host records the run crashed and sets its flow run Crashed."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from gdflow.config.train import TrainConfig
+    from gdflow.flows.train import train_flow
+
+    with get_client(sync_client=True) as client:
+        killed = client.create_flow_run(train_flow, state=Running())
+    engine = open_database(database_url)
+    with Session(engine) as session, session.begin():
+        run_id = create_run(
+            session,
+            config={},
+            data_source="toy",
+            parameter_names=["w"],
+            flow_run_id=str(killed.id),
+            owner=_dead_owner(tmp_path),
+        )
+    state = train_flow(config=TrainConfig(epochs=5, log_every=0), return_state=True)
+    assert state.is_completed()
+    with Session(engine) as session:
+        run = get_run(session, run_id=run_id)
+        assert run is not None and run.status == "crashed"
+    with get_client(sync_client=True) as client:
+        crashed = client.read_flow_run(killed.id).state
+        assert crashed is not None and crashed.is_crashed() and crashed.message == run.error
