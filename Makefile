@@ -44,8 +44,12 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 # workers on one pool, the GPU deployment, Dask on local worker processes, SIGHUP to gdflow
 # server, the orchestration and loading benchmarks end to end) run under `make test-extended`,
 # not in `make test`, which CI runs in about 11 minutes (docs/development.md).
+# The parallel part gives torch one thread a process (OMP_NUM_THREADS=1, inherited by the runs
+# the tests start): two workers with torch's default of one thread a core oversubscribe two
+# cores, and small ops then wait on spinning threads (a 600 x 32 tanh: 0.3 ms on one thread,
+# 1.5-5 ms on two beside other work; an MLP test took 70 s, 24 s on one thread).
 test: lint  ## lint, then run the test suite
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m 'not alone and not extended'; parallel=$$?; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m 'not alone and not extended'; parallel=$$?; \
 	$(BIN)/python -m pytest -m 'alone and not extended'; alone=$$?; \
 	[ $$parallel -eq 0 ] && [ $$alone -eq 0 ]
 
