@@ -10,7 +10,15 @@ from datetime import date
 
 from benchmarks.common import Result, table
 
-NAMES = ("orchestration", "training", "overhead", "persistence", "loading", "streaming")
+NAMES = (
+    "orchestration",
+    "training",
+    "overhead",
+    "persistence",
+    "loading",
+    "streaming",
+    "cluster",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import streaming
 
             results += streaming.run(quick=args.quick, rows=args.load_rows)
+        elif name == "cluster":
+            from benchmarks import cluster
+
+            results += cluster.run(quick=args.quick, rows=args.train_rows)
         else:
             from benchmarks import loading
 

@@ -71,9 +71,11 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field; unset options keep the model's defaults."""
+def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One option per TrainConfig field (but `skip`); unset options keep the model's defaults."""
     for name, info in TrainConfig.model_fields.items():
+        if name in skip:
+            continue
         default = info.get_default(call_default_factory=True)
         help_text = str(info.description)
         if default is not None and "(default" not in help_text:
@@ -188,7 +190,8 @@ def _add_sweep_parser(commands: Any) -> None:
         "'sweep' flow run, and print how the runs compare and which did best "
         "(lowest validation loss, else lowest final training loss).",
     )
-    _add_config_options(sweep)
+    # --dask-address is the sweep's own: the scheduler whose workers train the runs
+    _add_config_options(sweep, skip=("dask_address",))
     sweep.add_argument(
         "--lrs",
         nargs="+",

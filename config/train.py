@@ -44,8 +44,11 @@ STEERING = frozenset(
         "drift_mean_shift",
         "prune_keep_last",
         "prune_older_than_days",
+        "dask_address",
     }
 )
+#: `--dask-address local` or `local:N`: a LocalCluster of N worker processes for the run.
+LOCAL_ADDRESS = re.compile(r"local(?::(\d{1,3}))?", re.IGNORECASE)
 #: A model name: saved versions live under it in the store and the database.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: A user model's raw reference: `package.module:factory`.
@@ -220,6 +223,16 @@ class TrainConfig(BaseModel):
         description=(
             "Rows of the shuffle buffer a streamed run draws its mini-batches from (default: "
             "64 batches, at least 65,536 rows)."
+        ),
+    )
+    dask_address: Optional[str] = Field(
+        default=None,
+        description=(
+            "Train full-batch epochs on a Dask cluster: the scheduler's [tcp://]HOST:PORT, or "
+            "local / local:N for a local cluster of N worker processes started for the run. "
+            "The workers read and keep a Parquet --data (one file each at a time: a path they "
+            "all see, or an fsspec URL) and send back per-file gradients; the driver steps. "
+            "Default: train in this process."
         ),
     )
     epochs: int = Field(default=100, ge=1, description="Maximum number of epochs.")
@@ -413,6 +426,25 @@ class TrainConfig(BaseModel):
         return value
 
     _delimiter = field_validator("delimiter", mode="before")(delimiter_value)
+
+    @field_validator("dask_address", mode="before")
+    @classmethod
+    def _check_dask_address(cls, value: Any) -> Any:
+        """Blank means none; else local, local:N (1-256) or [scheme://]host:port."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        from gdflow.config.sweep import scheduler_host  # sweep imports this module
+
+        text = str(value).strip()
+        local = LOCAL_ADDRESS.fullmatch(text)
+        if local and (local.group(1) is None or 1 <= int(local.group(1)) <= 256):
+            return text.lower()
+        if local or scheduler_host(text) is None:
+            raise ValueError(
+                "give the Dask scheduler as [tcp://]HOST:PORT (e.g. tcp://10.0.0.5:8786), or "
+                "local / local:N for a local cluster of N (1-256) worker processes"
+            )
+        return text
 
     @field_validator("data", "target", "database_url", mode="before")
     @classmethod

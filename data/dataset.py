@@ -32,6 +32,8 @@ from gdflow.data.streaming import StreamedData, open_stream
 if TYPE_CHECKING:  # pandas is imported where a file is read: the toy run never needs it
     import pandas as pd
 
+    from gdflow.data.cluster import ClusterData
+
 #: The seed tutorial's toy data: y is twice x.
 TOY_X = (1.0, 2.0, 3.0, 4.0, 5.0)
 TOY_Y = (2.0, 4.0, 6.0, 8.0, 10.0)
@@ -68,11 +70,19 @@ class Dataset:
     #: A data set streamed from its files (`data.streaming`): then `x` and `y` hold a seeded
     #: sample of its rows only (for the data checks and the champion's comparison).
     stream: Optional[StreamedData] = None
+    #: A data set kept on a Dask cluster's workers (`data.cluster`): then too `x` and `y` hold
+    #: a seeded sample of its rows only.
+    cluster: Optional[ClusterData] = None
 
     @property
     def n_rows(self) -> int:
-        """Number of examples (of a streamed data set: all of them, not only the sample's)."""
-        return self.stream.rows if self.stream is not None else int(self.x.shape[0])
+        """Number of examples (of a streamed or cluster data set: all of them, not only the
+        sample's)."""
+        if self.stream is not None:
+            return self.stream.rows
+        if self.cluster is not None:
+            return self.cluster.rows
+        return int(self.x.shape[0])
 
     @property
     def n_features(self) -> int:

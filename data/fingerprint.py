@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,9 +44,17 @@ def file_fingerprint(path: str | Path) -> str:
     if file.is_dir():
         source = source_of(file)
         parts = source.parts if source is not None else ()
-        manifest = "".join(f"{p.relative_to(file).as_posix()} {_file_digest(p)}\n" for p in parts)
-        return f"sha256:{hashlib.sha256(manifest.encode()).hexdigest()}"
+        return manifest_fingerprint(
+            (p.relative_to(file).as_posix(), _file_digest(p)) for p in parts
+        )
     return f"sha256:{_file_digest(file)}"
+
+
+def manifest_fingerprint(entries: Iterable[tuple[str, str]]) -> str:
+    """`sha256:<hex>` of a Parquet folder's manifest: one `<relative path> <sha256>` line per
+    file, in path order (also from hashes made elsewhere: a Dask worker's, `data.cluster`)."""
+    manifest = "".join(f"{name} {digest}\n" for name, digest in entries)
+    return f"sha256:{hashlib.sha256(manifest.encode()).hexdigest()}"
 
 
 def data_fingerprint(path: Optional[str]) -> str:

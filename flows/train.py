@@ -48,6 +48,7 @@ from gdflow.tasks.pipeline import (
     initialize_weight,
     load_data,
     persist,
+    release_data,
     train_model,
 )
 from gdflow.tasks.retention import prune_after_run
@@ -300,6 +301,7 @@ def train_flow(
     settings = Settings.load(database_url=config.database_url, model_store=config.model_store)
     run = _start(config, settings, sweep_id)
     result: Optional[TrainResult] = None
+    dataset: Optional[Dataset] = None
     try:
         device = _device(config)
         _tag_flow_run(run_tags(config, device))
@@ -345,6 +347,8 @@ def train_flow(
                 run.database_url, run.run_id, seconds=result.seconds if result else None
             )
         raise
+    finally:
+        release_data(dataset)  # a Dask cluster's rows, and a local cluster started for the run
     publish_run_report(run.database_url, run.run_id, seconds=result.seconds)
     prune_after_run(config, run, in_sweep=sweep_id is not None)
     if persisted.model is not None:

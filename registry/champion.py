@@ -2,7 +2,7 @@
 
 A name's first version becomes its champion. After that a new version (the challenger) is
 compared with the champion on the same rows (the new run's validation rows, or its training
-rows without a split: a seeded sample of them for a streamed data set) with the family's
+rows without a split: a seeded sample of them for a streamed or cluster data set) with the family's
 loss, and replaces it under `--promote auto` only when its loss is lower by the relative
 `--promote-margin`. A champion that cannot be evaluated on the new rows (other features,
 classes or task) is kept, and the reason is stored.
@@ -77,7 +77,7 @@ def rows_of(dataset: Dataset) -> Rows:
         x, y, split = dataset.x_val, dataset.y_val, "validation"
     else:
         x, y, split = dataset.x, dataset.y, "train"
-        if dataset.stream is not None:  # a streamed data set keeps a seeded sample in memory
+        if dataset.stream is not None or dataset.cluster is not None:  # a seeded sample only
             split = f"train sample ({len(y):,} rows)"
     return Rows(
         x=np.asarray(x, dtype=np.float64),

@@ -210,11 +210,12 @@ def standardization_of(config: TrainConfig, dataset: Dataset) -> Optional[dict[s
         return None
     from gdflow.training.preprocessing import Standardizer
 
-    if dataset.stream is not None:  # `x` is a sample: every row's, from the streamed moments
+    rows_elsewhere = dataset.stream if dataset.stream is not None else dataset.cluster
+    if rows_elsewhere is not None:  # `x` is a sample: every row's, from the merged moments
         from gdflow.training.streamed import standardizer_of
 
         scaler = standardizer_of(
-            dataset.stream, bias=config.bias, labels=dataset.classes is not None
+            rows_elsewhere, bias=config.bias, labels=dataset.classes is not None
         )
     else:
         scaler = Standardizer.fit(

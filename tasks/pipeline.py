@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from gdflow.config.errors import GdflowError
 from gdflow.config.settings import Settings
 from gdflow.config.train import TrainConfig
+from gdflow.data.cluster import cluster_blockers, connect, load_cluster
 from gdflow.data.dataset import (
     Dataset,
     Labels,
@@ -25,7 +26,7 @@ from gdflow.data.dataset import (
     split_validation,
 )
 from gdflow.data.fingerprint import data_fingerprint, file_state, fingerprint
-from gdflow.data.sources import local_copy
+from gdflow.data.sources import data_options, is_url, local_copy
 from gdflow.data.streaming import Plan, memory_available, size_text, stream_plan
 from gdflow.registry import champion, versions
 from gdflow.registry.versions import spec_of
@@ -45,6 +46,7 @@ from gdflow.tasks.dashboard_feed import quiet_when_unreachable
 from gdflow.tasks.events import emit
 from gdflow.training.classification import class_weights
 from gdflow.training.classifier_evaluation import class_prediction_line, evaluate_classifier
+from gdflow.training.cluster import ClusterProblem, Traffic, evaluate_cluster, fit_cluster
 from gdflow.training.conditioning import Conditioning, Gram, analyse, auto_learning_rate
 from gdflow.training.devices import resolve_device
 from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
@@ -78,6 +80,43 @@ def retry_unless_user_error(_task: Any, _task_run: Any, state: Any) -> bool:
 def load_data(config: TrainConfig) -> Dataset:
     """Load the configured data and check it can train the configured model."""
     labels = Labels(config.resolved_task, config.model) if config.classifier else None
+    if config.dask_address:
+        dataset = _load_on_cluster(config, labels)
+    else:
+        dataset = _load_here(config, labels)
+    dataset = split_validation(dataset, config.validation_split, seed=config.seed)
+    if dataset.index_columns:
+        get_run_logger().info(
+            "Left out %s: the file's row index (as pandas writes it), not data",
+            ", ".join(
+                repr(name) if name else "the unnamed first column" for name in dataset.index_columns
+            ),
+        )
+    get_run_logger().info(
+        "Loaded %d rows x %d feature(s) %s -> %s from %s%s",
+        dataset.n_rows,
+        dataset.n_features,
+        list(dataset.feature_names),
+        dataset.target_name,
+        dataset.source,
+        f" ({dataset.read_as})" if dataset.read_as else "",
+    )
+    if dataset.classes is not None:
+        get_run_logger().info(
+            "Classes of %s: %s", dataset.target_name, ", ".join(map(str, dataset.classes))
+        )
+    if dataset.stream is not None or dataset.cluster is not None:
+        get_run_logger().info(
+            "One pass over the %s rows gave their statistics and checks; the data checks and "
+            "the champion's comparison use a seeded sample of %s of them",
+            f"{dataset.n_rows:,}",
+            f"{len(dataset.y):,}",
+        )
+    return dataset
+
+
+def _load_here(config: TrainConfig, labels: Optional[Labels]) -> Dataset:
+    """`load_data` in this process: in memory, or streamed from the files."""
     with local_copy(config.data or "") as local:  # a remote --data: a temporary copy
         path = str(local) if config.data else None
         before = file_state(path) if path else None
@@ -105,36 +144,43 @@ def load_data(config: TrainConfig) -> Dataset:
             )
         check_predict_rows(config.prediction_inputs, dataset.n_features)
         found = fingerprint(path, rows=dataset.n_rows, read_from=before, text=dataset.text)
-    dataset = replace(dataset, fingerprint=found, source=config.data or dataset.source)
-    dataset = split_validation(dataset, config.validation_split, seed=config.seed)
-    if dataset.index_columns:
+    return replace(dataset, fingerprint=found, source=config.data or dataset.source)
+
+
+def _load_on_cluster(config: TrainConfig, labels: Optional[Labels]) -> Dataset:
+    """`load_data` on the Dask cluster at --dask-address (`data.cluster`): each Parquet file
+    read and kept by a worker; the driver gets statistics, hashes and a seeded sample."""
+    blockers = cluster_blockers(config)
+    if blockers:
+        raise GdflowError(f"--dask-address cannot train this run: {'; '.join(blockers)}")
+    assert config.data is not None and config.dask_address is not None
+    connection = connect(config.dask_address)
+    try:
         get_run_logger().info(
-            "Left out %s: the file's row index (as pandas writes it), not data",
-            ", ".join(
-                repr(name) if name else "the unnamed first column" for name in dataset.index_columns
-            ),
+            "Reading %s on %s; the rows stay on the workers", config.data, connection.describe()
         )
-    get_run_logger().info(
-        "Loaded %d rows x %d feature(s) %s -> %s from %s%s",
-        dataset.n_rows,
-        dataset.n_features,
-        list(dataset.feature_names),
-        dataset.target_name,
-        dataset.source,
-        f" ({dataset.read_as})" if dataset.read_as else "",
-    )
-    if dataset.classes is not None:
-        get_run_logger().info(
-            "Classes of %s: %s", dataset.target_name, ", ".join(map(str, dataset.classes))
+        dataset = load_cluster(
+            connection,
+            config.data,
+            features=config.features,
+            target=config.target,
+            dtype=config.dtype,
+            labels=(labels.task, labels.model) if labels else None,
+            seed=config.seed,
+            options=data_options() if is_url(config.data) else {},
         )
-    if dataset.stream is not None:
-        get_run_logger().info(
-            "One pass over the %s rows gave their statistics and checks; the data checks and "
-            "the champion's comparison use a seeded sample of %s of them",
-            f"{dataset.n_rows:,}",
-            f"{len(dataset.y):,}",
-        )
+        check_predict_rows(config.prediction_inputs, dataset.n_features)
+    except BaseException:
+        connection.close()
+        raise
     return dataset
+
+
+def release_data(dataset: Optional[Dataset]) -> None:
+    """Let go of a data set kept on a Dask cluster (the workers drop its rows; a local cluster
+    started for the run is closed); nothing for other data sets."""
+    if dataset is not None and dataset.cluster is not None:
+        dataset.cluster.connection.close()
 
 
 def _stream_plan(config: TrainConfig, path: Optional[str]) -> Plan:
@@ -213,6 +259,8 @@ def train_model(
     """Run gradient descent on `device`, writing epoch metrics to the database as it goes."""
     if dataset.stream is not None:
         return _train_streamed(config, dataset, initial, device=device, run=run)
+    if dataset.cluster is not None:
+        return _train_on_cluster(config, dataset, initial, device=device, run=run)
     problem = TrainingProblem.prepare(
         dataset,
         initial,
@@ -325,6 +373,81 @@ def _train_streamed(
             optimization(config, lr),
             device=resolve_device(device),
             hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
+        )
+    result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
+    _log_stop(result)
+    return result
+
+
+def _train_on_cluster(
+    config: TrainConfig, dataset: Dataset, initial: dict[str, float], *, device: str, run: RunRef
+) -> TrainResult:
+    """`train_model` on a data set kept on a Dask cluster (`training.cluster`): the learning
+    rate and the conditioning from the merged moments' Gram matrix; a linear model trains on
+    the workers' sufficient statistics, a classifier on their gradients, every epoch."""
+    assert dataset.cluster is not None
+    cluster = ClusterProblem.prepare(
+        dataset,
+        initial,
+        standardize=config.standardize,
+        family=config.model,
+        class_weight=config.class_weight,
+    )
+    problem = cluster.problem
+    gram = cluster.gram(any(is_bias(name) for name in problem.initial))
+    lr = learning_rate(config, problem, rows=gram)
+    if cluster.class_weights is None:
+        conditioning = check_conditioning(config, problem, lr, rows=gram)
+    else:
+        conditioning = Conditioning(None, None, [])
+    engine = open_database(run.database_url)
+    record_setup(
+        engine,
+        run_id=run.run_id,
+        names=list(initial),
+        device=device,
+        conditioning=conditioning,
+        model=config.model,
+        task=config.resolved_task,
+        classes=dataset.classes,
+    )
+    progress = ProgressArtifact(
+        config.epochs,
+        description=f"gdflow run {run.run_id}: epochs done of {config.epochs}",
+        logger=get_run_logger(),
+    )
+    writer = MetricWriter(engine=engine, run_id=run.run_id)
+    on_chunk = _chunk_handler(config, problem, writer, progress)
+    connection = dataset.cluster.connection
+    logger = get_run_logger()
+    logger.info(
+        "Training full-batch on %s: %d partition(s) (Parquet files), %s rows; %s",
+        connection.describe(),
+        len(dataset.cluster.parts),
+        f"{dataset.n_rows:,}",
+        "the workers send the sufficient statistics once"
+        if config.model == "linear"
+        else "each epoch the parameters go to every partition and its gradient comes back",
+    )
+    traffic = Traffic()
+    with stop_on_signals(), progress:
+        result = fit_cluster(
+            cluster,
+            optimization(config, lr),
+            hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
+            traffic=traffic,
+        )
+    if traffic.epochs:
+        logger.info(
+            "Cluster traffic per epoch: %s to the workers, %s back (%d partition(s))",
+            size_text(traffic.sent / traffic.epochs),
+            size_text(traffic.received / traffic.epochs),
+            len(cluster.parts),
+        )
+    else:
+        logger.info(
+            "Cluster traffic: %s of statistics once, nothing per epoch",
+            size_text(traffic.statistics),
         )
     result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
     _log_stop(result)
@@ -488,6 +611,8 @@ def evaluate_prediction(
     """Predictions for the configured inputs, the training loss and the gap to the optimum."""
     if dataset.stream is not None:
         return _evaluate_streamed(config, dataset, params)
+    if dataset.cluster is not None:
+        return _evaluate_on_cluster(config, dataset, params)
     validation = None
     if dataset.x_val is not None and dataset.y_val is not None:
         validation = (dataset.x_val, dataset.y_val)
@@ -539,6 +664,43 @@ def _evaluate_streamed(
         optimum = ", ".join(f"{k} = {v:.6g}" for k, v in least_squares["params"].items())
         logger.info(
             "Least-squares optimum (from the streamed moments): %s (loss %.6g); distance to it "
+            "%.3g, loss gap %.3g",
+            optimum,
+            least_squares["loss"],
+            evaluation["param_distance"],
+            evaluation["loss_gap"],
+        )
+    else:
+        logger.info("No exact optimum to compare with: %s", evaluation["optimum"]["reason"])
+    return evaluation
+
+
+def _evaluate_on_cluster(
+    config: TrainConfig, dataset: Dataset, params: dict[str, float]
+) -> dict[str, Any]:
+    """`evaluate_prediction` on a data set kept on a Dask cluster: per-partition sums computed
+    by the workers, logged as the streamed evaluation is."""
+    data = dataset.cluster
+    assert data is not None
+    weights = None
+    if config.class_weight == "balanced" and data.class_counts is not None:
+        weights = data.rows / (len(data.class_counts) * data.class_counts.astype(np.float64))
+    evaluation = evaluate_cluster(
+        data,
+        params,
+        family=config.model,
+        class_weights=weights,
+        predict_rows=config.prediction_inputs,
+    )
+    logger = get_run_logger()
+    for prediction in evaluation["predictions"]:
+        line = class_prediction_line if "class" in prediction else prediction_line
+        logger.info(line(prediction))
+    least_squares = evaluation.get("least_squares")
+    if least_squares is not None:
+        optimum = ", ".join(f"{k} = {v:.6g}" for k, v in least_squares["params"].items())
+        logger.info(
+            "Least-squares optimum (from the workers' moments): %s (loss %.6g); distance to it "
             "%.3g, loss gap %.3g",
             optimum,
             least_squares["loss"],

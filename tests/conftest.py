@@ -23,8 +23,8 @@ from tests.pg_server import PostgresServer, postgres_server
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 #: Fixtures that start real processes (Prefect servers, served deployments, an S3-compatible
-#: server), for any test folder.
-pytest_plugins = ["tests.processes", "tests.s3_server"]
+#: server, a local Dask cluster), for any test folder.
+pytest_plugins = ["tests.processes", "tests.s3_server", "tests.dask_cluster"]
 
 #: Fixtures that start processes: a test using one is marked `process`.
 PROCESS_FIXTURES = frozenset(
@@ -38,6 +38,7 @@ PROCESS_FIXTURES = frozenset(
         "s3_server",
         "s3_endpoint",
         "s3_bucket",
+        "dask_cluster",
     }
 )
 

@@ -30,8 +30,16 @@ import numpy as np
 import torch
 
 from gdflow.config.errors import features_too_large
+from gdflow.data.cluster import ClusterData
 from gdflow.data.dataset import Dataset
-from gdflow.data.streaming import StreamedData, buffer_rows, prefetched, shuffled, usable_cpus
+from gdflow.data.streaming import (
+    Moments,
+    StreamedData,
+    buffer_rows,
+    prefetched,
+    shuffled,
+    usable_cpus,
+)
 from gdflow.training.classification import EPS, binary_log_loss, multiclass_log_loss
 from gdflow.training.classifier_evaluation import class_predictions, probabilities, weight_matrix
 from gdflow.training.conditioning import Gram
@@ -55,7 +63,7 @@ NO_OPTIMUM = "not computed for streamed data (Newton's method needs every row in
 
 
 def standardizer_of(
-    stream: StreamedData, *, bias: bool, labels: bool, outputs: int = 1
+    stream: StreamedData | ClusterData, *, bias: bool, labels: bool, outputs: int = 1
 ) -> Standardizer:
     """`Standardizer.fit` of every row, from the pass's moments: mean and standard deviation
     with a bias, else the root mean square; a classifier's target is left as it is."""
@@ -136,20 +144,25 @@ class StreamedProblem:
     def gram(self, bias: bool) -> Gram:
         """A^T A of the training rows in training units (standardised when they are), with
         the bias's column of ones last, from the pass's moments."""
-        moments, d = self.stream.moments, self.stream.n_features
-        n, mean = moments.rows, moments.mean[:d]
-        scaler = self.problem.standardizer
-        centre = scaler.mean if scaler is not None else np.zeros(d)
-        scale = scaler.scale if scaler is not None else np.ones(d)
-        shift = mean - centre
-        matrix = np.empty((d + bias, d + bias))
-        with np.errstate(over="ignore", invalid="ignore"):
-            inner = moments.comoment[:d, :d] + n * np.outer(shift, shift)
-            matrix[:d, :d] = inner / np.outer(scale, scale)
-            if bias:
-                matrix[:d, d] = matrix[d, :d] = n * shift / scale
-                matrix[d, d] = n
-        return Gram(matrix, n)
+        return gram_of(self.stream.moments, self.problem.standardizer, bias)
+
+
+def gram_of(moments: Moments, scaler: Optional[Standardizer], bias: bool) -> Gram:
+    """A^T A of rows in training units (standardised by `scaler` when given), with the bias's
+    column of ones last, from the rows' moments (features, then the target)."""
+    d = len(moments.mean) - 1
+    n, mean = moments.rows, moments.mean[:d]
+    centre = scaler.mean if scaler is not None else np.zeros(d)
+    scale = scaler.scale if scaler is not None else np.ones(d)
+    shift = mean - centre
+    matrix = np.empty((d + bias, d + bias))
+    with np.errstate(over="ignore", invalid="ignore"):
+        inner = moments.comoment[:d, :d] + n * np.outer(shift, shift)
+        matrix[:d, :d] = inner / np.outer(scale, scale)
+        if bias:
+            matrix[:d, d] = matrix[d, :d] = n * shift / scale
+            matrix[d, d] = n
+    return Gram(matrix, n)
 
 
 def fit_streamed(
@@ -242,7 +255,7 @@ def fit_streamed(
     return replace(result, data_mode="streamed")
 
 
-def least_squares_of(stream: StreamedData, names: Sequence[str]) -> dict[str, float]:
+def least_squares_of(stream: StreamedData | ClusterData, names: Sequence[str]) -> dict[str, float]:
     """The least-squares parameters of the linear model `names` on every row, solved from the
     centred moments (minimum-norm if singular): w = C_xx^+ C_xy, b = mean(y) - mean(x) w."""
     moments, d = stream.moments, stream.n_features
@@ -270,21 +283,44 @@ def evaluate_streamed(
     stream = streamed.stream
     if stream.classes is not None:
         return _evaluate_classifier(streamed, params, predict_rows)
-    names = list(params)
-    bias = "b" in params
     theta = np.array(list(params.values()), dtype=np.float64)
-    optimum = least_squares_of(stream, names)
+    optimum = least_squares_of(stream, list(params))
     theta_optimum = np.array(list(optimum.values()), dtype=np.float64)
-    sse = sae = sse_optimum = 0.0
+    sums = np.zeros(3)
     for x, y in stream.chunks():
-        design, target = design_matrix(x, bias), y.astype(np.float64)
-        residual = design @ theta - target
-        sse += float(residual @ residual)
-        sae += float(np.abs(residual).sum())
-        residual = design @ theta_optimum - target
-        sse_optimum += float(residual @ residual)
-    n = stream.rows
-    total = float(stream.moments.comoment[-1, -1])
+        sums += linear_sums(x, y, theta, theta_optimum, bias="b" in params)
+    return linear_evaluation(
+        sums, moments=stream.moments, params=params, optimum=optimum, predict_rows=predict_rows
+    )
+
+
+def linear_sums(
+    x: np.ndarray, y: np.ndarray, theta: np.ndarray, theta_optimum: np.ndarray, *, bias: bool
+) -> np.ndarray:
+    """(sum of squared residuals, sum of absolute residuals, sum of squared residuals at the
+    optimum) of a linear model on one block of rows, in float64."""
+    design, target = design_matrix(x, bias), y.astype(np.float64)
+    residual = design @ theta - target
+    at_optimum = design @ theta_optimum - target
+    return np.array(
+        [float(residual @ residual), float(np.abs(residual).sum()), float(at_optimum @ at_optimum)]
+    )
+
+
+def linear_evaluation(
+    sums: np.ndarray,
+    *,
+    moments: Moments,
+    params: dict[str, float],
+    optimum: dict[str, float],
+    predict_rows: Sequence[Sequence[float]],
+) -> dict[str, Any]:
+    """`evaluate`'s record for a linear model from the blocks' `linear_sums` added up."""
+    sse, sae, sse_optimum = (float(v) for v in sums)
+    theta = np.array(list(params.values()), dtype=np.float64)
+    theta_optimum = np.array(list(optimum.values()), dtype=np.float64)
+    n = moments.rows
+    total = float(moments.comoment[-1, -1])
     train_loss, optimum_loss = sse / n, sse_optimum / n
     train = {
         "mse": train_loss,
@@ -327,39 +363,98 @@ def _evaluate_classifier(
     theta = weight_matrix(
         params, n_features=stream.n_features, outputs=k if family == "softmax" else 1
     )
-    bias = theta.shape[0] == stream.n_features + 1
-    objective = log_loss = 0.0
-    matrix = np.zeros((k, k), dtype=np.int64)
+    sums = ClassifierSums.empty(k)
     for x, raw in stream.chunks():
         y = stream.encode(raw).astype(np.int64)
-        weights = streamed.class_weights[y] if streamed.class_weights is not None else None
-        logits = design_matrix(x, bias) @ theta
-        prob = probabilities(x, theta, family=family)
-        if family == "logistic":
-            objective += binary_log_loss(logits[:, 0], y, weights) * len(y)
-            clipped = np.clip(prob, EPS, 1 - EPS)
-            log_loss -= float(np.sum(np.where(y == 1, np.log(clipped), np.log1p(-clipped))))
-            predicted = (prob > 0.5).astype(np.int64)
-        else:
-            objective += multiclass_log_loss(logits, y, weights) * len(y)
-            log_loss -= float(np.sum(np.log(np.clip(prob[np.arange(len(y)), y], EPS, 1 - EPS))))
-            predicted = np.argmax(prob, axis=1)
-        matrix += np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
-    n = stream.rows
-    train = _metrics_of_counts(matrix, log_loss / n, binary=family == "logistic")
-    rows = [list(row) for row in predict_rows]
+        sums = sums.add(classifier_sums(x, y, theta, family=family, weights=streamed.class_weights))
+    return classifier_evaluation(
+        sums,
+        rows=stream.rows,
+        family=family,
+        theta=theta,
+        classes=stream.classes,
+        predict_rows=predict_rows,
+    )
+
+
+@dataclass(frozen=True)
+class ClassifierSums:
+    """A classifier's weighted objective and log loss summed over rows, and its confusion
+    matrix (true class by row, predicted by column)."""
+
+    objective: float
+    log_loss: float
+    matrix: np.ndarray
+
+    @classmethod
+    def empty(cls, k: int) -> ClassifierSums:
+        """No rows yet."""
+        return cls(0.0, 0.0, np.zeros((k, k), dtype=np.int64))
+
+    def add(self, other: ClassifierSums) -> ClassifierSums:
+        """Both blocks' sums."""
+        return ClassifierSums(
+            self.objective + other.objective,
+            self.log_loss + other.log_loss,
+            self.matrix + other.matrix,
+        )
+
+
+def classifier_sums(
+    x: np.ndarray,
+    y: np.ndarray,
+    theta: np.ndarray,
+    *,
+    family: str,
+    weights: Optional[np.ndarray],
+) -> ClassifierSums:
+    """`ClassifierSums` of one block of rows (`y` class indices; `weights` per class)."""
+    k = theta.shape[1] if family == "softmax" else 2
+    if len(y) == 0:
+        return ClassifierSums.empty(k)
+    bias = theta.shape[0] == x.shape[1] + 1
+    row_weights = weights[y] if weights is not None else None
+    logits = design_matrix(x, bias) @ theta
+    prob = probabilities(x, theta, family=family)
+    if family == "logistic":
+        objective = binary_log_loss(logits[:, 0], y, row_weights) * len(y)
+        clipped = np.clip(prob, EPS, 1 - EPS)
+        log_loss = -float(np.sum(np.where(y == 1, np.log(clipped), np.log1p(-clipped))))
+        predicted = (prob > 0.5).astype(np.int64)
+    else:
+        objective = multiclass_log_loss(logits, y, row_weights) * len(y)
+        log_loss = -float(np.sum(np.log(np.clip(prob[np.arange(len(y)), y], EPS, 1 - EPS))))
+        predicted = np.argmax(prob, axis=1)
+    matrix = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
+    return ClassifierSums(float(objective), log_loss, matrix)
+
+
+def classifier_evaluation(
+    sums: ClassifierSums,
+    *,
+    rows: int,
+    family: str,
+    theta: np.ndarray,
+    classes: Sequence[Any],
+    predict_rows: Sequence[Sequence[float]],
+    no_optimum: str = NO_OPTIMUM,
+) -> dict[str, Any]:
+    """`evaluate_classifier`'s record from the blocks' `classifier_sums` added up
+    (`no_optimum`: why the exact optimum is not computed)."""
+    train = _metrics_of_counts(sums.matrix, sums.log_loss / rows, binary=family == "logistic")
+    inputs = [list(row) for row in predict_rows]
     predictions = []
-    if rows:
-        inputs = np.array(rows, dtype=np.float64)
+    if inputs:
+        table = np.array(inputs, dtype=np.float64)
         predictions = class_predictions(
-            inputs, probabilities(inputs, theta, family=family), stream.classes
+            table, probabilities(table, theta, family=family), tuple(classes)
         )
     return {
         "predictions": predictions,
-        "train_loss": objective / n,
+        "train_loss": sums.objective / rows,
         "train": train,
-        "optimum": {"loss": None, "relative_gap": None, "reason": NO_OPTIMUM},
-        "classes": list(stream.classes),
+        "optimum": {"loss": None, "relative_gap": None, "reason": no_optimum},
+        "classes": list(classes),
     }
 
 

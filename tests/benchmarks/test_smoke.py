@@ -91,6 +91,16 @@ def rows_of(name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str
             # the streamed run and the pyarrow read each run in a fresh process
             marks=[pytest.mark.process, pytest.mark.extended],
         ),
+        pytest.param(
+            "cluster",
+            [
+                "cluster 20,000x16, 8 files, 2 workers: logistic epoch time vs one process",
+                "cluster 20,000x16, 8 files, 2 workers: logistic data vs bytes per epoch",
+                "cluster 20,000x16, 8 files, 2 workers: linear data vs statistics bytes (once)",
+            ],
+            # a LocalCluster of two worker processes
+            marks=[pytest.mark.process, pytest.mark.extended],
+        ),
     ],
 )
 def test_benchmark_prints_its_rows(

@@ -1,0 +1,135 @@
+"""A Parquet data set read onto a Dask cluster (`data.cluster`): the same fingerprint, rows,
+moments and classes as reading it here; a seeded sample only; one-line errors for bad values,
+unreadable data and a scheduler that does not answer; the options it cannot train with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gdflow.config.errors import GdflowError
+from gdflow.config.train import TrainConfig
+from gdflow.data.cluster import Connection, cluster_blockers, connect, load_cluster
+from gdflow.data.dataset import Labels, load_dataset
+from gdflow.data.fingerprint import data_fingerprint, fingerprint
+from tests.processes import free_port
+
+
+@pytest.fixture
+def connection(dask_cluster: str) -> Iterator[Connection]:
+    """A client of the session's local cluster."""
+    found = connect(dask_cluster)
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """1,000 rows in 3 files of a partitioned folder, a 0/1 label last."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1000, 3)) * [1.0, 30.0, 0.5] + [2.0, -5.0, 0.0]
+    frame = pd.DataFrame(x, columns=["a", "b", "c"]).assign(label=(x[:, 0] > 2).astype(int))
+    root = tmp_path / "events"
+    for i, rows in enumerate(np.array_split(np.arange(1000), 3)):
+        (root / f"day={i}").mkdir(parents=True)
+        frame.iloc[rows].to_parquet(root / f"day={i}" / "part.parquet", index=False)
+    return root
+
+
+def test_the_cluster_reads_what_this_process_reads(connection: Connection, folder: Path) -> None:
+    found = load_cluster(connection, str(folder), dtype="float64", labels=("binary", "logistic"))
+    here = load_dataset(str(folder), dtype="float64", labels=Labels("binary", "logistic"))
+    data = found.cluster
+    assert data is not None and len(data.parts) == 3 and data.part_rows == (334, 333, 333)
+    assert found.n_rows == 1000 and found.feature_names == ("a", "b", "c")
+    assert found.classes == here.classes == (0, 1)
+    assert data.class_counts is not None and data.class_counts.sum() == 1000
+    assert found.fingerprint == fingerprint(str(folder), rows=1000, read_from=None)
+    assert found.fingerprint is not None
+    assert found.fingerprint["sha256"] == data_fingerprint(str(folder))
+    rows = np.column_stack([here.x, here.y])
+    np.testing.assert_allclose(data.moments.mean, rows.mean(axis=0), rtol=1e-12)
+    centred = rows - rows.mean(axis=0)
+    np.testing.assert_allclose(data.moments.comoment, centred.T @ centred, rtol=1e-10, atol=1e-9)
+    # every row is in the sample of so small a data set, in file order
+    np.testing.assert_array_equal(found.x, here.x)
+    np.testing.assert_array_equal(found.y, here.y)
+
+
+def test_a_large_data_set_sends_the_driver_a_seeded_sample_only(
+    connection: Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gdflow.data.cluster as cluster
+
+    monkeypatch.setattr(cluster, "SAMPLE_ROWS", 100)
+    frame = pd.DataFrame({"x": np.arange(2000.0), "y": np.arange(2000.0) * 2})
+    root = tmp_path / "big"
+    root.mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(2000), 4)):
+        frame.iloc[rows].to_parquet(root / f"{i}.parquet", index=False)
+    first = load_cluster(connection, str(root), dtype="float64", seed=5)
+    again = load_cluster(connection, str(root), dtype="float64", seed=5)
+    assert first.n_rows == 2000 and len(first.y) <= 100 and len(first.y) > 50
+    np.testing.assert_array_equal(first.x, again.x)  # seeded
+    np.testing.assert_array_equal(first.y, 2 * first.x[:, 0])  # whole rows
+
+
+def test_bad_values_and_unreadable_data_fail_in_one_line(
+    connection: Connection, folder: Path, tmp_path: Path
+) -> None:
+    frame = pd.read_parquet(folder / "day=1" / "part.parquet")
+    frame.loc[frame.index[4], "b"] = np.nan
+    frame.to_parquet(folder / "day=1" / "part.parquet", index=False)
+    with pytest.raises(GdflowError) as error:
+        load_cluster(connection, str(folder), dtype="float64")
+    message = str(error.value)
+    assert "\n" not in message and "'b'" in message and "day=1" in message
+    assert "data row 5 of that file" in message
+
+    with pytest.raises(GdflowError, match="a Dask worker cannot read .*nowhere") as missing:
+        load_cluster(connection, str(tmp_path / "nowhere"), dtype="float64")
+    assert "\n" not in str(missing.value)
+
+    text = pd.DataFrame({"x": [1.0, 2.0], "y": ["a", "b"]})
+    (tmp_path / "text").mkdir()
+    text.to_parquet(tmp_path / "text" / "t.parquet", index=False)
+    with pytest.raises(GdflowError, match="column 'y' in .*t.parquet is not numeric"):
+        load_cluster(connection, str(tmp_path / "text"), dtype="float64")
+
+
+def test_no_scheduler_at_the_address_is_one_line() -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(GdflowError) as error:
+        connect(address, timeout=2)
+    message = str(error.value)
+    assert message.startswith(f"cannot reach the Dask scheduler at {address}")
+    assert "\n" not in message and "--dask-address" in message
+
+
+def test_the_address_is_checked_with_the_config() -> None:
+    assert TrainConfig(dask_address=" LOCAL:3 ").dask_address == "local:3"
+    assert TrainConfig(dask_address="10.0.0.5:8786").dask_address == "10.0.0.5:8786"
+    assert TrainConfig(dask_address="").dask_address is None
+    for bad in ("local:0", "local:300", "tcp://scheduler", "a b:1"):
+        with pytest.raises(ValueError, match="give the Dask scheduler as"):
+            TrainConfig(dask_address=bad)
+
+
+def test_what_a_cluster_run_cannot_do_is_named() -> None:
+    assert cluster_blockers(TrainConfig(data="d", dask_address="local")) == []
+    found = cluster_blockers(
+        TrainConfig(
+            dask_address="local", batch_size=8, validation_split=0.2, model="mlp", device="cuda"
+        )
+    )
+    assert [line.split(" ")[0] for line in found] == [
+        "the",
+        "--batch-size",
+        "--validation-split",
+        "--model",
+        "--device",
+    ]

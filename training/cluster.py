@@ -1,0 +1,510 @@
+"""Full-batch epochs on a Dask cluster: the rows stay on the workers, the step is the driver's.
+
+The workers keep each Parquet file's rows (`data.cluster`) and, for training, a copy in
+training units (`prepare_part`: the in-memory path's `Standardizer.transform`, with the
+statistics merged from every file's moments, and class indices). Each epoch the driver sends
+the parameters (one float64 array) with one task per file, and each worker returns that
+file's loss summed over its rows and its gradient (`part_gradient`: the model's own loss, so
+class weights behave as in memory, and autograd). The driver adds them up in file order (so
+the sum never depends on which worker answers first), checks that every file answered for all
+its rows, divides by n, sets each parameter's `.grad` and steps the `torch.optim` optimizer
+built as `fit` builds it, with the same records, chunks, stop rules and stop checks: the
+trajectory is the single process's, up to the order of floating-point sums.
+
+A linear model needs no traffic per epoch: the workers send the sufficient statistics of
+their rows once (`part_statistics`: n, means and co-moments, merged in file order by Chan's
+update), and the driver trains on them as `fit`'s statistics path does (`statistics_mse`).
+
+A worker lost mid-training loses the rows it kept; Dask reads those files again on another
+worker (the futures' lineage) and the epoch goes on with them. When Dask gives up (a task's
+workers died `distributed.scheduler.allowed-failures` times, or the scheduler is gone) the run
+fails with one line: an epoch is never taken on a partial gradient.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from gdflow.config.errors import GdflowError
+from gdflow.data.cluster import ClusterData, Part
+from gdflow.data.dataset import Dataset
+from gdflow.data.streaming import Moments
+from gdflow.training.classifier_evaluation import weight_matrix
+from gdflow.training.conditioning import Gram
+from gdflow.training.loop import Hooks
+from gdflow.training.model import CLASSIFIERS, LinearModel, TrainingData, build_model
+from gdflow.training.optimization import Optimization, make_optimizer, make_scheduler, zero_grad
+from gdflow.training.parameters import is_bias
+from gdflow.training.preprocessing import Standardizer, TrainingProblem
+from gdflow.training.records import EpochRecords
+from gdflow.training.result import History, TrainResult
+from gdflow.training.statistics_mse import LossPath, MSEStatistics, StatisticsMSE
+from gdflow.training.streamed import (
+    ClassifierSums,
+    classifier_evaluation,
+    classifier_sums,
+    gram_of,
+    least_squares_of,
+    linear_evaluation,
+    linear_sums,
+    standardizer_of,
+)
+
+#: Parameters a model trained on the cluster may have, at most: each epoch sends them to every
+#: file's task and gets a gradient of the same size back (2 x 8 bytes x parameters x files:
+#: 16 MB a file an epoch at this limit).
+MAX_PARAMETERS = 1_000_000
+#: Why a classifier trained on the cluster has no exact optimum in its evaluation.
+NO_OPTIMUM = "not computed on a Dask cluster (Newton's method needs every row in one place)"
+
+
+# --- What runs on the workers -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One file's rows in training units, kept by a worker: standardised features, and the
+    target centred (regression) or as class indices (a classifier), in the training dtype."""
+
+    index: int
+    x: np.ndarray
+    y: np.ndarray
+
+
+def prepare_part(
+    part: Part, scaler: Optional[Standardizer], class_values: Optional[np.ndarray]
+) -> Prepared:
+    """A kept file's rows as training sees them (run on its worker)."""
+    x, y = part.x, part.y
+    if class_values is not None:
+        y = np.searchsorted(class_values, y).astype(y.dtype)
+    if scaler is not None:
+        x, y = scaler.transform(x, y)
+    return Prepared(part.index, x, y)
+
+
+@dataclass(frozen=True)
+class GradientSpec:
+    """What each gradient task needs besides the rows and the parameters: the model's
+    parameter names and family, and a classifier's weight of each class."""
+
+    names: tuple[str, ...]
+    family: str
+    n_classes: int
+    class_weights: Optional[np.ndarray]
+
+    def model(self, part: Prepared, values: np.ndarray) -> Any:
+        """The model of the family on one file's rows, at the parameters `values`."""
+        weights = None
+        if self.class_weights is not None:
+            weights = self.class_weights[part.y.astype(np.int64)]
+        data = TrainingData(part.x, part.y, None, self.family, self.n_classes, weights)
+        return build_model(data, dict(zip(self.names, values.tolist())), torch.device("cpu"))
+
+
+@dataclass(frozen=True)
+class PartGradient:
+    """One file's loss summed over its rows, its rows, and the gradient of that sum."""
+
+    index: int
+    rows: int
+    loss_sum: float
+    grad: np.ndarray
+
+
+def part_gradient(spec: GradientSpec, part: Prepared, values: np.ndarray) -> PartGradient:
+    """The summed loss of one file's rows and its gradient, by autograd (run on its worker)."""
+    rows = len(part.y)
+    if rows == 0:
+        return PartGradient(part.index, 0, 0.0, np.zeros(len(values)))
+    model = spec.model(part, values)
+    loss = model.full_loss()
+    loss.backward()
+    grad = torch.cat([p.grad.reshape(-1) for p in model.params]).to(torch.float64).numpy()
+    return PartGradient(part.index, rows, float(loss.detach()) * rows, grad * rows)
+
+
+def part_statistics(part: Prepared) -> tuple[int, Moments]:
+    """n, means and co-moments of one file's rows in training units, in float64 (run on its
+    worker; `MSEStatistics.of`, the single process's one pass)."""
+    stats = MSEStatistics.of(torch.from_numpy(part.x), torch.from_numpy(part.y))
+    return part.index, Moments(stats.n, stats.mean.numpy(), stats.comoment.numpy())
+
+
+def part_linear_sums(
+    part: Part, theta: np.ndarray, theta_optimum: np.ndarray, bias: bool
+) -> tuple[int, np.ndarray]:
+    """`linear_sums` of one kept file's rows (original units; run on its worker)."""
+    return part.index, linear_sums(part.x, part.y, theta, theta_optimum, bias=bias)
+
+
+def part_classifier_sums(
+    part: Part,
+    theta: np.ndarray,
+    family: str,
+    class_values: np.ndarray,
+    weights: Optional[np.ndarray],
+) -> tuple[int, ClassifierSums]:
+    """`classifier_sums` of one kept file's rows (original units; run on its worker)."""
+    y = np.searchsorted(class_values, part.y).astype(np.int64)
+    return part.index, classifier_sums(part.x, y, theta, family=family, weights=weights)
+
+
+# --- The driver -----------------------------------------------------------------------------
+
+
+@dataclass
+class Traffic:
+    """Bytes the driver sent to and received from the workers for the epochs' gradients
+    (pickled sizes, numpy buffers counted without copying them), and the statistics' bytes."""
+
+    epochs: int = 0
+    sent: int = 0
+    received: int = 0
+    statistics: int = 0
+    per_epoch: list[tuple[int, int]] = field(default_factory=list)
+
+
+def wire_bytes(value: Any) -> int:
+    """The bytes of `value` pickled (protocol 5; array buffers counted, not copied)."""
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return len(head) + sum(memoryview(b).nbytes for b in buffers)
+
+
+def cluster_failure(exc: BaseException, what: str) -> GdflowError:
+    """The one-line error of a cluster that could not finish `what` (a GdflowError raised on
+    a worker is its own message)."""
+    if isinstance(exc, GdflowError):
+        return exc
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    return GdflowError(
+        f"the Dask cluster could not {what} ({name}{': ' + detail if detail else ''}); "
+        "no step was taken on a partial gradient: check the workers' logs and run again"
+    )
+
+
+@dataclass(frozen=True)
+class ClusterProblem:
+    """A data set kept on the cluster and what training needs besides its rows: `problem`
+    holds no rows, only the family, classes, initial parameters in training units and the way
+    back; `parts` are futures of each file's rows in training units."""
+
+    data: ClusterData
+    problem: TrainingProblem
+    #: A classifier's weight of each class (--class-weight balanced); None: every row weighs 1.
+    class_weights: Optional[np.ndarray]
+    parts: tuple[Any, ...] = field(compare=False, repr=False)
+
+    @classmethod
+    def prepare(
+        cls,
+        dataset: Dataset,
+        initial: dict[str, float],
+        *,
+        standardize: bool,
+        family: str,
+        class_weight: Optional[str] = None,
+    ) -> ClusterProblem:
+        """As `TrainingProblem.prepare`, from the workers' statistics instead of the rows;
+        each file's rows in training units are formed and kept on its worker."""
+        from distributed import wait
+
+        data = dataset.cluster
+        assert data is not None, "a data set kept on a Dask cluster"
+        if len(initial) > MAX_PARAMETERS:
+            raise GdflowError(
+                f"the model has {len(initial):,} parameters, more than the {MAX_PARAMETERS:,} "
+                "a cluster run sends to every file each epoch; train a smaller model"
+            )
+        n_classes = len(data.classes) if data.classes is not None else 0
+        d = data.n_features
+        problem = TrainingProblem(
+            np.empty((0, d), dtype=data.dtype),
+            np.empty(0, dtype=data.dtype),
+            dict(initial),
+            None,
+            None,
+            family,
+            n_classes,
+        )
+        scaler = None
+        if standardize:
+            scaler = standardizer_of(
+                data,
+                bias=any(is_bias(name) for name in initial),
+                labels=n_classes > 0,
+                outputs=n_classes if family == "softmax" else 1,
+            )
+            problem = replace(problem, initial=scaler.to_scaled(initial), standardizer=scaler)
+        weights = None
+        if class_weight == "balanced" and data.class_counts is not None:
+            weights = data.rows / (n_classes * data.class_counts.astype(np.float64))
+        client = data.client
+        parts = tuple(
+            client.submit(prepare_part, part, scaler, data.class_values, pure=False)
+            for part in data.parts
+        )
+        try:
+            wait(parts)
+            for future in parts:  # a failed read raises here, with its one-line reason
+                if future.status == "error":
+                    future.result()
+        except Exception as exc:  # noqa: BLE001
+            raise cluster_failure(exc, "prepare the rows for training") from None
+        return cls(data, problem, weights, parts)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the data set."""
+        return self.data.rows
+
+    def gram(self, bias: bool) -> Gram:
+        """A^T A of the rows in training units, from the merged moments."""
+        return gram_of(self.data.moments, self.problem.standardizer, bias)
+
+    def statistics(self, traffic: Optional[Traffic] = None) -> MSEStatistics:
+        """The rows' sufficient statistics in training units: each worker's, merged in file
+        order."""
+        client = self.data.client
+        futures = [client.submit(part_statistics, part, pure=False) for part in self.parts]
+        try:
+            found = client.gather(futures)
+        except Exception as exc:  # noqa: BLE001
+            raise cluster_failure(exc, "compute the sufficient statistics") from None
+        _check_answers([index for index, _ in found], len(self.parts), "statistics")
+        merged = Moments(
+            0, np.zeros(self.data.n_features + 1), np.zeros((self.data.n_features + 1,) * 2)
+        )
+        for _, moments in sorted(found, key=lambda item: item[0]):
+            merged = merged.merge(moments)
+        if merged.rows != self.rows:
+            raise GdflowError(
+                f"the workers' statistics cover {merged.rows:,} rows, not the data's "
+                f"{self.rows:,}; run again"
+            )
+        if traffic is not None:
+            traffic.statistics += sum(wire_bytes(item) for item in found)
+        return MSEStatistics(
+            n=merged.rows,
+            mean=torch.from_numpy(merged.mean.copy()),
+            comoment=torch.from_numpy(merged.comoment.copy()),
+        )
+
+    def release(self) -> None:
+        """Let the workers drop the rows in training units (the rows as read stay)."""
+        for future in self.parts:
+            future.release()
+
+
+def _check_answers(indices: Sequence[int], expected: int, what: str) -> None:
+    """GdflowError unless every file answered exactly once."""
+    if sorted(indices) != list(range(expected)):
+        raise GdflowError(
+            f"the workers' {what} came from files {sorted(indices)}, not each of the "
+            f"{expected} once; no step was taken on them: run again"
+        )
+
+
+class _RemoteGradient:
+    """Each epoch's loss and gradient from the workers: the parameters out, one task per
+    file, the files' sums back and added up in file order."""
+
+    def __init__(self, problem: ClusterProblem, params: list[torch.Tensor], traffic: Traffic):
+        self.problem = problem
+        self.client = problem.data.client
+        self.params = params
+        self.traffic = traffic
+        spec = GradientSpec(
+            names=tuple(problem.problem.initial),
+            family=problem.problem.family,
+            n_classes=problem.problem.n_classes,
+            class_weights=problem.class_weights,
+        )
+        # Sent once and kept on the workers (recomputable anywhere from its task).
+        self.spec = self.client.submit(_identity, spec, pure=False)
+        self.token = uuid.uuid4().hex[:12]
+
+    def __call__(self, epoch: int) -> torch.Tensor:
+        """The mean loss at the current parameters; each parameter's `.grad` set to the mean
+        loss's gradient."""
+        with torch.no_grad():
+            values = torch.cat([p.reshape(-1) for p in self.params]).to(torch.float64).numpy()
+        parts = self.problem.parts
+        keys = [f"gdflow-gradient-{self.token}-{epoch}-{i}" for i in range(len(parts))]
+        count = len(parts)  # one message to the scheduler for the epoch's tasks
+        futures = self.client.map(
+            part_gradient, [self.spec] * count, list(parts), [values] * count, key=keys
+        )
+        try:
+            found: list[PartGradient] = self.client.gather(futures)
+        except Exception as exc:  # noqa: BLE001
+            raise cluster_failure(exc, f"compute the gradient of epoch {epoch}") from None
+        _check_answers([g.index for g in found], len(parts), f"gradients of epoch {epoch}")
+        found.sort(key=lambda g: g.index)
+        rows = sum(g.rows for g in found)
+        if rows != self.problem.rows:
+            raise GdflowError(
+                f"the workers' gradients of epoch {epoch} cover {rows:,} rows, not the data's "
+                f"{self.problem.rows:,}; no step was taken on them: run again"
+            )
+        loss_sum, grad = 0.0, np.zeros_like(found[0].grad)
+        for part in found:
+            loss_sum += part.loss_sum
+            grad += part.grad
+        grad /= rows
+        offset = 0
+        for p in self.params:
+            size = p.numel()
+            p.grad = torch.from_numpy(grad[offset : offset + size]).reshape(p.shape).to(p.dtype)
+            offset += size
+        sent = wire_bytes(values) * len(parts)
+        received = sum(wire_bytes(g) for g in found)
+        self.traffic.epochs += 1
+        self.traffic.sent += sent
+        self.traffic.received += received
+        self.traffic.per_epoch.append((sent, received))
+        return torch.tensor(loss_sum / rows, dtype=self.params[0].dtype)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def fit_cluster(
+    problem: ClusterProblem,
+    opt: Optimization,
+    *,
+    hooks: Hooks = Hooks(),  # noqa: B008 - frozen, safe as a default
+    traffic: Optional[Traffic] = None,
+) -> TrainResult:
+    """Train full-batch on the cluster's rows and return how it ended (as `fit` does: the same
+    optimizer, schedule, records, chunks, stop rules and stop checks). A linear model trains
+    on the workers' sufficient statistics; a classifier on the workers' gradients each epoch.
+    `traffic` is filled with the bytes exchanged."""
+    assert opt.batch_size is None, "the cluster trains full-batch epochs"
+    traffic = traffic if traffic is not None else Traffic()
+    started = time.perf_counter()
+    device = torch.device("cpu")
+    model = build_model(problem.problem.data, problem.problem.initial, device)
+    params = model.params
+    optimizer = make_optimizer(params, opt)
+    scheduler = make_scheduler(optimizer, opt)
+    linear = isinstance(model, LinearModel)
+    if linear:
+        statistics = StatisticsMSE(problem.statistics(traffic), bias=model.has_bias)
+        problem.release()  # the statistics are all an epoch needs
+    else:
+        remote = _RemoteGradient(problem, params, traffic)
+    records = EpochRecords(max(1, min(hooks.chunk_epochs, opt.epochs)))
+    history = History(problem.problem.initial, opt, has_val=False, on_chunk=hooks.on_chunk)
+    group = optimizer.param_groups[0]
+    lr = group["lr"]
+    last_flush = time.monotonic()
+    for epoch in range(1, opt.epochs + 1):
+        if linear:
+            assert isinstance(model, LinearModel)
+            loss = statistics.loss(model.w, model.bias)
+            loss.backward()
+        else:
+            loss = remote(epoch)
+        grads = [p.grad for p in params]
+        optimizer.step()
+        zero_grad(params)
+        records.add(lr, loss.detach(), grads, params, None, None)
+        if scheduler is not None:
+            scheduler.step()
+            lr = group["lr"]
+        asked = hooks.asked_to_stop()
+        if (
+            asked
+            or records.full
+            or epoch == opt.epochs
+            or time.monotonic() - last_flush >= hooks.flush_seconds
+        ):
+            stop = history.add(*records.take(), last_epoch=epoch)  # the stop rules
+            last_flush = time.monotonic()
+            if not stop and asked and epoch < opt.epochs:
+                stop = history.cancel(f"stopped by {asked} after epoch {epoch}")
+            if stop:
+                break
+    path: LossPath = "statistics" if linear else "direct"
+    result = history.result(str(device), time.perf_counter() - started, path)
+    return replace(result, data_mode="cluster")
+
+
+def evaluate_cluster(
+    data: ClusterData,
+    params: dict[str, float],
+    *,
+    family: str,
+    class_weights: Optional[np.ndarray] = None,
+    predict_rows: Sequence[Sequence[float]] = (),
+) -> dict[str, Any]:
+    """`evaluate_streamed`'s record from per-file sums computed where the rows are: metrics
+    on every row; for a linear model the least-squares optimum (from the moments) and the gap
+    to it; for a classifier no exact optimum and no ROC AUC."""
+    client = data.client
+    if family in CLASSIFIERS:
+        assert data.classes is not None and data.class_values is not None
+        k = len(data.classes)
+        theta = weight_matrix(
+            params, n_features=data.n_features, outputs=k if family == "softmax" else 1
+        )
+        futures = [
+            client.submit(
+                part_classifier_sums,
+                part,
+                theta,
+                family,
+                data.class_values,
+                class_weights,
+                pure=False,
+            )
+            for part in data.parts
+        ]
+        found = _gather(client, futures, len(data.parts))
+        sums = ClassifierSums.empty(k)
+        for _, each in found:
+            sums = sums.add(each)
+        return classifier_evaluation(
+            sums,
+            rows=data.rows,
+            family=family,
+            theta=theta,
+            classes=data.classes,
+            predict_rows=predict_rows,
+            no_optimum=NO_OPTIMUM,
+        )
+    theta = np.array(list(params.values()), dtype=np.float64)
+    optimum = least_squares_of(data, list(params))
+    theta_optimum = np.array(list(optimum.values()), dtype=np.float64)
+    futures = [
+        client.submit(part_linear_sums, part, theta, theta_optimum, "b" in params, pure=False)
+        for part in data.parts
+    ]
+    total = np.zeros(3)
+    for _, each in _gather(client, futures, len(data.parts)):
+        total += each
+    return linear_evaluation(
+        total, moments=data.moments, params=params, optimum=optimum, predict_rows=predict_rows
+    )
+
+
+def _gather(client: Any, futures: list[Any], expected: int) -> list[Any]:
+    """The futures' (index, value) results in file order; every file exactly once."""
+    try:
+        found = client.gather(futures)
+    except Exception as exc:  # noqa: BLE001
+        raise cluster_failure(exc, "evaluate the model") from None
+    _check_answers([index for index, _ in found], expected, "evaluation")
+    return sorted(found, key=lambda item: item[0])
