@@ -45,10 +45,13 @@ STEERING = frozenset(
         "prune_keep_last",
         "prune_older_than_days",
         "dask_address",
+        "cluster_timeout",
     }
 )
 #: `--dask-address local` or `local:N`: a LocalCluster of N worker processes for the run.
 LOCAL_ADDRESS = re.compile(r"local(?::(\d{1,3}))?", re.IGNORECASE)
+#: Seconds a run on a Dask cluster waits for any of its tasks to finish (--cluster-timeout).
+CLUSTER_TIMEOUT = 300.0
 #: A model name: saved versions live under it in the store and the database.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: A user model's raw reference: `package.module:factory`.
@@ -233,6 +236,15 @@ class TrainConfig(BaseModel):
             "The workers read and keep a Parquet --data (one file each at a time: a path they "
             "all see, or an fsspec URL) and send back per-file gradients; the driver steps. "
             "Default: train in this process."
+        ),
+    )
+    cluster_timeout: float = Field(
+        default=CLUSTER_TIMEOUT,
+        gt=0,
+        le=7 * 24 * 3600,
+        description=(
+            "Seconds a --dask-address run waits while none of its tasks (reading the data, an "
+            "epoch's gradients) finishes, e.g. with every worker gone, before it fails."
         ),
     )
     epochs: int = Field(default=100, ge=1, description="Maximum number of epochs.")

@@ -8,7 +8,9 @@ describes exactly the rows trained on), and keeps the rows there as a future. Fr
 the driver receives small things only: its row count, the columns' moments (merged in file
 order, Chan et al.), the non-finite checks, a classifier's label counts, the file's SHA-256,
 and a seeded share of rows for the data checks and the champion's comparison (at most
-SAMPLE_ROWS in all, as a streamed data set keeps). The training that uses these futures is
+SAMPLE_ROWS in all, as a streamed data set keeps). Every wait for the workers is bounded:
+when none of the tasks finishes for `--cluster-timeout` seconds (every worker gone, say) the
+run fails with one line instead of waiting forever. The training that uses these futures is
 `training/cluster.py`.
 """
 
@@ -23,11 +25,17 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from gdflow.config.errors import GdflowError
-from gdflow.config.train import LOCAL_ADDRESS, TrainConfig
+from gdflow.config.train import CLUSTER_TIMEOUT, LOCAL_ADDRESS, TrainConfig
 from gdflow.data.fingerprint import manifest_fingerprint
 from gdflow.data.labels import MAX_CLASSES, Label, encode_labels
 from gdflow.data.sources import PARQUET_SUFFIXES, is_url, local_path
-from gdflow.data.streaming import SAMPLE_BYTES, SAMPLE_ROWS, Moments, choose_columns
+from gdflow.data.streaming import (
+    SAMPLE_BYTES,
+    SAMPLE_ROWS,
+    Moments,
+    RowsElsewhere,
+    choose_columns,
+)
 
 if TYPE_CHECKING:
     from gdflow.data.dataset import Dataset
@@ -49,9 +57,12 @@ def cluster_blockers(config: TrainConfig) -> list[str]:
         found.append("--stream (the workers keep the rows in memory: drop it)")
     if config.validation_split:
         found.append("--validation-split (no rows are held out on the cluster: drop it)")
-    if config.network:
-        found.append(f"--model {config.model} (the cluster trains linear, logistic or softmax)")
-    if config.lr == "auto" and config.class_weight is not None:
+    if config.user_model:
+        found.append(
+            f"--model {config.model} (a user's model: the cluster trains linear, logistic, "
+            "softmax or mlp)"
+        )
+    if config.lr == "auto" and config.class_weight is not None and not config.network:
         found.append("--lr auto with --class-weight (give --lr)")
     if config.device not in ("cpu", "auto"):
         found.append(f"--device {config.device} (the workers compute on their CPUs: drop it)")
@@ -60,11 +71,16 @@ def cluster_blockers(config: TrainConfig) -> list[str]:
 
 @dataclass
 class Connection:
-    """A client of a Dask scheduler, and the local cluster gdflow started for it (if any)."""
+    """A client of a Dask scheduler, and the local cluster gdflow started for it (if any).
+    `wait` and `gather` fail in one line when none of their tasks finishes for
+    `cluster_timeout` seconds, so a cluster whose workers are all gone fails the run instead
+    of hanging it (Dask itself waits for a worker forever)."""
 
     client: Any
     address: str
     cluster: Any = None
+    #: Seconds without any task finishing after which `wait` and `gather` fail.
+    cluster_timeout: float = CLUSTER_TIMEOUT
 
     @property
     def workers(self) -> int:
@@ -77,6 +93,48 @@ class Connection:
             return f"a local Dask cluster of {self.workers} worker process(es) ({self.address})"
         return f"the Dask cluster at {self.address} ({self.workers} worker(s))"
 
+    def wait(self, futures: Sequence[Any], what: str) -> None:
+        """Wait until every future has finished (a worker lost on the way: Dask recomputes its
+        tasks elsewhere); a task's error is raised as it comes. GdflowError (one line) when
+        none finishes for `cluster_timeout` seconds; `what`: the tasks, for that line."""
+        from distributed import wait
+
+        pending = list(futures)
+        while pending:
+            try:
+                done, waiting = wait(
+                    pending, timeout=self.cluster_timeout, return_when="FIRST_COMPLETED"
+                )
+            except TimeoutError:
+                raise self._no_answer(what) from None
+            for future in done:
+                if future.status != "finished":
+                    future.result()  # the task's error, or why it was cancelled
+            pending = list(waiting)
+
+    def gather(self, futures: Sequence[Any], what: str) -> list[Any]:
+        """The futures' results in their order (`wait`, then fetched within
+        `cluster_timeout` seconds: a worker lost before its result came back has it computed
+        again, or the run fails, never hangs)."""
+        from distributed import as_completed
+
+        self.wait(futures, what)
+        found: dict[str, Any] = {}
+        try:
+            for future, value in as_completed(
+                futures, with_results=True, timeout=self.cluster_timeout
+            ):
+                found[future.key] = value
+        except TimeoutError:
+            raise self._no_answer(what) from None
+        return [found[future.key] for future in futures]
+
+    def _no_answer(self, what: str) -> GdflowError:
+        return GdflowError(
+            f"no Dask worker answered for {self.cluster_timeout:g} s at {self.address} "
+            f"({what}): start workers or raise --cluster-timeout"
+        )
+
     def close(self) -> None:
         """Close the client (its futures are released: the workers drop the data), and the
         local cluster if gdflow started it."""
@@ -87,9 +145,12 @@ class Connection:
                 self.cluster.close()
 
 
-def connect(address: str, *, timeout: Optional[float] = None) -> Connection:
-    """A client of the scheduler at `address`, or of a new LocalCluster for `local[:N]`;
-    GdflowError (one line, with the fix) when no scheduler answers there."""
+def connect(
+    address: str, *, timeout: Optional[float] = None, cluster_timeout: float = CLUSTER_TIMEOUT
+) -> Connection:
+    """A client of the scheduler at `address` (waiting `timeout` seconds for it to answer), or
+    of a new LocalCluster for `local[:N]`; GdflowError (one line, with the fix) when no
+    scheduler answers there. `cluster_timeout`: see `Connection`."""
     from distributed import Client, LocalCluster
 
     local = LOCAL_ADDRESS.fullmatch(address.strip())
@@ -99,7 +160,8 @@ def connect(address: str, *, timeout: Optional[float] = None) -> Connection:
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
         )
         try:
-            return Connection(Client(cluster), cluster.scheduler_address, cluster)
+            client = Client(cluster)
+            return Connection(client, cluster.scheduler_address, cluster, cluster_timeout)
         except BaseException:
             cluster.close()
             raise
@@ -112,7 +174,7 @@ def connect(address: str, *, timeout: Optional[float] = None) -> Connection:
             "scheduler', then 'dask worker ADDRESS' on each machine), fix --dask-address, or "
             "use --dask-address local"
         ) from None
-    return Connection(client, address)
+    return Connection(client, address, cluster_timeout=cluster_timeout)
 
 
 # --- What runs on the workers -----------------------------------------------------------------
@@ -308,7 +370,7 @@ def sample_part(part: Part, share: float, seed: int) -> tuple[np.ndarray, np.nda
 
 
 @dataclass(frozen=True)
-class ClusterData:
+class ClusterData(RowsElsewhere):
     """A Parquet data set kept on a Dask cluster's workers, one future per file, and what the
     driver knows of it: names, row counts, moments, classes and the files' hashes."""
 
@@ -334,25 +396,9 @@ class ClusterData:
     options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
-    def rows(self) -> int:
-        """Rows of the data set."""
-        return self.moments.rows
-
-    @property
-    def n_features(self) -> int:
-        """Feature columns."""
-        return len(self.feature_names)
-
-    @property
     def client(self) -> Any:
         """The Dask client."""
         return self.connection.client
-
-    def encode(self, y: np.ndarray) -> np.ndarray:
-        """A classifier's raw labels as class indices (in y's dtype); y itself otherwise."""
-        if self.class_values is None:
-            return y
-        return np.searchsorted(self.class_values, y).astype(y.dtype)
 
     def fingerprint(self) -> dict[str, Any]:
         """The data's fingerprint as `data.fingerprint.fingerprint` gives it for the same
@@ -388,17 +434,17 @@ def open_cluster(
     """The data set at `location` read onto the workers (one kept future per file), checked,
     and a seeded sample of its rows (x, y; a classifier's y as class indices). `labels`:
     (task, model) of a classifier; `options`: fsspec storage options of a URL."""
-    from distributed import wait
-
     options = options or {}
     client = connection.client
-    files = client.submit(list_parts, location, options, pure=False).result()
+    listed = client.submit(list_parts, location, options, pure=False)
+    (files,) = connection.gather([listed], f"listing {location}")
     if not files:
         raise GdflowError(
             f"--data {location!r} is a folder with no .parquet files; the cluster reads Parquet "
             "files and folders of them"
         )
-    schema = client.submit(read_schema, files[0][0], options, pure=False).result()
+    footer = client.submit(read_schema, files[0][0], options, pure=False)
+    (schema,) = connection.gather([footer], f"reading the schema of {files[0][0]}")
     names = [name for name, _, _ in schema]
     chosen, target_name = choose_columns(names, features=features, target=target, source=location)
     columns = [*chosen, target_name]
@@ -406,16 +452,18 @@ def open_cluster(
         client.submit(read_part, i, where, columns, dtype, options, pure=False)
         for i, (where, _) in enumerate(files)
     )
-    wait(parts)
-    summaries = client.gather(
-        [client.submit(summarize, part, labels is not None, pure=False) for part in parts]
+    connection.wait(parts, f"reading the {len(parts)} file(s) of {location}")
+    summaries = connection.gather(
+        [client.submit(summarize, part, labels is not None, pure=False) for part in parts],
+        "summarizing the files",
     )
     found = _merge(summaries, columns, [where for where, _ in files], dtype, location)
     total = found.moments.rows
     keep = min(SAMPLE_ROWS, max(1, SAMPLE_BYTES // (len(columns) * np.dtype(dtype).itemsize)))
     share = min(1.0, keep / max(total, 1))
-    samples = client.gather(
-        [client.submit(sample_part, part, share, seed, pure=False) for part in parts]
+    samples = connection.gather(
+        [client.submit(sample_part, part, share, seed, pure=False) for part in parts],
+        "sampling the files",
     )
     x_sample = np.ascontiguousarray(np.concatenate([x for x, _ in samples])[:keep])
     y_sample = np.ascontiguousarray(np.concatenate([y for _, y in samples])[:keep])

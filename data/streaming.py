@@ -294,8 +294,36 @@ class Moments:
         return np.diag(self.comoment) / max(self.rows, 1)
 
 
+class RowsElsewhere:
+    """What this process knows of a data set whose rows are not in its memory (streamed from
+    its files, or kept by a Dask cluster's workers, `data.cluster`): one pass's moments and
+    each feature's largest |value|, the feature names, and a classifier's raw target value of
+    each class."""
+
+    moments: Moments
+    abs_max: np.ndarray
+    feature_names: tuple[str, ...]
+    class_values: Optional[np.ndarray]
+
+    @property
+    def rows(self) -> int:
+        """Rows of the data set."""
+        return self.moments.rows
+
+    @property
+    def n_features(self) -> int:
+        """Feature columns."""
+        return len(self.feature_names)
+
+    def encode(self, y: np.ndarray) -> np.ndarray:
+        """A classifier's raw labels as class indices (in y's dtype); y itself otherwise."""
+        if self.class_values is None:
+            return y
+        return np.searchsorted(self.class_values, y).astype(y.dtype)
+
+
 @dataclass(frozen=True)
-class StreamedData:
+class StreamedData(RowsElsewhere):
     """A Parquet data set read a record batch at a time, and what one pass found in it."""
 
     files: tuple[Path, ...]
@@ -315,16 +343,6 @@ class StreamedData:
     reason: str = ""
     #: Rows decoded at a time.
     read_rows: int = READ_ROWS
-
-    @property
-    def rows(self) -> int:
-        """Rows of the data set."""
-        return self.moments.rows
-
-    @property
-    def n_features(self) -> int:
-        """Feature columns."""
-        return len(self.feature_names)
 
     def chunks(
         self, order: Optional[Sequence[int] | np.ndarray] = None
@@ -349,12 +367,6 @@ class StreamedData:
                 if batch is None:
                     break
                 yield _arrays(batch, len(columns), self.dtype)
-
-    def encode(self, y: np.ndarray) -> np.ndarray:
-        """A classifier's raw labels as class indices (in y's dtype); y itself otherwise."""
-        if self.class_values is None:
-            return y
-        return np.searchsorted(self.class_values, y).astype(y.dtype)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
@@ -203,24 +203,28 @@ def load_predictor(version: ModelVersion, *, store_url: Optional[str] = None) ->
     return Predictor(from_bytes(data, what=what))
 
 
-def standardization_of(config: TrainConfig, dataset: Dataset) -> Optional[dict[str, Any]]:
+def standardization_of(
+    config: TrainConfig, dataset: Dataset, parameter_names: Iterable[str]
+) -> Optional[dict[str, Any]]:
     """The standardisation statistics of a run's training rows (None without --standardize);
-    kept for reference: the saved weights are already in the data's original units."""
+    kept for reference: the saved weights are already in the data's original units. Centred
+    only when the model has a bias parameter, as training standardised them (a network's
+    layers have no parameter named a bias: its rows are divided by their root mean square)."""
     if not config.standardize:
         return None
+    from gdflow.training.parameters import is_bias
     from gdflow.training.preprocessing import Standardizer
+
+    bias = any(is_bias(name) for name in parameter_names)
+    labels = dataset.classes is not None
 
     rows_elsewhere = dataset.stream if dataset.stream is not None else dataset.cluster
     if rows_elsewhere is not None:  # `x` is a sample: every row's, from the merged moments
         from gdflow.training.streamed import standardizer_of
 
-        scaler = standardizer_of(
-            rows_elsewhere, bias=config.bias, labels=dataset.classes is not None
-        )
+        scaler = standardizer_of(rows_elsewhere, bias=bias, labels=labels)
     else:
-        scaler = Standardizer.fit(
-            dataset.x, dataset.y, bias=config.bias, labels=dataset.classes is not None
-        )
+        scaler = Standardizer.fit(dataset.x, dataset.y, bias=bias, labels=labels)
     return {
         "mean": scaler.mean.tolist(),
         "scale": scaler.scale.tolist(),

@@ -46,14 +46,20 @@ from gdflow.tasks.dashboard_feed import quiet_when_unreachable
 from gdflow.tasks.events import emit
 from gdflow.training.classification import class_weights
 from gdflow.training.classifier_evaluation import class_prediction_line, evaluate_classifier
-from gdflow.training.cluster import ClusterProblem, Traffic, evaluate_cluster, fit_cluster
+from gdflow.training.cluster import (
+    ClusterProblem,
+    Traffic,
+    evaluate_cluster,
+    fit_cluster,
+    range_test_cluster,
+)
 from gdflow.training.conditioning import Conditioning, Gram, analyse, auto_learning_rate
 from gdflow.training.devices import resolve_device
 from gdflow.training.evaluation import check_predict_rows, evaluate, prediction_line
 from gdflow.training.fused_cross_entropy import kernel_problem, worth_fusing
 from gdflow.training.loop import Hooks, fit, loss_path_of
 from gdflow.training.lr_finder import RangeTest, range_test
-from gdflow.training.mlp import DEFAULT_HIDDEN, build_mlp, flat_names, flat_values
+from gdflow.training.mlp import DEFAULT_HIDDEN, MLPShape, flat_names, flat_values
 from gdflow.training.model import CLASSIFIERS
 from gdflow.training.network_evaluation import evaluate_network
 from gdflow.training.optimization import Optimization
@@ -154,7 +160,7 @@ def _load_on_cluster(config: TrainConfig, labels: Optional[Labels]) -> Dataset:
     if blockers:
         raise GdflowError(f"--dask-address cannot train this run: {'; '.join(blockers)}")
     assert config.data is not None and config.dask_address is not None
-    connection = connect(config.dask_address)
+    connection = connect(config.dask_address, cluster_timeout=config.cluster_timeout)
     try:
         get_run_logger().info(
             "Reading %s on %s; the rows stay on the workers", config.data, connection.describe()
@@ -234,15 +240,8 @@ def network_of(config: TrainConfig, n_features: int, classes: Optional[tuple[Any
         user = partial(build_user_module, config.model, n_features, outputs, seed=config.seed)
         return Network(build=lambda dtype: user(dtype=dtype), first_width=0, outputs=outputs)
     hidden = tuple(config.hidden or DEFAULT_HIDDEN)
-    build = partial(
-        build_mlp,
-        n_features,
-        outputs,
-        hidden=hidden,
-        activation=config.activation,
-        seed=config.seed,
-    )
-    return Network(build=lambda dtype: build(dtype=dtype), first_width=hidden[0], outputs=outputs)
+    shape = MLPShape(n_features, outputs, hidden, config.activation, config.seed)
+    return Network(build=shape, first_width=hidden[0], outputs=outputs)
 
 
 def row_weights(config: TrainConfig, dataset: Dataset) -> Optional[Any]:
@@ -278,24 +277,7 @@ def train_model(
     else:
         lr = learning_rate(config, problem)
     conditioning = check_conditioning(config, problem, lr)
-    engine = open_database(run.database_url)
-    record_setup(
-        engine,
-        run_id=run.run_id,
-        names=list(initial),
-        device=device,
-        conditioning=conditioning,
-        model=config.model,
-        task=config.resolved_task,
-        classes=dataset.classes,
-    )
-    progress = ProgressArtifact(
-        config.epochs,
-        description=f"gdflow run {run.run_id}: epochs done of {config.epochs}",
-        logger=get_run_logger(),
-    )
-    writer = MetricWriter(engine=engine, run_id=run.run_id)
-    on_chunk = _chunk_handler(config, problem, writer, progress)
+    on_chunk, progress = _recording(config, dataset, problem, initial, run, device, conditioning)
     opt, train_device = optimization(config, lr), resolve_device(device)
     _log_loss_path(problem, loss_path_of(problem.data, opt, train_device))
     _log_kernel_fallback(problem, opt, train_device)
@@ -307,13 +289,7 @@ def train_model(
             device=train_device,
             hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
         )
-    result = replace(
-        problem.result_to_original(result),
-        max_stable_lr=conditioning.max_stable_lr,
-        lr_range_test=range_test.as_record() if range_test is not None else None,
-    )
-    _log_stop(result)
-    return result
+    return _finished(problem, result, conditioning, range_test)
 
 
 def _train_streamed(
@@ -333,33 +309,10 @@ def _train_streamed(
     )
     problem = streamed.problem
     gram = streamed.gram(any(is_bias(name) for name in problem.initial))
-    lr = learning_rate(config, problem, rows=gram)
-    if streamed.class_weights is None:
-        conditioning = check_conditioning(config, problem, lr, rows=gram)
-    else:
-        conditioning = Conditioning(None, None, [])
-        get_run_logger().info(
-            "Conditioning not checked: streamed rows weighted by --class-weight have no Gram "
-            "matrix (it is formed unweighted)"
-        )
-    engine = open_database(run.database_url)
-    record_setup(
-        engine,
-        run_id=run.run_id,
-        names=list(initial),
-        device=device,
-        conditioning=conditioning,
-        model=config.model,
-        task=config.resolved_task,
-        classes=dataset.classes,
+    lr, conditioning = _rate_of_gram(
+        config, problem, gram, weighted=streamed.class_weights is not None
     )
-    progress = ProgressArtifact(
-        config.epochs,
-        description=f"gdflow run {run.run_id}: epochs done of {config.epochs}",
-        logger=get_run_logger(),
-    )
-    writer = MetricWriter(engine=engine, run_id=run.run_id)
-    on_chunk = _chunk_handler(config, problem, writer, progress)
+    on_chunk, progress = _recording(config, dataset, problem, initial, run, device, conditioning)
     row_bytes = (dataset.n_features + 1) * np.dtype(config.dtype).itemsize
     get_run_logger().info(
         "Mini-batches of %d rows drawn from a shuffle buffer of %s rows (%s)",
@@ -374,17 +327,17 @@ def _train_streamed(
             device=resolve_device(device),
             hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
         )
-    result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
-    _log_stop(result)
-    return result
+    return _finished(problem, result, conditioning)
 
 
 def _train_on_cluster(
     config: TrainConfig, dataset: Dataset, initial: dict[str, float], *, device: str, run: RunRef
 ) -> TrainResult:
     """`train_model` on a data set kept on a Dask cluster (`training.cluster`): the learning
-    rate and the conditioning from the merged moments' Gram matrix; a linear model trains on
-    the workers' sufficient statistics, a classifier on their gradients, every epoch."""
+    rate and the conditioning from the merged moments' Gram matrix (a network's `--lr auto`:
+    the range test, each step's gradient from the workers); a linear model trains on the
+    workers' sufficient statistics, a classifier or a network on their gradients, every
+    epoch."""
     assert dataset.cluster is not None
     cluster = ClusterProblem.prepare(
         dataset,
@@ -392,32 +345,27 @@ def _train_on_cluster(
         standardize=config.standardize,
         family=config.model,
         class_weight=config.class_weight,
+        network=(
+            network_of(config, dataset.n_features, dataset.classes) if config.network else None
+        ),
     )
     problem = cluster.problem
-    gram = cluster.gram(any(is_bias(name) for name in problem.initial))
-    lr = learning_rate(config, problem, rows=gram)
-    if cluster.class_weights is None:
-        conditioning = check_conditioning(config, problem, lr, rows=gram)
-    else:
+    range_test = None
+    if config.network and config.lr == "auto":
+        range_test = range_test_cluster(cluster, optimization(config, 1.0))
+        get_run_logger().info(
+            "Learning rate 'auto' resolved to %.6g: %s (each step's gradient from the workers)",
+            range_test.chosen,
+            range_test.how,
+        )
+        lr = range_test.chosen
         conditioning = Conditioning(None, None, [])
-    engine = open_database(run.database_url)
-    record_setup(
-        engine,
-        run_id=run.run_id,
-        names=list(initial),
-        device=device,
-        conditioning=conditioning,
-        model=config.model,
-        task=config.resolved_task,
-        classes=dataset.classes,
-    )
-    progress = ProgressArtifact(
-        config.epochs,
-        description=f"gdflow run {run.run_id}: epochs done of {config.epochs}",
-        logger=get_run_logger(),
-    )
-    writer = MetricWriter(engine=engine, run_id=run.run_id)
-    on_chunk = _chunk_handler(config, problem, writer, progress)
+    else:
+        gram = cluster.gram(any(is_bias(name) for name in problem.initial))
+        lr, conditioning = _rate_of_gram(
+            config, problem, gram, weighted=cluster.class_weights is not None
+        )
+    on_chunk, progress = _recording(config, dataset, problem, initial, run, device, conditioning)
     connection = dataset.cluster.connection
     logger = get_run_logger()
     logger.info(
@@ -449,9 +397,71 @@ def _train_on_cluster(
             "Cluster traffic: %s of statistics once, nothing per epoch",
             size_text(traffic.statistics),
         )
-    result = replace(problem.result_to_original(result), max_stable_lr=conditioning.max_stable_lr)
+    return _finished(problem, result, conditioning, range_test)
+
+
+def _rate_of_gram(
+    config: TrainConfig, problem: TrainingProblem, gram: Gram, *, weighted: bool
+) -> tuple[float, Conditioning]:
+    """The learning rate and the conditioning of rows not in memory (streamed, or on a Dask
+    cluster), from their Gram matrix; rows `weighted` by --class-weight are not checked."""
+    lr = learning_rate(config, problem, rows=gram)
+    if not weighted:
+        return lr, check_conditioning(config, problem, lr, rows=gram)
+    get_run_logger().info(
+        "Conditioning not checked: rows weighted by --class-weight that are not in memory have "
+        "no weighted Gram matrix (it is formed unweighted)"
+    )
+    return lr, Conditioning(None, None, [])
+
+
+def _finished(
+    problem: TrainingProblem,
+    result: TrainResult,
+    conditioning: Conditioning,
+    range_test: Optional[RangeTest] = None,
+) -> TrainResult:
+    """A run's result in the data's original units, with the stability bound and the range
+    test of `--lr auto` (if one ran), logged."""
+    result = replace(
+        problem.result_to_original(result),
+        max_stable_lr=conditioning.max_stable_lr,
+        lr_range_test=range_test.as_record() if range_test is not None else None,
+    )
     _log_stop(result)
     return result
+
+
+def _recording(
+    config: TrainConfig,
+    dataset: Dataset,
+    problem: TrainingProblem,
+    initial: dict[str, float],
+    run: RunRef,
+    device: str,
+    conditioning: Conditioning,
+) -> tuple[Callable[[EpochChunk], None], ProgressArtifact]:
+    """Record the run's set-up (the names of its `initial` parameters, device, conditioning,
+    model, classes) and return what every way of training hands its chunks to, and the
+    progress artifact."""
+    engine = open_database(run.database_url)
+    record_setup(
+        engine,
+        run_id=run.run_id,
+        names=list(initial),
+        device=device,
+        conditioning=conditioning,
+        model=config.model,
+        task=config.resolved_task,
+        classes=dataset.classes,
+    )
+    progress = ProgressArtifact(
+        config.epochs,
+        description=f"gdflow run {run.run_id}: epochs done of {config.epochs}",
+        logger=get_run_logger(),
+    )
+    writer = MetricWriter(engine=engine, run_id=run.run_id)
+    return _chunk_handler(config, problem, writer, progress), progress
 
 
 def _log_kernel_fallback(problem: TrainingProblem, opt: Optimization, device: torch.device) -> None:
@@ -655,23 +665,7 @@ def _evaluate_streamed(
         class_weight=config.class_weight,
     )
     evaluation = evaluate_streamed(streamed, params, predict_rows=config.prediction_inputs)
-    logger = get_run_logger()
-    for prediction in evaluation["predictions"]:
-        line = class_prediction_line if "class" in prediction else prediction_line
-        logger.info(line(prediction))
-    least_squares = evaluation.get("least_squares")
-    if least_squares is not None:
-        optimum = ", ".join(f"{k} = {v:.6g}" for k, v in least_squares["params"].items())
-        logger.info(
-            "Least-squares optimum (from the streamed moments): %s (loss %.6g); distance to it "
-            "%.3g, loss gap %.3g",
-            optimum,
-            least_squares["loss"],
-            evaluation["param_distance"],
-            evaluation["loss_gap"],
-        )
-    else:
-        logger.info("No exact optimum to compare with: %s", evaluation["optimum"]["reason"])
+    _log_evaluation(evaluation, moments="the streamed moments")
     return evaluation
 
 
@@ -685,13 +679,23 @@ def _evaluate_on_cluster(
     weights = None
     if config.class_weight == "balanced" and data.class_counts is not None:
         weights = data.rows / (len(data.class_counts) * data.class_counts.astype(np.float64))
+    network = network_of(config, dataset.n_features, dataset.classes) if config.network else None
     evaluation = evaluate_cluster(
         data,
         params,
         family=config.model,
         class_weights=weights,
         predict_rows=config.prediction_inputs,
+        network=network.build if network is not None else None,
+        task=config.resolved_task,
     )
+    _log_evaluation(evaluation, moments="the workers' moments")
+    return evaluation
+
+
+def _log_evaluation(evaluation: dict[str, Any], *, moments: str) -> None:
+    """Log an evaluation of rows not in memory as the in-memory one is: the predictions, and
+    the least-squares optimum (solved from `moments`) and the gaps to it, or why none."""
     logger = get_run_logger()
     for prediction in evaluation["predictions"]:
         line = class_prediction_line if "class" in prediction else prediction_line
@@ -700,8 +704,8 @@ def _evaluate_on_cluster(
     if least_squares is not None:
         optimum = ", ".join(f"{k} = {v:.6g}" for k, v in least_squares["params"].items())
         logger.info(
-            "Least-squares optimum (from the workers' moments): %s (loss %.6g); distance to it "
-            "%.3g, loss gap %.3g",
+            "Least-squares optimum (from %s): %s (loss %.6g); distance to it %.3g, loss gap %.3g",
+            moments,
             optimum,
             least_squares["loss"],
             evaluation["param_distance"],
@@ -709,7 +713,6 @@ def _evaluate_on_cluster(
         )
     else:
         logger.info("No exact optimum to compare with: %s", evaluation["optimum"]["reason"])
-    return evaluation
 
 
 def _evaluate_network(
@@ -803,7 +806,7 @@ def persist(
         scheduled_at=scheduled_at,
         data_fingerprint=(dataset.fingerprint or {}).get("sha256") or data_fingerprint(config.data),
         evaluation=evaluation,
-        standardization=versions.standardization_of(config, dataset),
+        standardization=versions.standardization_of(config, dataset, result.final_params),
     )
     version = end_run(
         engine,

@@ -63,6 +63,18 @@ def metrics_of_predictions(outputs: np.ndarray, y: np.ndarray) -> dict[str, Opti
     }
 
 
+def metrics_of_sums(sse: float, sae: float, *, rows: int, total: float) -> dict[str, Any]:
+    """`metrics_of_predictions` from sums over the rows (blocks of them added up elsewhere): of
+    the squared and the absolute residuals, and `total`, the target's squares about its mean."""
+    mse_value = sse / rows
+    return {
+        "mse": mse_value,
+        "rmse": float(np.sqrt(mse_value)),
+        "mae": sae / rows,
+        "r2": 1.0 - sse / total if total > 0 else None,
+    }
+
+
 def least_squares(x: np.ndarray, y: np.ndarray, names: Sequence[str]) -> dict[str, float]:
     """The closed-form least-squares parameters for the same model (minimum-norm if singular)."""
     theta, *_ = np.linalg.lstsq(

@@ -26,6 +26,7 @@ from gdflow.training.fused_cross_entropy import choose_classifier_path
 from gdflow.training.model import (
     CLASSIFIERS,
     ClassifierModel,
+    LinearModel,
     NetworkModel,
     TrainingData,
     build_model,
@@ -49,6 +50,40 @@ class Hooks:
     def asked_to_stop(self) -> Optional[str]:
         """Why the caller asks to stop now, or None to go on."""
         return self.should_stop() if self.should_stop is not None else None
+
+
+class EpochEnd:
+    """What every training loop does after an epoch: hand its records on every chunk of epochs
+    (or every `flush_seconds`) to the stop rules, and stop when they say so or when the caller
+    asks (then as `cancelled`, with every epoch so far handed on)."""
+
+    def __init__(self, records: EpochRecords, history: History, hooks: Hooks, epochs: int):
+        self.records, self.history, self.hooks, self.epochs = records, history, hooks, epochs
+        self.last_flush = time.monotonic()
+
+    def __call__(self, epoch: int) -> bool:
+        """After `epoch`: True when training stops."""
+        asked = self.hooks.asked_to_stop()
+        if not (
+            asked
+            or self.records.full
+            or epoch == self.epochs
+            or time.monotonic() - self.last_flush >= self.hooks.flush_seconds
+        ):
+            return False
+        stop = self.hand_on(epoch)
+        if not stop and asked and epoch < self.epochs:
+            stop = self.history.cancel(f"stopped by {asked} after epoch {epoch}")
+        return stop
+
+    def hand_on(self, last_epoch: int) -> bool:
+        """Hand the epochs recorded so far (the last `last_epoch`) to the stop rules and on;
+        True when the stop rules stop training."""
+        if not self.records.count:
+            return False
+        stop = self.history.add(*self.records.take(), last_epoch=last_epoch)
+        self.last_flush = time.monotonic()
+        return stop
 
 
 def loss_path_of(data: TrainingData, opt: Optimization, device: torch.device) -> LossPath:
@@ -96,10 +131,7 @@ def fit(
     )
     has_val = model.validation is not None
     has_accuracy = has_val and classifier and data.task != "regression"
-    recorded = params
-    if isinstance(model, NetworkModel):  # a large network records scalars only
-        recorded = model.recorded
-        initial = dict(initial) if model.names else {}
+    recorded, initial = recorded_parameters(model, initial)
     history = History(
         initial, opt, has_val=has_val, has_accuracy=has_accuracy, on_chunk=hooks.on_chunk
     )
@@ -107,7 +139,7 @@ def fit(
     lr = group["lr"]  # changed by the scheduler only
     val_loss: Optional[torch.Tensor] = None
     accuracy: Optional[torch.Tensor] = None
-    last_flush = time.monotonic()
+    end = EpochEnd(records, history, hooks, opt.epochs)
     for epoch in range(1, opt.epochs + 1):
         if batches.full:
             loss = model.full_loss()
@@ -127,20 +159,24 @@ def fit(
         if scheduler is not None:
             scheduler.step()
             lr = group["lr"]
-        asked = hooks.asked_to_stop()
-        if (
-            asked
-            or records.full
-            or epoch == opt.epochs
-            or time.monotonic() - last_flush >= hooks.flush_seconds
-        ):
-            stop = history.add(*records.take(), last_epoch=epoch)  # the stop rules
-            last_flush = time.monotonic()
-            if not stop and asked and epoch < opt.epochs:
-                stop = history.cancel(f"stopped by {asked} after epoch {epoch}")
-            if stop:
-                break
+        if end(epoch):  # the stop rules, every chunk; a stop asked for
+            break
     result = history.result(str(device), time.perf_counter() - started, path)
+    return with_final_weights(model, result)
+
+
+def recorded_parameters(
+    model: LinearModel | ClassifierModel, initial: dict[str, float]
+) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """The parameters recorded every epoch and the initial values named in the records: all of
+    them, or none for a large network (it records scalars only, its weights once at the end)."""
+    if isinstance(model, NetworkModel):
+        return model.recorded, dict(initial) if model.names else {}
+    return model.params, initial
+
+
+def with_final_weights(model: LinearModel | ClassifierModel, result: TrainResult) -> TrainResult:
+    """`result` with a large network's weights as trained (its records named none)."""
     if isinstance(model, NetworkModel) and not model.names:
-        result = replace(result, final_params=model.final_values())
+        return replace(result, final_params=model.final_values())
     return result

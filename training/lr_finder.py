@@ -10,6 +10,7 @@ log(lr), ignoring the first and last points. The curve is kept, so the choice ca
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -43,15 +44,33 @@ def range_test(
     opt: Optimization,
     *,
     device: torch.device,
+) -> RangeTest:
+    """Run the range test on a copy of the model (the run itself starts afresh)."""
+    model = NetworkModel(data, initial, device)
+
+    def loss_and_gradient() -> torch.Tensor:
+        loss = model.full_loss()
+        loss.backward()
+        return loss
+
+    return range_test_of(model.params, loss_and_gradient, opt)
+
+
+def range_test_of(
+    params: list[torch.Tensor],
+    loss_and_gradient: Callable[[], torch.Tensor],
+    opt: Optimization,
+    *,
     min_lr: float = 1e-6,
     max_lr: float = 1.0,
     steps: int = 100,
     stop_factor: float = 4.0,
     fallback: float = 1e-3,
 ) -> RangeTest:
-    """Run the range test on a copy of the model (the run itself starts afresh)."""
-    model = NetworkModel(data, initial, device)
-    optimizer = make_optimizer(model.params, opt)
+    """The range test of `params`, whose full-batch loss `loss_and_gradient` returns, each
+    parameter's `.grad` set to its gradient (by autograd here, or summed from a Dask cluster's
+    workers, `training.cluster`)."""
+    optimizer = make_optimizer(params, opt)
     ratio = (max_lr / min_lr) ** (1.0 / max(1, steps - 1))
     lrs: list[float] = []
     losses: list[float] = []
@@ -60,7 +79,7 @@ def range_test(
         lr = min_lr * ratio**step
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = model.full_loss()
+        loss = loss_and_gradient()
         value = float(loss.detach())
         if not math.isfinite(value):
             break
@@ -71,7 +90,6 @@ def range_test(
         best = min(best, smoothed)
         if smoothed > stop_factor * best:
             break
-        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     chosen, how = _choose(lrs, losses)

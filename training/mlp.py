@@ -9,6 +9,7 @@ stored; `load_flat` puts such values back into a module of the same architecture
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,6 +47,30 @@ def build_mlp(
                 layer.weight.uniform_(-bound, bound, generator=generator)
                 layer.bias.uniform_(-bound, bound, generator=generator)
     return module
+
+
+@dataclass(frozen=True)
+class MLPShape:
+    """An MLP's architecture and seed: called with a dtype, it builds the seeded network
+    (`build_mlp`). Plain values, so it pickles: a Dask worker builds the network from it and
+    loads the driver's parameters into it."""
+
+    n_features: int
+    outputs: int
+    hidden: tuple[int, ...]
+    activation: str
+    seed: int = 0
+
+    def __call__(self, dtype: torch.dtype) -> torch.nn.Sequential:
+        """The network in `dtype`, with its seeded initial weights."""
+        return build_mlp(
+            self.n_features,
+            self.outputs,
+            hidden=self.hidden,
+            activation=self.activation,
+            seed=self.seed,
+            dtype=dtype,
+        )
 
 
 def flat_names(module: torch.nn.Module) -> list[str]:

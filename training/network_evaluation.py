@@ -29,7 +29,9 @@ def outputs_of(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     return values[:, 0] if values.shape[1] == 1 else values
 
 
-def _probabilities(outputs: np.ndarray, task: str) -> np.ndarray:
+def probabilities_of(outputs: np.ndarray, task: str) -> np.ndarray:
+    """A classifier network's outputs as probabilities: P(class 1) per row (binary), else
+    each class's."""
     from scipy.special import expit, softmax
 
     return np.asarray(expit(outputs) if task == "binary" else softmax(outputs, axis=1))
@@ -39,7 +41,7 @@ def _split(outputs: np.ndarray, y: np.ndarray, task: str, n_classes: int) -> dic
     if task == "regression":
         return dict(metrics_of_predictions(outputs, y))
     family = "logistic" if task == "binary" else "softmax"
-    return split_metrics(_probabilities(outputs, task), y, family=family, n_classes=n_classes)
+    return split_metrics(probabilities_of(outputs, task), y, family=family, n_classes=n_classes)
 
 
 def evaluate_network(
@@ -57,8 +59,24 @@ def evaluate_network(
     `module` (float64, any weights) with the trained `params`."""
     network = load_flat(module.double(), list(params.values()))
     k = len(classes) if classes is not None else 0
-    outputs = outputs_of(network, x)
-    train = _split(outputs, y, task, k)
+    train = _split(outputs_of(network, x), y, task, k)
+    result = network_record(network, train, task=task, classes=classes, predict_rows=predict_rows)
+    if validation is not None:
+        result["validation"] = _split(outputs_of(network, validation[0]), validation[1], task, k)
+    return result
+
+
+def network_record(
+    network: torch.nn.Module,
+    train: dict[str, Any],
+    *,
+    task: str,
+    classes: Optional[Sequence[Any]],
+    predict_rows: Sequence[Sequence[float]],
+) -> dict[str, Any]:
+    """A network's evaluation record from its metrics on the training rows (however they were
+    computed: here, or from per-file sums on a Dask cluster's workers) and its float64 module
+    with the trained weights: the training loss, no optimum, the predictions."""
     result: dict[str, Any] = {
         "train_loss": train["mse"] if task == "regression" else train["log_loss"],
         "train": train,
@@ -67,8 +85,6 @@ def evaluate_network(
     }
     if classes is not None:
         result["classes"] = list(classes)
-    if validation is not None:
-        result["validation"] = _split(outputs_of(network, validation[0]), validation[1], task, k)
     return result
 
 
@@ -88,4 +104,4 @@ def _predictions(
             {"input": [float(v) for v in row], "output": float(out)}
             for row, out in zip(inputs, outputs)
         ]
-    return class_predictions(inputs, _probabilities(outputs, task), classes)
+    return class_predictions(inputs, probabilities_of(outputs, task), classes)

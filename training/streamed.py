@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from gdflow.config.errors import features_too_large
-from gdflow.data.cluster import ClusterData
 from gdflow.data.dataset import Dataset
 from gdflow.data.streaming import (
     Moments,
+    RowsElsewhere,
     StreamedData,
     buffer_rows,
     prefetched,
@@ -43,8 +43,8 @@ from gdflow.data.streaming import (
 from gdflow.training.classification import EPS, binary_log_loss, multiclass_log_loss
 from gdflow.training.classifier_evaluation import class_predictions, probabilities, weight_matrix
 from gdflow.training.conditioning import Gram
-from gdflow.training.evaluation import design_matrix, predict
-from gdflow.training.loop import Hooks
+from gdflow.training.evaluation import design_matrix, metrics_of_sums, predict
+from gdflow.training.loop import EpochEnd, Hooks
 from gdflow.training.model import TrainingData, build_model
 from gdflow.training.optimization import Optimization, make_optimizer, make_scheduler
 from gdflow.training.parameters import is_bias
@@ -63,7 +63,7 @@ NO_OPTIMUM = "not computed for streamed data (Newton's method needs every row in
 
 
 def standardizer_of(
-    stream: StreamedData | ClusterData, *, bias: bool, labels: bool, outputs: int = 1
+    stream: RowsElsewhere, *, bias: bool, labels: bool, outputs: int = 1
 ) -> Standardizer:
     """`Standardizer.fit` of every row, from the pass's moments: mean and standard deviation
     with a bias, else the root mean square; a classifier's target is left as it is."""
@@ -199,8 +199,8 @@ def fit_streamed(
     bounded = streamed.buffer_rows < streamed.rows
     records = EpochRecords(max(1, min(hooks.chunk_epochs, opt.epochs)))
     history = History(streamed.problem.initial, opt, has_val=False, on_chunk=hooks.on_chunk)
+    end = EpochEnd(records, history, hooks, opt.epochs)
     started = time.perf_counter()
-    last_flush = time.monotonic()
     for epoch in range(1, opt.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         order = permutation(len(streamed.stream.groups)) if bounded else None
@@ -231,31 +231,19 @@ def fit_streamed(
                 break
         batches.close()  # ends the prefetching thread of an epoch cut short
         if interrupted:  # asked to stop mid-epoch: keep the epochs done, not this one's part
-            stop = history.add(*records.take(), last_epoch=epoch - 1) if records.count else False
-            if not stop:
+            if not end.hand_on(epoch - 1):
                 history.cancel(f"stopped by {interrupted} during epoch {epoch}")
             break
         records.add(lr, total / streamed.rows, grads, params, None, None)
         if scheduler is not None:
             scheduler.step()
-        asked = hooks.asked_to_stop()
-        if (
-            asked
-            or records.full
-            or epoch == opt.epochs
-            or time.monotonic() - last_flush >= hooks.flush_seconds
-        ):
-            stop = history.add(*records.take(), last_epoch=epoch)  # the stop rules
-            last_flush = time.monotonic()
-            if not stop and asked and epoch < opt.epochs:
-                stop = history.cancel(f"stopped by {asked} after epoch {epoch}")
-            if stop:
-                break
+        if end(epoch):  # the stop rules, every chunk; a stop asked for
+            break
     result = history.result(str(device), time.perf_counter() - started, "direct")
     return replace(result, data_mode="streamed")
 
 
-def least_squares_of(stream: StreamedData | ClusterData, names: Sequence[str]) -> dict[str, float]:
+def least_squares_of(stream: RowsElsewhere, names: Sequence[str]) -> dict[str, float]:
     """The least-squares parameters of the linear model `names` on every row, solved from the
     centred moments (minimum-norm if singular): w = C_xx^+ C_xy, b = mean(y) - mean(x) w."""
     moments, d = stream.moments, stream.n_features
@@ -322,12 +310,7 @@ def linear_evaluation(
     n = moments.rows
     total = float(moments.comoment[-1, -1])
     train_loss, optimum_loss = sse / n, sse_optimum / n
-    train = {
-        "mse": train_loss,
-        "rmse": float(np.sqrt(train_loss)),
-        "mae": sae / n,
-        "r2": 1.0 - sse / total if total > 0 else None,
-    }
+    train = metrics_of_sums(sse, sae, rows=n, total=total)
     rows = np.array([list(row) for row in predict_rows], dtype=np.float64)
     outputs = predict(rows, params) if len(rows) else np.empty(0)
     gap = theta - theta_optimum
@@ -391,6 +374,24 @@ class ClassifierSums:
         """No rows yet."""
         return cls(0.0, 0.0, np.zeros((k, k), dtype=np.int64))
 
+    @classmethod
+    def of(
+        cls, prob: np.ndarray, y: np.ndarray, *, objective: Optional[float] = None
+    ) -> ClassifierSums:
+        """The sums of rows of class indices `y` predicted with probabilities `prob`: P(class
+        1) per row (n,) for two classes, else (n, k). `objective`: the rows' summed training
+        objective (None: their log loss)."""
+        if prob.ndim == 1:
+            k, clipped = 2, np.clip(prob, EPS, 1 - EPS)
+            log_loss = -float(np.sum(np.where(y == 1, np.log(clipped), np.log1p(-clipped))))
+            predicted = (prob > 0.5).astype(np.int64)
+        else:
+            k = prob.shape[1]
+            log_loss = -float(np.sum(np.log(np.clip(prob[np.arange(len(y)), y], EPS, 1 - EPS))))
+            predicted = np.argmax(prob, axis=1)
+        matrix = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
+        return cls(log_loss if objective is None else float(objective), log_loss, matrix)
+
     def add(self, other: ClassifierSums) -> ClassifierSums:
         """Both blocks' sums."""
         return ClassifierSums(
@@ -415,18 +416,11 @@ def classifier_sums(
     bias = theta.shape[0] == x.shape[1] + 1
     row_weights = weights[y] if weights is not None else None
     logits = design_matrix(x, bias) @ theta
-    prob = probabilities(x, theta, family=family)
     if family == "logistic":
         objective = binary_log_loss(logits[:, 0], y, row_weights) * len(y)
-        clipped = np.clip(prob, EPS, 1 - EPS)
-        log_loss = -float(np.sum(np.where(y == 1, np.log(clipped), np.log1p(-clipped))))
-        predicted = (prob > 0.5).astype(np.int64)
     else:
         objective = multiclass_log_loss(logits, y, row_weights) * len(y)
-        log_loss = -float(np.sum(np.log(np.clip(prob[np.arange(len(y)), y], EPS, 1 - EPS))))
-        predicted = np.argmax(prob, axis=1)
-    matrix = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
-    return ClassifierSums(float(objective), log_loss, matrix)
+    return ClassifierSums.of(probabilities(x, theta, family=family), y, objective=objective)
 
 
 def classifier_evaluation(
@@ -441,7 +435,7 @@ def classifier_evaluation(
 ) -> dict[str, Any]:
     """`evaluate_classifier`'s record from the blocks' `classifier_sums` added up
     (`no_optimum`: why the exact optimum is not computed)."""
-    train = _metrics_of_counts(sums.matrix, sums.log_loss / rows, binary=family == "logistic")
+    train = metrics_of_counts(sums.matrix, sums.log_loss / rows, binary=family == "logistic")
     inputs = [list(row) for row in predict_rows]
     predictions = []
     if inputs:
@@ -462,7 +456,7 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else 0.0
 
 
-def _metrics_of_counts(matrix: np.ndarray, log_loss: float, *, binary: bool) -> dict[str, Any]:
+def metrics_of_counts(matrix: np.ndarray, log_loss: float, *, binary: bool) -> dict[str, Any]:
     """`binary_metrics` / `multiclass_metrics` from a confusion matrix and the mean log loss
     (a binary split's ROC AUC is None: it needs every row's score at once)."""
     n = int(matrix.sum())

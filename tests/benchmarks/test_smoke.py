@@ -97,6 +97,10 @@ def rows_of(name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str
                 "cluster 20,000x16, 8 files, 2 workers: logistic epoch time vs one process",
                 "cluster 20,000x16, 8 files, 2 workers: logistic data vs bytes per epoch",
                 "cluster 20,000x16, 8 files, 2 workers: linear data vs statistics bytes (once)",
+                "mlp 64,64 on 16 features, 40,000 rows in 8 files: a file's compute vs its "
+                "bytes at 1 Gbit/s",
+                "mlp 256,256 on 16 features, 40,000 rows in 8 files: a file's compute vs its "
+                "bytes at 1 Gbit/s",
             ],
             # a LocalCluster of two worker processes
             marks=[pytest.mark.process, pytest.mark.extended],

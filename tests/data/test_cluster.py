@@ -1,9 +1,11 @@
 """A Parquet data set read onto a Dask cluster (`data.cluster`): the same fingerprint, rows,
 moments and classes as reading it here; a seeded sample only; one-line errors for bad values,
-unreadable data and a scheduler that does not answer; the options it cannot train with."""
+unreadable data, a scheduler that does not answer and one without workers (after
+`cluster_timeout`); the options it cannot train with."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,9 +123,22 @@ def test_the_address_is_checked_with_the_config() -> None:
 
 def test_what_a_cluster_run_cannot_do_is_named() -> None:
     assert cluster_blockers(TrainConfig(data="d", dask_address="local")) == []
+    network = TrainConfig(
+        data="d",
+        dask_address="local",
+        model="mlp",
+        task="binary",
+        class_weight="balanced",
+        lr="auto",
+    )
+    assert cluster_blockers(network) == []  # the range test takes the workers' gradients
     found = cluster_blockers(
         TrainConfig(
-            dask_address="local", batch_size=8, validation_split=0.2, model="mlp", device="cuda"
+            dask_address="local",
+            batch_size=8,
+            validation_split=0.2,
+            model="models.net:build",
+            device="cuda",
         )
     )
     assert [line.split(" ")[0] for line in found] == [
@@ -133,3 +148,26 @@ def test_what_a_cluster_run_cannot_do_is_named() -> None:
         "--model",
         "--device",
     ]
+    assert "a user's model" in found[3]
+
+
+def test_a_scheduler_without_workers_fails_the_load_in_one_line(folder: Path) -> None:
+    """Dask waits for a worker forever; the load waits `cluster_timeout` seconds, then fails
+    with one line naming the scheduler and the fix."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=None) as cluster:
+        connection = connect(cluster.scheduler_address, cluster_timeout=1.5)
+        try:
+            started = time.monotonic()
+            with pytest.raises(GdflowError) as error:
+                load_cluster(connection, str(folder), dtype="float64")
+            waited = time.monotonic() - started
+        finally:
+            connection.close()
+    message = str(error.value)
+    assert message == (
+        f"no Dask worker answered for 1.5 s at {cluster.scheduler_address} (listing "
+        f"{folder}): start workers or raise --cluster-timeout"
+    )
+    assert 1.5 <= waited < 10

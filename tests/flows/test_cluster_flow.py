@@ -1,7 +1,7 @@
 """`gdflow run --dask-address` end to end, in process: a Parquet folder read and trained on a
-Dask cluster's workers, every epoch recorded in SQLite and the run recorded as `cluster`; a
-scheduler that does not answer and options a cluster run cannot take fail in one line, the
-run recorded failed."""
+Dask cluster's workers (a logistic model; an MLP with the range test of `--lr auto`), every
+epoch recorded in SQLite and the run recorded as `cluster`; a scheduler that does not answer
+and options a cluster run cannot take fail in one line, the run recorded failed."""
 
 from __future__ import annotations
 
@@ -43,6 +43,29 @@ def test_a_run_on_the_cluster_records_every_epoch(
     assert run.config["dask_address"] == dask_cluster
     losses = [m.loss for m in metrics]
     assert losses[-1] < losses[0] / 4
+
+
+def test_an_mlp_with_lr_auto_trains_on_the_cluster_and_saves_its_version(
+    gdflow_main: GdflowMain, database_url: str, tmp_path: Path, folder: Path, dask_cluster: str
+) -> None:
+    """`--model mlp` on the cluster: the range test of `--lr auto` (implied by --standardize)
+    and every epoch take the workers' gradients; the evaluation comes from per-file sums; the
+    model is saved in original units as an in-memory run's is."""
+    args = ["run", "--data", str(folder), "--model", "mlp", "--task", "binary", "--hidden", "4"]
+    args += ["--standardize", "--epochs", "30", "--dtype", "float64"]
+    args += ["--dask-address", dask_cluster, "--cluster-timeout", "120"]
+    done = gdflow_main(args, database_url=database_url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run, metrics = latest_run(database_url)
+    assert run.status == "completed" and run.epochs_done == 30 and len(metrics) == 30
+    evaluation = run.evaluation
+    assert evaluation["data_mode"] == "cluster" and evaluation["optimum"]["loss"] is None
+    assert evaluation["train"]["accuracy"] > 0.9 and evaluation["train"]["roc_auc"] is None
+    search = evaluation["lr_range_test"]
+    assert search["lrs"][0] < search["chosen"] < search["lrs"][-1]
+    assert "fell fastest" in search["how"] and metrics[0].lr == search["chosen"]
+    assert len(run.final_params) == 30 * 4 + 4 + 4 + 1
+    assert run.config["cluster_timeout"] == 120
 
 
 def test_a_run_the_cluster_cannot_train_fails_in_one_line(

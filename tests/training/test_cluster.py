@@ -1,13 +1,19 @@
 """Full-batch training on a Dask cluster (`training.cluster`) against the single process on
 the same real data in float64: every epoch's loss and the final parameters within 1e-6
-relative (linear on its sufficient statistics, logistic, softmax, class weights); the driver
-receives O(parameters) bytes an epoch, never rows; a worker killed mid-training is recomputed
-by Dask and the trajectory is unchanged; a gradient missing rows is never stepped on."""
+relative (linear on its sufficient statistics, logistic, softmax, class weights, and MLPs for
+regression, binary and multiclass, with the range test of `--lr auto` and the evaluation);
+the driver receives O(parameters) bytes an epoch, never rows; a worker killed mid-training is
+recomputed by Dask and the trajectory is unchanged; a gradient missing rows is never stepped
+on; with every worker gone the fit fails in one line after `cluster_timeout` seconds, the
+epochs before handed on and none after."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,11 +28,21 @@ from gdflow.config.errors import GdflowError
 from gdflow.data.cluster import Connection, connect, load_cluster
 from gdflow.data.dataset import Dataset, Labels, load_dataset, load_streamed
 from gdflow.training.classification import class_weights
-from gdflow.training.cluster import ClusterProblem, Traffic, evaluate_cluster, fit_cluster
+from gdflow.training.cluster import (
+    ClusterProblem,
+    Traffic,
+    evaluate_cluster,
+    fit_cluster,
+    range_test_cluster,
+)
 from gdflow.training.loop import Hooks, fit
+from gdflow.training.lr_finder import range_test
+from gdflow.training.mlp import MLPShape, flat_names, flat_values
+from gdflow.training.model import MAX_RECORDED_PARAMETERS
+from gdflow.training.network_evaluation import evaluate_network
 from gdflow.training.optimization import Optimization
 from gdflow.training.parameters import initial_parameters, parameter_names
-from gdflow.training.preprocessing import TrainingProblem
+from gdflow.training.preprocessing import Network, TrainingProblem
 from gdflow.training.records import EpochChunk
 from gdflow.training.streamed import StreamedProblem, evaluate_streamed
 
@@ -82,6 +98,29 @@ def _both(
     return on_cluster, in_memory, initial_parameters(names, init=0.0, seed=0)
 
 
+#: The task and hidden widths of the MLP trained on each data set (`cancer`'s 257 parameters
+#: are more than a network records by name: it records scalars per epoch, its weights once).
+NETWORKS = {"diabetes": (None, (8,)), "cancer": ("binary", (8,)), "iris": ("multiclass", (6,))}
+
+
+def _network_both(
+    connection: Connection, name: str, folder: Path
+) -> tuple[Dataset, Dataset, dict[str, float], Network]:
+    """The data set on the cluster and in memory (float64), the seeded MLP for its task
+    (`NETWORKS`) and its initial weights."""
+    task, hidden = NETWORKS[name]
+    labels = (task, "mlp") if task else None
+    on_cluster = load_cluster(connection, str(folder), dtype="float64", labels=labels)
+    in_memory = load_dataset(
+        str(folder), dtype="float64", labels=Labels(*labels) if labels else None
+    )
+    outputs = 3 if task == "multiclass" else 1
+    shape = MLPShape(on_cluster.n_features, outputs, hidden, "tanh", seed=4)
+    module = shape(torch.float64)
+    initial = dict(zip(flat_names(module), flat_values(module).tolist()))
+    return on_cluster, in_memory, initial, Network(shape, hidden[0], outputs)
+
+
 def _losses(chunks: list[EpochChunk]) -> np.ndarray:
     return np.concatenate([c.losses for c in chunks])
 
@@ -92,13 +131,14 @@ def _single_process(
     opt: Optimization,
     family: str,
     class_weight: Optional[str] = None,
+    network: Optional[Network] = None,
 ) -> tuple[Any, list[EpochChunk], TrainingProblem]:
     weights = None
     if class_weight is not None:
         assert dataset.classes is not None
         weights = class_weights(dataset.y.astype("int64"), len(dataset.classes), class_weight)
     problem = TrainingProblem.prepare(
-        dataset, initial, standardize=True, family=family, weights=weights
+        dataset, initial, standardize=True, family=family, weights=weights, network=network
     )
     chunks: list[EpochChunk] = []
     result = fit(
@@ -119,9 +159,15 @@ def _on_cluster(
     family: str,
     class_weight: Optional[str] = None,
     hooks: Optional[Hooks] = None,
+    network: Optional[Network] = None,
 ) -> tuple[Any, list[EpochChunk], Traffic, ClusterProblem]:
     problem = ClusterProblem.prepare(
-        dataset, initial, standardize=True, family=family, class_weight=class_weight
+        dataset,
+        initial,
+        standardize=True,
+        family=family,
+        class_weight=class_weight,
+        network=network,
     )
     chunks: list[EpochChunk] = []
     traffic = Traffic()
@@ -184,6 +230,106 @@ def test_the_cluster_trajectory_is_the_single_process_one(
         "statistics" if family == "linear" else "direct",
     )
     assert expected[0].losses[-1] > expected[-1].losses[-1]  # it trained
+
+
+@pytest.mark.parametrize(
+    ("name", "lr", "class_weight"),
+    [
+        ("diabetes", 0.02, None),
+        ("cancer", 0.5, None),
+        ("cancer", 0.5, "balanced"),
+        ("iris", 0.5, None),
+    ],
+)
+def test_an_mlp_trajectory_on_the_cluster_is_the_single_process_one(
+    connection: Connection,
+    real_data: dict[str, Path],
+    name: str,
+    lr: float,
+    class_weight: Optional[str],
+) -> None:
+    """The network is built on each worker from its architecture (`MLPShape`) and given the
+    driver's weights every epoch: the same trajectory as full-batch training in one process,
+    and the same final weights in original units (standardisation folded into the first
+    layer)."""
+    on_cluster, in_memory, initial, network = _network_both(connection, name, real_data[name])
+    opt = Optimization(lr=lr, epochs=40, optimizer="sgd", momentum=0.5, lr_schedule="cosine")
+    cluster, chunks, traffic, _ = _on_cluster(
+        on_cluster, initial, opt, "mlp", class_weight, network=network
+    )
+    single, expected, _ = _single_process(in_memory, initial, opt, "mlp", class_weight, network)
+    _assert_same_trajectory(cluster, single, chunks, expected)
+    assert (cluster.data_mode, cluster.loss_path) == ("cluster", "direct")
+    assert expected[0].losses[0] > 1.05 * expected[-1].losses[-1]  # it trained
+    by_name = len(initial) <= MAX_RECORDED_PARAMETERS  # else scalars per epoch, weights once
+    assert chunks[0].names == (tuple(initial) if by_name else ())
+    assert list(cluster.final_params) == list(initial)
+    assert on_cluster.cluster is not None
+    files = len(on_cluster.cluster.parts)
+    for sent, received in traffic.per_epoch:  # the weights out and a gradient back, per file
+        assert 8 * len(initial) * files <= sent <= (8 * len(initial) + 400) * files
+        assert 8 * len(initial) * files <= received <= (8 * len(initial) + 600) * files
+
+
+def test_an_mlp_range_test_and_evaluation_on_the_cluster_are_the_single_process_ones(
+    connection: Connection, real_data: dict[str, Path]
+) -> None:
+    """`--lr auto` for a network: the range test's steps take their gradients from the
+    workers and choose the rate one process chooses; the evaluation from per-file sums gives
+    `evaluate_network`'s metrics (but the ROC AUC, which ranks every row at once)."""
+    on_cluster, in_memory, initial, network = _network_both(
+        connection, "diabetes", real_data["diabetes"]
+    )
+    cluster = ClusterProblem.prepare(
+        on_cluster, initial, standardize=True, family="mlp", network=network
+    )
+    problem = TrainingProblem.prepare(
+        in_memory, initial, standardize=True, family="mlp", network=network
+    )
+    opt = Optimization(lr=1.0, epochs=1)
+    found = range_test_cluster(cluster, opt)
+    expected = range_test(problem.data, problem.initial, opt, device=torch.device("cpu"))
+    assert found.chosen == expected.chosen and len(found.lrs) == len(expected.lrs) > 20
+    assert found.lrs == expected.lrs
+    # the curve up to the chosen rate; the larger rates after it make the steps unstable, and
+    # an unstable step magnifies the two sums' last-bit differences (as two machines' would)
+    chosen = found.lrs.index(found.chosen) + 1
+    assert chosen > 20
+    np.testing.assert_allclose(found.losses[:chosen], expected.losses[:chosen], rtol=1e-9)
+
+    for name in ("diabetes", "cancer", "iris"):
+        on_cluster, in_memory, initial, network = _network_both(connection, name, real_data[name])
+        assert on_cluster.cluster is not None
+        task = NETWORKS[name][0] or "regression"
+        rows = [list(in_memory.x[0]), list(in_memory.x[-1])]
+        evaluation = evaluate_cluster(
+            on_cluster.cluster,
+            initial,
+            family="mlp",
+            predict_rows=rows,
+            network=network.build,
+            task=task,
+        )
+        reference = evaluate_network(
+            network.build(torch.float64),
+            initial,
+            in_memory.x,
+            in_memory.y,
+            task=task,
+            classes=in_memory.classes,
+            predict_rows=rows,
+        )
+        assert evaluation["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-12)
+        assert evaluation["predictions"] == reference["predictions"]
+        assert evaluation["optimum"] == reference["optimum"]
+        assert evaluation.get("classes") == reference.get("classes")
+        for key, value in reference["train"].items():
+            if key == "roc_auc":
+                assert evaluation["train"][key] is None and value is not None
+            elif isinstance(value, float):
+                assert evaluation["train"][key] == pytest.approx(value, rel=1e-12), (name, key)
+            else:
+                assert evaluation["train"][key] == value, (name, key)
 
 
 def test_the_driver_receives_parameters_and_gradients_never_rows(
@@ -312,3 +458,56 @@ def test_float32_data_trains_in_float32_on_the_cluster_too(
         rtol=1e-3,
         atol=1e-5,
     )
+
+
+def test_with_every_worker_gone_the_fit_fails_in_one_line_after_the_timeout(
+    real_data: dict[str, Path],
+) -> None:
+    """The only worker (a `dask worker --no-nanny` process: nothing restarts it) is killed with
+    SIGKILL after epoch 5. Dask would wait for a worker forever; the fit waits
+    `cluster_timeout` seconds for epoch 6's gradients, then fails in one line naming the
+    scheduler and the fix. Epochs 1-4 (a chunk) and 5 (handed on at the failure) are kept,
+    none after."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dask", "worker", address, "--no-nanny", "--nthreads", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        connection = connect(address, cluster_timeout=60)  # the worker's first imports
+        try:
+            connection.client.wait_for_workers(1, timeout=60)
+            on_cluster, _, initial = _both(connection, real_data["cancer"], "logistic")
+            problem = ClusterProblem.prepare(
+                on_cluster, initial, standardize=True, family="logistic"
+            )
+            connection.cluster_timeout = 3
+            epochs_seen: list[int] = []
+
+            def kill_after_five() -> None:
+                epochs_seen.append(len(epochs_seen) + 1)  # asked once after every epoch
+                if len(epochs_seen) == 5:
+                    worker.kill()
+                    worker.wait()
+
+            chunks: list[EpochChunk] = []
+            hooks = Hooks(on_chunk=chunks.append, should_stop=kill_after_five, chunk_epochs=4)
+            started = time.monotonic()
+            with pytest.raises(GdflowError) as error:
+                fit_cluster(problem, Optimization(lr=0.5, epochs=50), hooks=hooks)
+            waited = time.monotonic() - started
+        finally:
+            connection.close()
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert str(error.value) == (
+        f"no Dask worker answered for 3 s at {address} (the gradients of epoch 6): start "
+        "workers or raise --cluster-timeout"
+    )
+    assert [len(c) for c in chunks] == [4, 1]
+    assert np.concatenate([c.epochs for c in chunks]).tolist() == [1, 2, 3, 4, 5]
+    assert 3 <= waited < 30
