@@ -27,7 +27,7 @@ from gdflow.data.sources import (
     text_format,
     unsupported,
 )
-from gdflow.data.streaming import StreamedData, open_stream
+from gdflow.data.streaming import StreamedData, choose_columns, open_stream
 
 if TYPE_CHECKING:  # pandas is imported where a file is read: the toy run never needs it
     import pandas as pd
@@ -339,30 +339,9 @@ def select_columns(
         raise GdflowError(f"{source} has duplicate column names {dupes}; rename them")
     if not columns:
         raise GdflowError(f"{source} has no columns; add a header row and data rows")
-    target_name = target if target is not None else columns[-1]
-    if features is None:
-        feature_names = [c for c in columns if c != target_name]
-    else:
-        feature_names = list(features)
-    for name in [*feature_names, target_name]:
-        if name not in columns:
-            raise GdflowError(
-                f"column {name!r} not found in {source}; available columns: {', '.join(columns)}"
-            )
-    if len(set(feature_names)) != len(feature_names):
-        dupes = sorted({name for name in feature_names if feature_names.count(name) > 1})
-        raise GdflowError(f"--features names {', '.join(dupes)} more than once; list each once")
-    if target_name in feature_names:
-        raise GdflowError(
-            f"column {target_name!r} is both a feature and the target; drop it from --features"
-        )
-    if not feature_names:
-        raise GdflowError(f"{source} has no feature columns besides the target {target_name!r}")
-    if len(feature_names) > MAX_FEATURES:
-        raise GdflowError(
-            f"{source}: {len(feature_names)} feature columns, more than the {MAX_FEATURES} "
-            "gdflow trains on; choose some with --features"
-        )
+    feature_names, target_name = choose_columns(
+        columns, features=features, target=target, source=source
+    )
     for name in feature_names if labels else [*feature_names, target_name]:
         _check_numeric(frame[name], name, source)
     classes = None

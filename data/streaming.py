@@ -232,7 +232,8 @@ def parquet_rows(source: Source) -> int:
 def choose_columns(
     names: Sequence[str], *, features: Optional[Sequence[str]], target: Optional[str], source: str
 ) -> tuple[list[str], str]:
-    """(features, target) among `names`, picked and checked as `dataset.select_columns` does."""
+    """(features, target) among `names`, picked and checked: one rule for every reader
+    (`dataset.select_columns`, the streamed and the cluster data)."""
     from gdflow.data.dataset import MAX_FEATURES
 
     target_name = target if target is not None else names[-1]

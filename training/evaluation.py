@@ -93,8 +93,6 @@ def evaluate(
 ) -> dict[str, Any]:
     """Predictions, metrics on train (and validation) rows, and the gap to least squares."""
     names = list(params)
-    rows = np.array([list(row) for row in predict_rows], dtype=np.float64)
-    outputs = predict(rows, params) if len(rows) else np.empty(0)
     # One float64 design matrix of the training rows serves the least-squares solve and the
     # model's and the optimum's outputs: the metrics that need residuals (MSE, MAE, R^2) come
     # from one pass over the rows, whatever path training took (statistics_mse needs none).
@@ -106,8 +104,44 @@ def evaluate(
     train_loss = cast(float, train["mse"])  # always a number (only R^2 can be None)
     optimum_loss = float(np.mean((design @ np.array(list(optimum.values())) - target) ** 2))
     del design
-    gap = np.array([params[n] - optimum[n] for n in names], dtype=np.float64)
-    result: dict[str, Any] = {
+    result = least_squares_record(
+        predict_rows,
+        params,
+        optimum,
+        train=train,
+        train_loss=train_loss,
+        optimum_loss=optimum_loss,
+        target_variance=float(np.var(target)),
+    )
+    if validation is not None:
+        result["validation"] = regression_metrics(*validation, params)
+        result["least_squares"]["validation_mse"] = mse(*validation, optimum)
+    return result
+
+
+def least_squares_record(
+    predict_rows: Sequence[Sequence[float]],
+    params: dict[str, float],
+    optimum: dict[str, float],
+    *,
+    train: dict[str, Any],
+    train_loss: float,
+    optimum_loss: float,
+    target_variance: float,
+) -> dict[str, Any]:
+    """A linear model's evaluation record from its metrics and the least-squares optimum's (in
+    memory, streamed or on a cluster alike): predictions, the gap to the optimum, and the same
+    summary as a classifier's (`optimum`: its loss and the relative gap to it)."""
+    rows = np.array([list(row) for row in predict_rows], dtype=np.float64)
+    outputs = predict(rows, params) if len(rows) else np.empty(0)
+    gap = np.array([params[n] - optimum[n] for n in params], dtype=np.float64)
+    # Relative to the optimum only where the optimum is not an exact fit (loss ~ 0).
+    relative = (
+        (train_loss - optimum_loss) / optimum_loss
+        if optimum_loss > 1e-12 * max(target_variance, 1e-300)
+        else None
+    )
+    return {
         "predictions": [
             {"input": [float(v) for v in row], "output": float(out)}
             for row, out in zip(rows, outputs)
@@ -117,23 +151,9 @@ def evaluate(
         "least_squares": {"params": optimum, "loss": optimum_loss},
         "param_distance": float(np.linalg.norm(gap)),
         "loss_gap": train_loss - optimum_loss,
-        # Relative to the optimum only where the optimum is not an exact fit (loss ~ 0).
-        "relative_loss_gap": (
-            (train_loss - optimum_loss) / optimum_loss
-            if optimum_loss > 1e-12 * max(float(np.var(np.asarray(y, np.float64))), 1e-300)
-            else None
-        ),
+        "relative_loss_gap": relative,
+        "optimum": {"loss": optimum_loss, "relative_gap": relative, "reason": None},
     }
-    # The same summary as a classifier's: the optimum's loss and the relative gap to it.
-    result["optimum"] = {
-        "loss": optimum_loss,
-        "relative_gap": result["relative_loss_gap"],
-        "reason": None,
-    }
-    if validation is not None:
-        result["validation"] = regression_metrics(*validation, params)
-        result["least_squares"]["validation_mse"] = mse(*validation, optimum)
-    return result
 
 
 def prediction_line(prediction: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ from gdflow.data.streaming import (
 from gdflow.training.classification import EPS, binary_log_loss, multiclass_log_loss
 from gdflow.training.classifier_evaluation import class_predictions, probabilities, weight_matrix
 from gdflow.training.conditioning import Gram
-from gdflow.training.evaluation import design_matrix, metrics_of_sums, predict
+from gdflow.training.evaluation import design_matrix, least_squares_record, metrics_of_sums
 from gdflow.training.loop import EpochEnd, Hooks
 from gdflow.training.model import TrainingData, build_model
 from gdflow.training.optimization import Optimization, make_optimizer, make_scheduler
@@ -305,33 +305,18 @@ def linear_evaluation(
 ) -> dict[str, Any]:
     """`evaluate`'s record for a linear model from the blocks' `linear_sums` added up."""
     sse, sae, sse_optimum = (float(v) for v in sums)
-    theta = np.array(list(params.values()), dtype=np.float64)
-    theta_optimum = np.array(list(optimum.values()), dtype=np.float64)
     n = moments.rows
     total = float(moments.comoment[-1, -1])
     train_loss, optimum_loss = sse / n, sse_optimum / n
-    train = metrics_of_sums(sse, sae, rows=n, total=total)
-    rows = np.array([list(row) for row in predict_rows], dtype=np.float64)
-    outputs = predict(rows, params) if len(rows) else np.empty(0)
-    gap = theta - theta_optimum
-    relative = (
-        (train_loss - optimum_loss) / optimum_loss
-        if optimum_loss > 1e-12 * max(total / n, 1e-300)
-        else None
+    return least_squares_record(
+        predict_rows,
+        params,
+        optimum,
+        train=metrics_of_sums(sse, sae, rows=n, total=total),
+        train_loss=train_loss,
+        optimum_loss=optimum_loss,
+        target_variance=total / n,
     )
-    return {
-        "predictions": [
-            {"input": [float(v) for v in row], "output": float(out)}
-            for row, out in zip(rows, outputs)
-        ],
-        "train_loss": train_loss,
-        "train": train,
-        "least_squares": {"params": optimum, "loss": optimum_loss},
-        "param_distance": float(np.linalg.norm(gap)),
-        "loss_gap": train_loss - optimum_loss,
-        "relative_loss_gap": relative,
-        "optimum": {"loss": optimum_loss, "relative_gap": relative, "reason": None},
-    }
 
 
 def _evaluate_classifier(
