@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -42,7 +43,10 @@ def test_a_short_soak_keeps_every_invariant() -> None:
     output = stdout + stderr
     assert soak.returncode == 0, output[-4000:]
     summary = stdout.strip().splitlines()[-1]
-    assert summary.startswith("soak ok: serve 5 runs, 3 faults"), output[-4000:]
+    # At least the 5 runs asked for: a run the schedule starts while the soak waits for a
+    # moment between runs to stop the serving process ends too, and counts.
+    found = re.match(r"soak ok: serve (\d+) runs, 3 faults ", summary)
+    assert found and int(found.group(1)) >= 5, output[-4000:]
     (report,) = json.loads((REPORT / "soak.json").read_text())["variants"]
     checks = {check["name"]: check for check in report["checks"]}
     assert {
