@@ -11,7 +11,10 @@ what the commands printed, never a hand-typed figure:
         [--hostile test-artifacts/hostile-input.json]
     python -m benchmarks.record soak --log test-artifacts/soak/soak.json --document RELIABILITY.md
 
-(the soak's curves go to docs/soak/ beside the document).
+(the soak's curves go to docs/soak/ beside the document). The soak's block holds one section a
+variant, each after a `<!-- soak:VARIANT -->` line with its own provenance: recording a report
+replaces the sections of its variants and keeps the others, so variants recorded apart (an hour
+or two each) end up side by side.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ COMMANDS = {
 }
 #: Where the soak's curves go, relative to the document (RELIABILITY.md links them there).
 SOAK_IMAGES = "docs/soak"
+#: The line that starts a variant's section of the soak block, and the sections' order.
+SOAK_SECTION = re.compile(r"^<!-- soak:([a-z-]+) -->$", re.MULTILINE)
+SOAK_ORDER = ("serve", "workers")
 BENCH_HEADER = ("benchmark", "ratio", "target", "result", "raw figures")
 PYTEST_SUMMARY = re.compile(r"^=*\s*(\d+ (passed|failed|skipped|error).*?)\s*=*$")
 
@@ -192,11 +198,35 @@ def soak_reports(output: str) -> list[dict[str, Any]]:
     return reports
 
 
-def soak_figures(output: str) -> str:
-    """The soak's block: per variant its faults, invariants and links to its curves."""
+def _soak_sections(block: str) -> dict[str, str]:
+    """A soak block's sections by variant (none for a block without `<!-- soak:... -->` lines)."""
+    parts = SOAK_SECTION.split(block)
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
+
+
+def soak_block(output: str, old_block: str, machine: Machine) -> str:
+    """The soak block with a section, and its provenance, for each variant of the report, and
+    the old block's sections of other variants as they were (serve first, then workers)."""
     from benchmarks.soak.report import markdown
 
-    return markdown(soak_reports(output), SOAK_IMAGES)
+    sections = _soak_sections(old_block)
+    for report in soak_reports(output):
+        variant = report["variant"]
+        head = provenance(machine, COMMANDS["soak"]).replace(
+            f"`{COMMANDS['soak']}`", f"`{COMMANDS['soak']}` ({variant} variant)", 1
+        )
+        sections[variant] = f"{head}\n\n{markdown([report], SOAK_IMAGES).strip()}"
+    order = sorted(sections, key=lambda v: (SOAK_ORDER.index(v) if v in SOAK_ORDER else 9, v))
+    return "\n\n".join(f"<!-- soak:{v} -->\n{sections[v]}" for v in order)
+
+
+def block_of(document: str, name: str) -> str:
+    """The text between NAME's begin and end markers ("" where the document has no such block;
+    replace_block says what is wrong with it)."""
+    begin, end = f"<!-- figures:{name} begin -->", f"<!-- figures:{name} end -->"
+    if document.count(begin) != 1 or document.count(end) != 1:
+        return ""
+    return document.split(begin, 1)[1].split(end, 1)[0]
 
 
 def write_soak_charts(output: str, document: Path) -> list[Path]:
@@ -239,10 +269,10 @@ def record(
     hostile: Optional[dict[str, Any]] = None,
 ) -> str:
     """The document with the `kind` figures of `output` and their provenance in their block."""
+    if kind == "soak":
+        return replace_block(document, kind, soak_block(output, block_of(document, kind), machine))
     if kind == "bench":
         figures = bench_figures(output)
-    elif kind == "soak":
-        figures = soak_figures(output)
     else:
         figures = reliability_figures(output, hostile)
     body = f"{provenance(machine, COMMANDS[kind])}\n\n{figures}"

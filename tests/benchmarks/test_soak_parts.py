@@ -4,6 +4,7 @@ block. (tests/benchmarks/test_soak.py runs a short soak end to end.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.record import RecordError, soak_figures, write_soak_charts
+from benchmarks.record import RecordError, record, write_soak_charts
 from benchmarks.soak.__main__ import build_parser
 from benchmarks.soak.checks import _memory, _overlap, rss_growth
 from benchmarks.soak.observe import Sample
@@ -28,6 +29,7 @@ from benchmarks.soak.plan import (
 from benchmarks.soak.processes import limit_file_size
 from benchmarks.soak.report import summary_line
 from gdflow.storage.database import SQLITE_BUSY_TIMEOUT_MS
+from tests.benchmarks.test_record import MACHINE
 
 
 def test_the_plan_is_a_function_of_runs_and_seed() -> None:
@@ -194,15 +196,46 @@ def test_the_summary_line_names_each_miss() -> None:
     assert summary_line([missed]) == "soak MISS: serve: records agree: run 4 running"
 
 
+DOCUMENT = (
+    "# Reliability\n\n<!-- figures:soak begin -->\nstale\n<!-- figures:soak end -->\n\nAfter.\n"
+)
+
+
+def _recorded(document: str, *reports: dict[str, object], day: str = "2026-12-02") -> str:
+    machine = dataclasses.replace(MACHINE, day=day)
+    output = json.dumps({"variants": list(reports)})
+    return record("soak", output=output, document=document, machine=machine)
+
+
 def test_the_recorded_block_has_the_faults_the_invariants_and_the_curves(tmp_path: Path) -> None:
-    output = json.dumps({"variants": [REPORT]})
-    block = soak_figures(output)
+    block = _recorded(DOCUMENT, REPORT)
+    assert block.endswith("<!-- figures:soak end -->\n\nAfter.\n") and "stale" not in block
+    assert (
+        "<!-- soak:serve -->\nRecorded by `make soak RECORD=1` (serve variant) on 2026-12-02"
+        in block
+    )
     assert "| kill | 1 | 1 | SIGKILL of the serving or worker process" in block
     assert "| memory | not measured | not measured |" in block
     assert "(docs/soak/serve-rss.svg)" in block
     assert "0 due runs dropped (Cancelled) from a queue longer than 10 and 7 that" in block
+    output = json.dumps({"variants": [REPORT]})
     written = write_soak_charts(output, tmp_path / "RELIABILITY.md")
     assert sorted(p.name for p in written) == ["serve-database.svg", "serve-rss.svg"]
     assert all(p.read_text().startswith("<svg") for p in written)
     with pytest.raises(RecordError, match="not a soak report"):
-        soak_figures("soak ok: ...")
+        record("soak", output="soak ok: ...", document=DOCUMENT, machine=MACHINE)
+
+
+def test_variants_recorded_apart_end_up_side_by_side() -> None:
+    workers = {**REPORT, "variant": "workers"}
+    both = _recorded(_recorded(DOCUMENT, workers, day="2026-12-01"), REPORT)
+    assert both.index("<!-- soak:serve -->") < both.index("<!-- soak:workers -->")
+    assert "(workers variant) on 2026-12-01" in both and "(serve variant) on 2026-12-02" in both
+    assert "(docs/soak/workers-rss.svg)" in both and "(docs/soak/serve-rss.svg)" in both
+    # Recording serve again replaces serve's section only; workers' stays as it was.
+    again = _recorded(both, REPORT, day="2026-12-03")
+    assert "(serve variant) on 2026-12-03" in again and "(serve variant) on 2026-12-02" not in again
+    assert "(workers variant) on 2026-12-01" in again
+    assert again.count("<!-- soak:") == 2
+    # Both at once, as `make soak SOAK_VARIANT=both RECORD=1` writes them.
+    assert _recorded(DOCUMENT, REPORT, workers) == _recorded(_recorded(DOCUMENT, REPORT), workers)
