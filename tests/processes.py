@@ -8,7 +8,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from benchmarks.soak.processes import free_port, venv_command
 
 
 @pytest.fixture(scope="session")
@@ -128,19 +129,6 @@ class PrefectServer:
         from prefect.client.orchestration import SyncPrefectClient
 
         return SyncPrefectClient(api=self.api_url)
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def venv_command(name: str) -> str:
-    """The path of a console script installed beside this Python (gdflow, prefect)."""
-    path = Path(sys.executable).with_name(name)
-    return str(path) if path.exists() else name
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
