@@ -138,7 +138,9 @@ def run(*, quick: bool, rows: int | None = None) -> list[Result]:
                 connection.close()
         # one file's gradient, computed here: the compute a worker does per task
         part = _first_part(folder)
-        prepared = prepare_part(part, remote.problem.standardizer, np.array([0.0, 1.0]))
+        prepared = prepare_part(
+            part, part.digest, "", remote.problem.standardizer, np.array([0.0, 1.0])
+        )
         spec = GradientSpec(tuple(initial), "logistic", 2, None)
         values = np.array(list(remote.problem.initial.values()))
         compute = []
@@ -246,7 +248,7 @@ def _networks(connection: Any, tmp: Path, *, quick: bool) -> list[Result]:
             fit_cluster(remote, opt, traffic=traffic)
             on_cluster.append((time.perf_counter() - started) / epochs)
         remote.release()
-        prepared = prepare_part(part, remote.problem.standardizer, None)
+        prepared = prepare_part(part, part.digest, "", remote.problem.standardizer, None)
         spec = GradientSpec(tuple(initial), "mlp", 0, None, shape)
         values = np.array(list(remote.problem.initial.values()))
         compute, wire = [], []

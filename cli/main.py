@@ -190,8 +190,9 @@ def _add_sweep_parser(commands: Any) -> None:
         "'sweep' flow run, and print how the runs compare and which did best "
         "(lowest validation loss, else lowest final training loss).",
     )
-    # --dask-address is the sweep's own: the scheduler whose workers train the runs
-    _add_config_options(sweep, skip=("dask_address",))
+    # --dask-address is the sweep's own: the scheduler whose workers train the runs (each run
+    # trains in one process there, so a run's --cluster-timeout has no use either)
+    _add_config_options(sweep, skip=("dask_address", "cluster_timeout"))
     sweep.add_argument(
         "--lrs",
         nargs="+",

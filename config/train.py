@@ -552,6 +552,11 @@ class TrainConfig(BaseModel):
             raise ValueError("--features and --target need --data PATH")
         if self.momentum and self.optimizer != "sgd":
             raise ValueError("--momentum applies to --optimizer sgd only")
+        if self.cluster_timeout != CLUSTER_TIMEOUT and not self.dask_address:
+            raise ValueError(
+                "--cluster-timeout applies to runs on a Dask cluster only; give --dask-address "
+                "or drop --cluster-timeout"
+            )
         if self.nesterov and self.momentum == 0:
             raise ValueError("--nesterov needs --momentum above 0")
         family_task = FAMILIES.get(self.model, "regression")

@@ -28,7 +28,7 @@ from gdflow.config.errors import GdflowError
 from gdflow.config.train import CLUSTER_TIMEOUT, LOCAL_ADDRESS, TrainConfig
 from gdflow.data.fingerprint import manifest_fingerprint
 from gdflow.data.labels import MAX_CLASSES, Label, encode_labels
-from gdflow.data.sources import PARQUET_SUFFIXES, is_url, local_path
+from gdflow.data.sources import PARQUET_SUFFIXES, is_url, kind_of, local_path
 from gdflow.data.streaming import (
     SAMPLE_BYTES,
     SAMPLE_ROWS,
@@ -46,11 +46,33 @@ LOCAL_WORKERS = 2
 CONNECT_SECONDS = 10.0
 
 
+def cluster_failure(exc: BaseException, what: str) -> GdflowError:
+    """The one-line error of a cluster that could not `what` (a GdflowError raised on a worker
+    is its own message; a message whose first line ends in ':' keeps its second, e.g. why
+    Dask cancelled the futures)."""
+    if isinstance(exc, GdflowError):
+        return exc
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    detail = (
+        " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else "".join(lines[:1])
+    )
+    name = type(exc).__name__
+    return GdflowError(
+        f"the Dask cluster could not {what} ({name}{': ' + detail if detail else ''}); "
+        "no step was taken on a partial gradient: check the workers' logs and run again"
+    )
+
+
 def cluster_blockers(config: TrainConfig) -> list[str]:
     """What in `config` a run on a Dask cluster cannot do (empty: it can)."""
     found = []
     if config.data is None:
         found.append("the toy data (give --data: a Parquet file or folder the workers can read)")
+    elif kind_of(config.data.rstrip("/"))[0] == "CSV":
+        found.append(
+            "a CSV or TSV --data (the workers read Parquet: write it as a Parquet file or "
+            "folder, e.g. pandas.read_csv(...).to_parquet(...))"
+        )
     if config.batch_size is not None:
         found.append("--batch-size (the cluster trains full-batch epochs: drop it)")
     if config.stream:
@@ -105,11 +127,13 @@ class Connection:
                 done, waiting = wait(
                     pending, timeout=self.cluster_timeout, return_when="FIRST_COMPLETED"
                 )
+                for future in done:
+                    if future.status != "finished":
+                        future.result()  # the task's error, or why it was cancelled
             except TimeoutError:
                 raise self._no_answer(what) from None
-            for future in done:
-                if future.status != "finished":
-                    future.result()  # the task's error, or why it was cancelled
+            except Exception as exc:  # noqa: BLE001 - a worker's error, in one line
+                raise cluster_failure(exc, f"finish {what}") from None
             pending = list(waiting)
 
     def gather(self, futures: Sequence[Any], what: str) -> list[Any]:
@@ -245,7 +269,12 @@ def list_parts(location: str, options: dict[str, Any]) -> list[tuple[str, str]]:
             protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
             if fs.isdir(root):
                 base = root.rstrip("/")
-                names = sorted(p[len(base) + 1 :] for p in fs.find(root))
+                # In path order, as parquet_parts lists a local folder ('x=1/…' before
+                # 'x=1.5/…'), so that both give the same files in the same order.
+                names = sorted(
+                    (p[len(base) + 1 :] for p in fs.find(root)),
+                    key=lambda name: PurePosixPath(name).parts,
+                )
                 return [
                     (f"{protocol}://{base}/{name}", name) for name in names if _is_parquet(name)
                 ]
@@ -331,6 +360,18 @@ def read_part(
     return Part(index, x, y, hashlib.sha256(data).hexdigest(), len(data))
 
 
+def checked(part: Part, digest: str, where: str) -> Part:
+    """`part` when its bytes are those the run recorded; GdflowError when its worker was lost,
+    Dask read the file again and it had changed meanwhile (never a gradient of other rows)."""
+    if part.digest != digest:
+        raise GdflowError(
+            f"{where} changed while the run used it: a lost worker's rows were read again and "
+            f"their sha256 is {part.digest[:12]}..., not the {digest[:12]}... this run recorded; "
+            "leave the data unchanged while a run trains, then run again"
+        )
+    return part
+
+
 def summarize(part: Part, labels: bool) -> PartSummary:
     """The statistics and checks of one kept file (run on its worker)."""
     x, y = part.x, part.y
@@ -352,14 +393,20 @@ def summarize(part: Part, labels: bool) -> PartSummary:
     counts: dict[float, int] = {}
     if labels and not bad[d]:
         values, found = np.unique(y, return_counts=True)
-        counts = dict(zip(values.tolist(), found.tolist()))
+        # One more than MAX_CLASSES is enough for the driver to refuse the column: a number
+        # column given as a class label (one value a row) does not travel to the driver.
+        keep = MAX_CLASSES + 1
+        counts = dict(zip(values[:keep].tolist(), found[:keep].tolist()))
     return PartSummary(
         part.index, len(y), moments, abs_max, bad, first_bad, counts, part.digest, part.size
     )
 
 
-def sample_part(part: Part, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_part(
+    part: Part, share: float, seed: int, digest: str, where: str
+) -> tuple[np.ndarray, np.ndarray]:
     """A seeded share of one file's rows (each kept with probability `share`)."""
+    part = checked(part, digest, where)
     if share >= 1:
         return part.x, part.y
     chosen = np.random.default_rng([seed, part.index]).random(len(part.y)) < share
@@ -394,6 +441,12 @@ class ClusterData(RowsElsewhere):
     class_values: Optional[np.ndarray] = None
     class_counts: Optional[np.ndarray] = None
     options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def expected(self) -> list[tuple[Any, str, str]]:
+        """(future of its Part, sha256 the run recorded, where) of each file, in file order:
+        what a task on a file's rows checks (`checked`) before it uses them."""
+        return [(p, d, where) for p, d, (where, _) in zip(self.parts, self.digests, self.files)]
 
     @property
     def client(self) -> Any:
@@ -462,7 +515,10 @@ def open_cluster(
     keep = min(SAMPLE_ROWS, max(1, SAMPLE_BYTES // (len(columns) * np.dtype(dtype).itemsize)))
     share = min(1.0, keep / max(total, 1))
     samples = connection.gather(
-        [client.submit(sample_part, part, share, seed, pure=False) for part in parts],
+        [
+            client.submit(sample_part, part, share, seed, s.digest, where, pure=False)
+            for part, s, (where, _) in zip(parts, summaries, files)
+        ],
         "sampling the files",
     )
     x_sample = np.ascontiguousarray(np.concatenate([x for x, _ in samples])[:keep])

@@ -137,8 +137,9 @@ def _start(config: TrainConfig, settings: Settings, sweep_id: Optional[int]) -> 
 
 
 def _device(config: TrainConfig) -> str:
-    """The device this run trains on ('auto' resolved and logged)."""
-    device = str(resolve_device(config.device))
+    """The device this run trains on ('auto' resolved and logged): the workers' CPUs for a
+    run on a Dask cluster, whatever the driver has."""
+    device = "cpu" if config.dask_address else str(resolve_device(config.device))
     if config.device == "auto":
         get_run_logger().info("Device 'auto' resolved to %s", device)
     return device

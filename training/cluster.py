@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from gdflow.config.errors import GdflowError
-from gdflow.data.cluster import ClusterData, Part
+from gdflow.data.cluster import ClusterData, Part, checked, cluster_failure
 from gdflow.data.dataset import Dataset
 from gdflow.data.streaming import Moments
 from gdflow.training.classifier_evaluation import weight_matrix
@@ -100,10 +100,15 @@ class Prepared:
 
 
 def prepare_part(
-    part: Part, scaler: Optional[Standardizer], class_values: Optional[np.ndarray]
+    part: Part,
+    digest: str,
+    where: str,
+    scaler: Optional[Standardizer],
+    class_values: Optional[np.ndarray],
 ) -> Prepared:
-    """A kept file's rows as training sees them (run on its worker)."""
-    x, y = part.x, part.y
+    """A kept file's rows as training sees them (run on its worker; Dask runs it again, and
+    reads the file again, when the worker that kept them is lost: `checked`)."""
+    x, y = checked(part, digest, where).x, part.y
     if class_values is not None:
         y = np.searchsorted(class_values, y).astype(y.dtype)
     if scaler is not None:
@@ -170,26 +175,32 @@ def part_statistics(part: Prepared) -> tuple[int, Moments]:
 
 
 def part_linear_sums(
-    part: Part, theta: np.ndarray, theta_optimum: np.ndarray, bias: bool
+    part: Part, digest: str, where: str, theta: np.ndarray, theta_optimum: np.ndarray, bias: bool
 ) -> tuple[int, np.ndarray]:
     """`linear_sums` of one kept file's rows (original units; run on its worker)."""
+    part = checked(part, digest, where)
     return part.index, linear_sums(part.x, part.y, theta, theta_optimum, bias=bias)
 
 
 def part_classifier_sums(
     part: Part,
+    digest: str,
+    where: str,
     theta: np.ndarray,
     family: str,
     class_values: np.ndarray,
     weights: Optional[np.ndarray],
 ) -> tuple[int, ClassifierSums]:
     """`classifier_sums` of one kept file's rows (original units; run on its worker)."""
+    part = checked(part, digest, where)
     y = np.searchsorted(class_values, part.y).astype(np.int64)
     return part.index, classifier_sums(part.x, y, theta, family=family, weights=weights)
 
 
 def part_network_sums(
     part: Part,
+    digest: str,
+    where: str,
     network: Callable[[torch.dtype], torch.nn.Module],
     values: np.ndarray,
     task: str,
@@ -197,6 +208,7 @@ def part_network_sums(
 ) -> tuple[int, Any]:
     """A network's sums on one kept file's rows in float64 (original units; run on its
     worker): of the squared and the absolute residuals (regression), else `ClassifierSums`."""
+    part = checked(part, digest, where)
     outputs = outputs_of(load_flat(network(torch.float64), values), part.x)
     if task == "regression":
         residual = outputs - part.y.astype(np.float64)
@@ -226,19 +238,6 @@ def wire_bytes(value: Any) -> int:
     buffers: list[pickle.PickleBuffer] = []
     head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     return len(head) + sum(memoryview(b).nbytes for b in buffers)
-
-
-def cluster_failure(exc: BaseException, what: str) -> GdflowError:
-    """The one-line error of a cluster that could not finish `what` (a GdflowError raised on
-    a worker is its own message)."""
-    if isinstance(exc, GdflowError):
-        return exc
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    return GdflowError(
-        f"the Dask cluster could not {what} ({name}{': ' + detail if detail else ''}); "
-        "no step was taken on a partial gradient: check the workers' logs and run again"
-    )
 
 
 @dataclass(frozen=True)
@@ -301,8 +300,8 @@ class ClusterProblem:
             weights = data.rows / (n_classes * data.class_counts.astype(np.float64))
         client = data.client
         parts = tuple(
-            client.submit(prepare_part, part, scaler, data.class_values, pure=False)
-            for part in data.parts
+            client.submit(prepare_part, *each, scaler, data.class_values, pure=False)
+            for each in data.expected
         )
         try:  # a failed read raises here, with its one-line reason
             data.connection.wait(parts, "preparing the rows for training")
@@ -534,14 +533,14 @@ def evaluate_cluster(
         futures = [
             client.submit(
                 part_classifier_sums,
-                part,
+                *each,
                 theta,
                 family,
                 data.class_values,
                 class_weights,
                 pure=False,
             )
-            for part in data.parts
+            for each in data.expected
         ]
         found = _gather(data, futures)
         sums = ClassifierSums.empty(k)
@@ -560,8 +559,8 @@ def evaluate_cluster(
     optimum = least_squares_of(data, list(params))
     theta_optimum = np.array(list(optimum.values()), dtype=np.float64)
     futures = [
-        client.submit(part_linear_sums, part, theta, theta_optimum, "b" in params, pure=False)
-        for part in data.parts
+        client.submit(part_linear_sums, *each, theta, theta_optimum, "b" in params, pure=False)
+        for each in data.expected
     ]
     total = np.zeros(3)
     for _, each in _gather(data, futures):
@@ -582,9 +581,9 @@ def _evaluate_network(
     values = np.array(list(params.values()), dtype=np.float64)
     futures = [
         data.client.submit(
-            part_network_sums, part, network, values, task, data.class_values, pure=False
+            part_network_sums, *each, network, values, task, data.class_values, pure=False
         )
-        for part in data.parts
+        for each in data.expected
     ]
     found = [each for _, each in _gather(data, futures)]
     if task == "regression":

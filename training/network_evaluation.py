@@ -30,17 +30,18 @@ def outputs_of(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def probabilities_of(outputs: np.ndarray, task: str) -> np.ndarray:
-    """A classifier network's outputs as probabilities: P(class 1) per row (binary), else
-    each class's."""
+    """A classifier network's outputs as probabilities: P(class 1) per row for one output (a
+    binary task, or a multiclass task whose data has two classes), else each class's."""
     from scipy.special import expit, softmax
 
-    return np.asarray(expit(outputs) if task == "binary" else softmax(outputs, axis=1))
+    one = task == "binary" or outputs.ndim == 1
+    return np.asarray(expit(outputs) if one else softmax(outputs, axis=1))
 
 
 def _split(outputs: np.ndarray, y: np.ndarray, task: str, n_classes: int) -> dict[str, Any]:
     if task == "regression":
         return dict(metrics_of_predictions(outputs, y))
-    family = "logistic" if task == "binary" else "softmax"
+    family = "logistic" if task == "binary" or outputs.ndim == 1 else "softmax"
     return split_metrics(probabilities_of(outputs, task), y, family=family, n_classes=n_classes)
 
 

@@ -117,3 +117,10 @@ def test_the_training_identity_leaves_out_what_only_steers_gdflow() -> None:
     for changed in ({"lr": 0.2}, {"epochs": 7}, {"name": "other"}, {"seed": 3}, {"bias": True}):
         options = {"data": "d.csv", "lr": 0.1, **changed}
         assert TrainConfig(**options).training_identity() != base.training_identity()
+
+
+def test_a_cluster_timeout_needs_a_cluster() -> None:
+    with pytest.raises(ValidationError, match="--cluster-timeout applies to runs on a Dask"):
+        TrainConfig(data="d.parquet", cluster_timeout=60)
+    assert TrainConfig(data="d", dask_address="local", cluster_timeout=60).cluster_timeout == 60
+    assert TrainConfig(data="d", cluster_timeout=300).dask_address is None  # the default

@@ -15,9 +15,21 @@ import pytest
 
 from gdflow.config.errors import GdflowError
 from gdflow.config.train import TrainConfig
-from gdflow.data.cluster import Connection, cluster_blockers, connect, load_cluster
+from gdflow.data.cluster import (
+    Connection,
+    Part,
+    checked,
+    cluster_blockers,
+    cluster_failure,
+    connect,
+    list_parts,
+    load_cluster,
+    summarize,
+)
 from gdflow.data.dataset import Labels, load_dataset
 from gdflow.data.fingerprint import data_fingerprint, fingerprint
+from gdflow.data.labels import MAX_CLASSES
+from gdflow.training.cluster import prepare_part
 from tests.processes import free_port
 
 
@@ -149,6 +161,29 @@ def test_what_a_cluster_run_cannot_do_is_named() -> None:
         "--device",
     ]
     assert "a user's model" in found[3]
+    for text in ("s3://bucket/events.csv.gz", "d.tsv", "/data/u.CSV"):
+        (csv,) = cluster_blockers(TrainConfig(data=text, dask_address="local"))
+        assert csv.startswith("a CSV or TSV --data (the workers read Parquet"), csv
+
+
+def test_a_url_folder_lists_its_files_in_the_order_of_a_local_one(tmp_path: Path) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    names = ["x=1.5/a.parquet", "x=1/a.parquet", "x=1/b.parquet", "_SUCCESS", "y/.a.crc"]
+    for name in names:
+        fs.pipe(f"/order/{name}", b"")
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    remote = [name for _, name in list_parts("memory://order", {})]
+    local = [name for _, name in list_parts(str(tmp_path), {})]
+    assert remote == local == ["x=1/a.parquet", "x=1/b.parquet", "x=1.5/a.parquet"]
+
+
+def test_a_number_column_given_as_a_label_stays_on_its_worker() -> None:
+    part = Part(0, np.zeros((50_000, 1)), np.arange(50_000, dtype=np.float64), "digest", 1)
+    assert len(summarize(part, labels=True).labels) == MAX_CLASSES + 1
+    assert summarize(part, labels=False).labels == {}
 
 
 def test_a_scheduler_without_workers_fails_the_load_in_one_line(folder: Path) -> None:
@@ -171,3 +206,34 @@ def test_a_scheduler_without_workers_fails_the_load_in_one_line(folder: Path) ->
         f"{folder}): start workers or raise --cluster-timeout"
     )
     assert 1.5 <= waited < 10
+
+
+def test_a_file_read_again_with_other_bytes_is_refused_in_one_line() -> None:
+    """Dask reads a lost worker's files again: every task on a file's rows checks they are the
+    bytes the run recorded, so a file rewritten meanwhile never yields a gradient."""
+    part = Part(2, np.zeros((3, 1)), np.zeros(3), "ab" * 32, 10)
+    assert checked(part, "ab" * 32, "s3://b/day=2/part.parquet") is part
+    with pytest.raises(GdflowError) as found:
+        checked(part, "cd" * 32, "s3://b/day=2/part.parquet")
+    message = str(found.value)
+    assert "\n" not in message
+    assert message.startswith("s3://b/day=2/part.parquet changed while the run used it")
+    assert "abababababab..., not the cdcdcdcdcdcd..." in message
+    with pytest.raises(GdflowError, match="changed while the run used it"):
+        prepare_part(part, "cd" * 32, "f", None, None)
+
+
+def test_a_task_that_fails_on_a_worker_is_one_line(connection: Connection) -> None:
+    future = connection.client.submit(int, "twelve", pure=False)
+    with pytest.raises(GdflowError) as found:
+        connection.wait([future], "reading the 1 file(s) of d")
+    assert str(found.value).startswith(
+        "the Dask cluster could not finish reading the 1 file(s) of d (ValueError: invalid "
+        "literal for int() with base 10: 'twelve'); no step was taken"
+    )
+    # A message whose first line only announces the next keeps both (Dask's cancellations).
+    cancelled = RuntimeError("2 Futures cancelled:\nReason: scheduler-connection-lost\nkeys: a, b")
+    assert str(cluster_failure(cancelled, "evaluate the model")).startswith(
+        "the Dask cluster could not evaluate the model (RuntimeError: 2 Futures cancelled: "
+        "Reason: scheduler-connection-lost); "
+    )

@@ -140,3 +140,27 @@ def test_an_mlp_does_any_task() -> None:
     assert TrainConfig(model="mlp").resolved_task == "regression"
     config = TrainConfig(model="mlp", task="multiclass", hidden="64,32", class_weight="balanced")
     assert (config.resolved_task, config.hidden) == ("multiclass", [64, 32])
+
+
+def test_a_multiclass_network_of_two_classes_is_evaluated_as_its_one_output() -> None:
+    """--task multiclass on two classes trains one output (network_of): its evaluation reads
+    that output as P(class 1), as for --task binary, instead of failing on a softmax."""
+    network = _network((4,))
+    params = _initial(network)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 2)), (rng.random(50) < 0.5).astype(np.float64)
+    found = {
+        task: evaluate_network(
+            network.build(torch.float64),
+            params,
+            x,
+            y,
+            task=task,
+            classes=("no", "yes"),
+            predict_rows=[[0.5, 0.5]],
+            validation=(x[:10], y[:10]),
+        )
+        for task in ("binary", "multiclass")
+    }
+    assert found["multiclass"] == found["binary"]
+    assert 0 <= found["multiclass"]["validation"]["accuracy"] <= 1
