@@ -220,10 +220,15 @@ def soak_block(output: str, old_block: str, machine: Machine) -> str:
     return "\n\n".join(f"<!-- soak:{v} -->\n{sections[v]}" for v in order)
 
 
+def _markers(name: str) -> tuple[str, str]:
+    """The lines that begin and end NAME's figure block."""
+    return f"<!-- figures:{name} begin -->", f"<!-- figures:{name} end -->"
+
+
 def block_of(document: str, name: str) -> str:
     """The text between NAME's begin and end markers ("" where the document has no such block;
     replace_block says what is wrong with it)."""
-    begin, end = f"<!-- figures:{name} begin -->", f"<!-- figures:{name} end -->"
+    begin, end = _markers(name)
     if document.count(begin) != 1 or document.count(end) != 1:
         return ""
     return document.split(begin, 1)[1].split(end, 1)[0]
@@ -245,7 +250,7 @@ def write_soak_charts(output: str, document: Path) -> list[Path]:
 
 def replace_block(document: str, name: str, body: str) -> str:
     """The document with the text between NAME's begin and end markers replaced by `body`."""
-    begin, end = f"<!-- figures:{name} begin -->", f"<!-- figures:{name} end -->"
+    begin, end = _markers(name)
     if document.count(begin) != 1 or document.count(end) != 1:
         raise RecordError(
             f"the document needs exactly one '{begin}' and one '{end}' line; add them "

@@ -303,10 +303,8 @@ class ClusterProblem:
             client.submit(prepare_part, *each, scaler, data.class_values, pure=False)
             for each in data.expected
         )
-        try:  # a failed read raises here, with its one-line reason
-            data.connection.wait(parts, "preparing the rows for training")
-        except Exception as exc:  # noqa: BLE001
-            raise cluster_failure(exc, "prepare the rows for training") from None
+        # a failed read raises here, with its one-line reason (Connection.wait)
+        data.connection.wait(parts, "preparing the rows for training")
         return cls(data, problem, weights, parts)
 
     @property

@@ -34,14 +34,18 @@ def probabilities_of(outputs: np.ndarray, task: str) -> np.ndarray:
     binary task, or a multiclass task whose data has two classes), else each class's."""
     from scipy.special import expit, softmax
 
-    one = task == "binary" or outputs.ndim == 1
-    return np.asarray(expit(outputs) if one else softmax(outputs, axis=1))
+    return np.asarray(expit(outputs) if _one_output(outputs, task) else softmax(outputs, axis=1))
+
+
+def _one_output(outputs: np.ndarray, task: str) -> bool:
+    """Whether a classifier network has one output (P(class 1)) rather than one per class."""
+    return task == "binary" or outputs.ndim == 1
 
 
 def _split(outputs: np.ndarray, y: np.ndarray, task: str, n_classes: int) -> dict[str, Any]:
     if task == "regression":
         return dict(metrics_of_predictions(outputs, y))
-    family = "logistic" if task == "binary" or outputs.ndim == 1 else "softmax"
+    family = "logistic" if _one_output(outputs, task) else "softmax"
     return split_metrics(probabilities_of(outputs, task), y, family=family, n_classes=n_classes)
 
 
