@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -90,10 +91,32 @@ def _set_sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-u
     """Make SQLite safe for concurrent runs and readers: WAL, busy timeout, foreign keys."""
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _switch_to_wal(cursor) -> None:  # type: ignore[no-untyped-def]
+    """`PRAGMA journal_mode=WAL`, retried while another connection holds the lock it needs.
+
+    Switching a new (rollback-journal) file to WAL needs an exclusive lock. When several
+    processes open the file at once, each holds a shared lock and wants the exclusive one;
+    SQLite answers all but one with SQLITE_BUSY at once, without its busy handler (waiting
+    could deadlock). The switch is retried here for up to the busy timeout, after which the
+    file is in WAL mode for good and the pragma takes no lock.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.002
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError, whichever SQLite driver
+            if "database is locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def make_engine(url: str, *, create_schema: bool = True) -> Engine:

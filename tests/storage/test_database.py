@@ -43,6 +43,31 @@ def test_sqlite_engine_uses_wal_and_busy_timeout(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_connections_opening_a_new_file_at_once_all_switch_it_to_wal(tmp_path: Path) -> None:
+    # Switching a new file to WAL needs an exclusive lock; connections that all hold a shared
+    # one get SQLITE_BUSY at once, without the busy timeout. Before the switch was retried,
+    # about one round in five here failed with "database is locked".
+    import sqlite3
+    import threading
+
+    from gdflow.storage.database import _set_sqlite_pragmas
+
+    def open_one(path: Path, barrier: threading.Barrier) -> object:
+        connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        try:
+            barrier.wait()
+            _set_sqlite_pragmas(connection, None)
+            return connection.execute("PRAGMA journal_mode").fetchone()[0]
+        finally:
+            connection.close()
+
+    for round_ in range(50):
+        path, barrier = tmp_path / f"{round_}.db", threading.Barrier(6)
+        with ThreadPoolExecutor(6) as pool:
+            modes = [f.result() for f in [pool.submit(open_one, path, barrier) for _ in range(6)]]
+        assert modes == ["wal"] * 6, round_
+
+
 def test_schema_creation_is_idempotent(tmp_path: Path) -> None:
     """Opening a database that already has the schema changes nothing and keeps its rows."""
     url = f"sqlite:///{tmp_path / 'm.db'}"
