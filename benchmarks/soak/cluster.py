@@ -77,9 +77,31 @@ class Layout:
         return self.root / "data.csv"
 
     @property
+    def api_ca_file(self) -> Path:
+        """The workers' PREFECT_API_SSL_CERT_FILE: one certificate (the server is http://)."""
+        return self.root / "api-ca.pem"
+
+    @property
     def prefect_home(self) -> Path:
         """The Prefect server's home: its own database, settings and logs."""
         return self.root / "prefect-home"
+
+
+def write_api_ca_file(path: Path) -> Path:
+    """Write the first certificate of certifi's bundle to `path` and return it: a CA file for a
+    Prefect client of an http:// server, which verifies nothing with it, so that each client
+    does not load the bundle's 100-odd certificates into a new SSL context (docs/deployment.md,
+    "Workers that run for months")."""
+    import re
+
+    import certifi
+
+    bundle = Path(certifi.where()).read_text(encoding="ascii")
+    first = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", bundle, re.S)
+    if first is None:
+        raise SoakError(f"no certificate in {certifi.where()}")
+    path.write_text(first.group(0), encoding="ascii")
+    return path
 
 
 class Cluster:
@@ -142,7 +164,13 @@ class Cluster:
                     ready_line=b"serving train/",
                 )
             ]
-        env = {**self.env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
+        env = {
+            **self.env,
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+            # docs/deployment.md, "Workers that run for months": without it each worker's
+            # memory grows with the CA bundle every API client of every flow run loads.
+            "PREFECT_API_SSL_CERT_FILE": str(write_api_ca_file(self.layout.api_ca_file)),
+        }
         return [
             Service(
                 name,
