@@ -239,3 +239,26 @@ def test_variants_recorded_apart_end_up_side_by_side() -> None:
     assert again.count("<!-- soak:") == 2
     # Both at once, as `make soak SOAK_VARIANT=both RECORD=1` writes them.
     assert _recorded(DOCUMENT, REPORT, workers) == _recorded(_recorded(DOCUMENT, REPORT), workers)
+
+
+def test_the_workers_ca_file_holds_one_certificate_that_ssl_loads(tmp_path: Path) -> None:
+    import ssl
+
+    from benchmarks.soak.cluster import write_api_ca_file
+
+    path = write_api_ca_file(tmp_path / "api-ca.pem")
+    text = path.read_text(encoding="ascii")
+    assert text.count("-----BEGIN CERTIFICATE-----") == 1
+    assert text.rstrip().endswith("-----END CERTIFICATE-----")
+    context = ssl.create_default_context(cafile=str(path))
+    assert context.cert_store_stats()["x509_ca"] == 1
+
+
+def test_worker_memory_refuses_too_few_or_too_many_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.soak.worker_memory import main
+
+    for runs in ("5", "500"):
+        with pytest.raises(SystemExit) as info:
+            main(["--runs", runs])
+        assert info.value.code == 2
+        assert "--runs must be between 10 and 200" in capsys.readouterr().err
