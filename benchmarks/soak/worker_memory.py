@@ -62,7 +62,8 @@ def measure(runs: int, ca_file: Optional[Path], root: Path) -> dict[str, Any]:
     from benchmarks.soak.processes import free_port, kill_tree, rss_kib, venv_command
 
     root.mkdir(parents=True)
-    api = f"http://127.0.0.1:{free_port()}/api"
+    port, prefect = free_port(), venv_command("prefect")
+    api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {
         "PREFECT_HOME": str(root / "prefect-home"),
@@ -71,11 +72,10 @@ def measure(runs: int, ca_file: Optional[Path], root: Path) -> dict[str, Any]:
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
     }
-    port = api.rsplit(":", 1)[1].split("/")[0]
     log = root / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [venv_command("prefect"), "server", "start", "--port", port],
+            [prefect, "server", "start", "--port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -84,7 +84,6 @@ def measure(runs: int, ca_file: Optional[Path], root: Path) -> dict[str, Any]:
     worker: Optional[subprocess.Popen[bytes]] = None
     try:
         _wait_healthy(api, server, log)
-        prefect = venv_command("prefect")
         subprocess.run(
             [prefect, "work-pool", "create", "memory", "--type", "process"],
             env=env,
