@@ -42,8 +42,9 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 # no other test's load makes them fail. Both parts run; either failing fails the target.
 # Tests marked `extended` (minutes of CPU for what other tests cover in part: two process
 # workers on one pool, the GPU deployment, Dask on local worker processes, SIGHUP to gdflow
-# server, the orchestration and loading benchmarks end to end) run under `make test-extended`,
-# not in `make test`, which CI runs in about 11 minutes (docs/development.md).
+# server, concurrent runs each with its own temporary Prefect server, a sweep's concurrent runs,
+# the orchestration and loading benchmarks end to end) run under `make test-extended`, not in
+# `make test`, which CI runs in 11 to 15 minutes (docs/development.md).
 # The parallel part gives torch one thread a process (OMP_NUM_THREADS=1, inherited by the runs
 # the tests start): two workers with torch's default of one thread a core oversubscribe two
 # cores, and small ops then wait on spinning threads (a 600 x 32 tanh: 0.3 ms on one thread,

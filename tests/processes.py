@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -307,7 +308,7 @@ def served(
         # Its nightly schedule (every 5 s here) stays paused but for the test of the schedule:
         # a run every 5 s for the rest of the session would load every other test.
         with prefect_server.client() as client:
-            client.pause_deployment(client.read_deployment_by_name("train/gdflow-nightly").id)
+            pause_schedule(client, client.read_deployment_by_name("train/gdflow-nightly").id)
         yield Served(server=prefect_server, database=database, workdir=workdir)
     finally:
         stop_process(process)
@@ -323,7 +324,33 @@ def scheduled(served: Served) -> Iterator[None]:
         yield
     finally:
         with served.server.client() as client:
-            client.pause_deployment(deployment_id)
+            pause_schedule(client, deployment_id)
+
+
+def pause_schedule(client: Any, deployment_id: Any) -> None:
+    """Pause the deployment's schedule and delete the runs it has scheduled ahead. Pausing
+    alone leaves them: Prefect's scheduler keeps up to 100 runs ahead, and `gdflow serve` went
+    on starting one every few seconds for the rest of the session (a process that imports torch
+    and Prefect each time), which slowed every test beside it and timed out a browser test."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    client.pause_deployment(deployment_id)
+    while runs := client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+        limit=200,
+    ):
+        for run in runs:
+            client.delete_flow_run(run.id)
 
 
 def latest_run(database_url: str):  # type: ignore[no-untyped-def]

@@ -69,7 +69,15 @@ def _initialise_prefect_home(env: dict[str, str], workdir: Path) -> None:
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("mode", ["server", "ephemeral"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "server",
+        # Every run starts its own temporary Prefect server: about 100 s of two cores, so
+        # `make test-extended` and `make reliability` run it, CI the server case.
+        pytest.param("ephemeral", marks=pytest.mark.extended),
+    ],
+)
 def test_concurrent_runs_store_every_epoch_once(
     mode: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -105,6 +113,7 @@ def test_concurrent_runs_store_every_epoch_once(
 
 
 @pytest.mark.heavy
+@pytest.mark.extended  # about 35 s; CI runs the server case above and the PostgreSQL one
 def test_a_sweeps_concurrent_runs_store_every_epoch_once(
     prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
