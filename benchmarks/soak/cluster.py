@@ -219,7 +219,10 @@ class Cluster:
     def deploy(self) -> None:
         """Register the scheduled deployment: `gdflow serve` does it itself (this waits for
         it); for workers, the process pool and the nightly deployment of `gdflow serve`'s
-        own build (interval schedule, limit 1, queued collisions) on it."""
+        own build (interval schedule, limit 1, queued collisions) on it. The pool has the
+        deployment's limit too, as docs/deployment.md advises ("A backlog and several
+        workers"): the server then offers no queued run while one is pending or running, so
+        the workers do not try every queued run every second only to be refused."""
         if self.variant == "serve":
             self._wait_for_deployment()
             return
@@ -234,7 +237,12 @@ class Cluster:
         template = ProcessWorker.get_default_base_job_template()
         with self.client() as client:
             client.create_work_pool(
-                WorkPoolCreate(name=POOL, type="process", base_job_template=template),
+                WorkPoolCreate(
+                    name=POOL,
+                    type="process",
+                    base_job_template=template,
+                    concurrency_limit=CONCURRENCY_LIMIT,
+                ),
                 overwrite=True,
             )
         with self.prefect_settings():
