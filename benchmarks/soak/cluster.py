@@ -50,7 +50,9 @@ PREFECT_TIMING = {
 #: The workers' flow runs send a heartbeat every 30 s, and ZOMBIE_SECONDS without one makes
 #: Prefect's automation (Prefect's "Detect zombie flows" recipe for a self-hosted server) set
 #: the run Crashed: nothing else ends the flow run of a worker killed with it (see
-#: RELIABILITY.md, "The soak").
+#: RELIABILITY.md, "The soak"). The clock also starts when the run enters Running: the recipe
+#: starts it at the first heartbeat only, and a run killed before its first heartbeat reached
+#: the server stayed Running for good (seen: killed 1.6 s after it started training).
 HEARTBEAT_SECONDS = 30
 ZOMBIE_SECONDS = 90
 
@@ -321,7 +323,9 @@ class Cluster:
 
 
 def _zombie_automation() -> Any:
-    """Prefect's automation that sets Crashed a flow run whose heartbeats stopped."""
+    """Prefect's automation that sets Crashed a flow run whose heartbeats stopped, or never
+    came: ZOMBIE_SECONDS after it entered Running or after its last heartbeat, with no
+    heartbeat and no final state since."""
     from datetime import timedelta
 
     from prefect.automations import Automation
@@ -334,7 +338,7 @@ def _zombie_automation() -> Any:
     return Automation(
         name="soak: crash zombie flow runs",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in ended)},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             for_each={"prefect.resource.id"},
