@@ -32,6 +32,13 @@ POOL = "gdflow-soak"
 WORKERS = ("soak-worker-a", "soak-worker-b")
 #: The deployment's concurrency limit (`gdflow serve` and prefect.yaml: one run at a time).
 CONCURRENCY_LIMIT = 1
+#: The workers' pool's limit: runs pending or running at once (docs/deployment.md, "A backlog
+#: and several workers"). One more than the deployment's: a worker killed with its run leaves
+#: that flow run Running until something sets it Crashed, and with a pool limit of one it held
+#: the pool, so that no run started again (seen: the automation below missed the run's one
+#: event on a loaded server). The free slot lets the next run start, and its flow crashes the
+#: dead run once the dead run's lease ran out.
+POOL_LIMIT = CONCURRENCY_LIMIT + 1
 #: Seconds a (re)started Prefect server gets to answer its health check.
 SERVER_START_SECONDS = 180.0
 #: Prefect settings of the soak. Time compressed: the scheduler, the runner and the workers look
@@ -221,10 +228,11 @@ class Cluster:
     def deploy(self) -> None:
         """Register the scheduled deployment: `gdflow serve` does it itself (this waits for
         it); for workers, the process pool and the nightly deployment of `gdflow serve`'s
-        own build (interval schedule, limit 1, queued collisions) on it. The pool has the
-        deployment's limit too, as docs/deployment.md advises ("A backlog and several
-        workers"): the server then offers no queued run while one is pending or running, so
-        the workers do not try every queued run every second only to be refused."""
+        own build (interval schedule, limit 1, queued collisions) on it. The pool has a limit
+        of POOL_LIMIT runs pending or running, as docs/deployment.md advises ("A backlog and
+        several workers"): the server then offers one queued run at a time beside the one
+        training, so the workers do not try every queued run every second only to be
+        refused its slot."""
         if self.variant == "serve":
             self._wait_for_deployment()
             return
@@ -243,7 +251,7 @@ class Cluster:
                     name=POOL,
                     type="process",
                     base_job_template=template,
-                    concurrency_limit=CONCURRENCY_LIMIT,
+                    concurrency_limit=POOL_LIMIT,
                 ),
                 overwrite=True,
             )
