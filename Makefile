@@ -97,7 +97,7 @@ bench: setup  ## run the four benchmarks (minutes; see BENCHMARKS.md); RECORD=1 
 # The soak (RELIABILITY.md, "The soak"): a real Prefect server, SOAK_RUNS scheduled runs of
 # `gdflow serve` and of a process pool with two workers (SOAK_VARIANT=serve|workers|both),
 # faults at moments drawn from SOAK_SEED; one summary line, exit 1 naming any invariant missed.
-# Report, databases and logs in test-artifacts/soak/. About an hour a variant at 500 runs.
+# Report, databases and logs in test-artifacts/soak/. About two hours a variant at 500 runs on 2 cores.
 SOAK_RUNS ?= 500
 SOAK_SEED ?= 0
 SOAK_VARIANT ?= both
