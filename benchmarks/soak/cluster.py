@@ -37,8 +37,8 @@ CONCURRENCY_LIMIT = 1
 #: that flow run Running until something sets it Crashed, and with a pool limit of one it held
 #: the pool, so that no run started again (seen: the automation below missed the run's one
 #: event on a loaded server). The free slot lets the next run start, and its flow crashes the
-#: dead run once the dead run's lease ran out, which frees the deployment's slot a second time
-#: (Prefect 3.9.1; RELIABILITY.md, "The soak": not fixed yet).
+#: dead run once the dead run's lease ran out (flows/orphans.py keeps Prefect from freeing the
+#: deployment's slot a second time then).
 POOL_LIMIT = CONCURRENCY_LIMIT + 1
 #: Seconds a (re)started Prefect server gets to answer its health check.
 SERVER_START_SECONDS = 180.0

@@ -8,14 +8,20 @@ from __future__ import annotations
 import socket
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import UUID
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from gdflow.flows.orphans import crash_flow_runs
+from gdflow.flows.orphans import crash_flow_runs, restore_deployment_slots
 from gdflow.runs.liveness import process_started
 from gdflow.runs.recording import open_database, reconcile_runs
 from gdflow.storage import create_run, get_run
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 
 def _dead_owner(tmp_path: Path) -> dict[str, object]:
@@ -26,24 +32,40 @@ def _dead_owner(tmp_path: Path) -> dict[str, object]:
     return {"host": socket.gethostname(), "pid": child.pid, "pid_started": started}
 
 
+def _record_dead_run(engine: Engine, flow_run_id: str, tmp_path: Path) -> int:
+    """A gdflow run of this flow run, still `running`, whose process has ended."""
+    with Session(engine) as session, session.begin():
+        return create_run(
+            session,
+            config={},
+            data_source="toy",
+            parameter_names=["w"],
+            flow_run_id=flow_run_id,
+            owner=_dead_owner(tmp_path),
+        )
+
+
+def _one_at_a_time_deployment(client: SyncPrefectClient, name: str) -> UUID:
+    """A deployment with a concurrency limit of 1 whose further runs wait for the slot."""
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
+
+    return client.create_deployment(
+        flow_id=client.create_flow_from_name("orphans-test"),
+        name=name,
+        concurrency_limit=1,
+        concurrency_options=ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+    )
+
+
 @pytest.mark.usefixtures("prefect_api_url")
 def test_a_killed_runs_flow_run_is_crashed_in_prefect_and_frees_the_deployment_slot(
     database_url: str, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
     from prefect.states import Completed, Pending, Running
 
     with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name("orphans-test")
-        deployment_id = client.create_deployment(
-            flow_id=flow_id,
-            name="one-at-a-time",
-            concurrency_limit=1,
-            concurrency_options=ConcurrencyOptions(
-                collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
-            ),
-        )
+        deployment_id = _one_at_a_time_deployment(client, "one-at-a-time")
         killed, queued, finished = (
             client.create_flow_run_from_deployment(deployment_id) for _ in range(3)
         )
@@ -97,15 +119,7 @@ def test_the_next_train_flow_on_the_host_crashes_a_killed_workers_run(
     with get_client(sync_client=True) as client:
         killed = client.create_flow_run(train_flow, state=Running())
     engine = open_database(database_url)
-    with Session(engine) as session, session.begin():
-        run_id = create_run(
-            session,
-            config={},
-            data_source="toy",
-            parameter_names=["w"],
-            flow_run_id=str(killed.id),
-            owner=_dead_owner(tmp_path),
-        )
+    run_id = _record_dead_run(engine, str(killed.id), tmp_path)
     state = train_flow(config=TrainConfig(epochs=5, log_every=0), return_state=True)
     assert state.is_completed()
     with Session(engine) as session:
@@ -114,3 +128,48 @@ def test_the_next_train_flow_on_the_host_crashes_a_killed_workers_run(
     with get_client(sync_client=True) as client:
         crashed = client.read_flow_run(killed.id).state
         assert crashed is not None and crashed.is_crashed() and crashed.message == run.error
+
+
+@pytest.mark.usefixtures("prefect_api_url")
+def test_a_dead_run_repaired_after_its_lease_ran_out_does_not_free_its_slot_twice(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Once a dead run's lease has run out, Prefect has given its slot back; crashing the run
+    then made Prefect 3.9 take another slot off the count (the one the repairing run holds),
+    and the deployment admitted a second run beside it (the 300-run workers soak)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending, Running
+
+    with get_client(sync_client=True) as client:
+        deployment_id = _one_at_a_time_deployment(client, "lease-ran-out")
+        killed, repairing, queued = (
+            client.create_flow_run_from_deployment(deployment_id) for _ in range(3)
+        )
+        client.set_flow_run_state(killed.id, Pending())
+        state = client.set_flow_run_state(killed.id, Running()).state
+        assert state is not None
+        lease_id = state.state_details.deployment_concurrency_lease_id
+        assert lease_id is not None
+        # Its lease runs out: Prefect's reaper gives the slot back and drops the lease, as here.
+        client.release_concurrency_slots_with_lease(lease_id)
+        assert client.set_flow_run_state(repairing.id, Pending()).state.is_pending()
+        client.set_flow_run_state(repairing.id, Running())
+        limit = client.read_deployment(deployment_id).global_concurrency_limit
+        assert limit is not None
+
+    engine = open_database(database_url)
+    run_id = _record_dead_run(engine, str(killed.id), tmp_path)
+    assert reconcile_runs(engine) == [run_id]
+    assert crash_flow_runs(engine, [run_id], current=str(repairing.id)) == [str(killed.id)]
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(killed.id).state
+        assert state is not None and state.is_crashed()
+        assert client.read_global_concurrency_limit_by_name(limit.name).active_slots == 1
+        # A count that agrees with the runs holding slots is left as it is.
+        assert restore_deployment_slots(client, deployment_id) == 0
+        assert client.read_global_concurrency_limit_by_name(limit.name).active_slots == 1
+        # The repairing run still holds the one slot: the next run waits.
+        assert client.set_flow_run_state(queued.id, Pending()).state.name == (
+            "AwaitingConcurrencySlot"
+        )
