@@ -74,12 +74,23 @@ def crash_flow_runs(
                     and not _renew_lease(client, lease_id)
                 )
                 crashed: State[None] = Crashed(message=error or "")
-                if client.set_flow_run_state(flow_run.id, crashed).status == SetStateStatus.ACCEPT:
-                    changed.append(flow_run_id)
-                    if lease_gone and flow_run.deployment_id is not None:
-                        restore_deployment_slots(client, flow_run.deployment_id)
+                if client.set_flow_run_state(flow_run.id, crashed).status != SetStateStatus.ACCEPT:
+                    continue
+                changed.append(flow_run_id)
             except (ObjectNotFound, ValueError, httpx.HTTPError) as exc:
                 log.warning("Could not mark flow run %s crashed in Prefect: %s", flow_run_id, exc)
+                continue
+            if lease_gone and flow_run.deployment_id is not None:
+                try:
+                    restore_deployment_slots(client, flow_run.deployment_id)
+                except (ObjectNotFound, httpx.HTTPError) as exc:
+                    log.warning(
+                        "Could not check deployment %s's concurrency count after crashing flow "
+                        "run %s: %s",
+                        flow_run.deployment_id,
+                        flow_run_id,
+                        exc,
+                    )
     return changed
 
 
