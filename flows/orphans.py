@@ -5,19 +5,23 @@ deployment's concurrency slot the dead run held until its lease ran out (5 minut
 schedule waited that long).
 
 A dead run repaired after its lease ran out has already given its slot back (Prefect's lease
-reaper freed it), yet Prefect 3.9 frees it again when the run leaves Running: a lease it cannot
-find makes it take one slot off the deployment's count anyway (`Lease ... not found during
+reaper freed it), yet Prefect 3.9 frees one again when the run leaves Running: for a lease it
+cannot find it takes a slot off the deployment's count anyway (`Lease ... not found during
 release`), since a server that keeps leases in memory loses them at a restart without freeing
 their slots. The count then falls one short of the runs holding slots, and the deployment
-admits one run too many (the 300-run workers soak saw two runs at once). So a run whose lease is
-gone is crashed and then the count is put back to the number of the deployment's runs that hold
-a slot (Pending, Running or Cancelling), which is right in both cases."""
+admits one run too many: the 300-run workers soak saw two at once, and putting the count back
+after the crash came too late (the next soak saw a worker take the freed slot 2.7 s before the
+correction). So such a run first gets a lease of its own on `REPAIR_LIMIT`, a limit of gdflow's
+that nothing else takes (Running again, holding that lease); the crash then releases that lease
+and leaves the deployment's count alone. A count left too high by a lease lost with a restart
+is brought down to the deployment's runs that hold a slot (Pending, Running or Cancelling)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Optional
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Optional
 from uuid import UUID
 
 from sqlalchemy import Engine
@@ -27,12 +31,18 @@ from gdflow.storage import get_run
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.states import State
 
 log = logging.getLogger(__name__)
 
-#: Seconds a dead run's live lease is renewed for while it is crashed: the crash releases it at
-#: once; should the crash fail, the slot comes back this much later.
-PROBE_LEASE_SECONDS = 60.0  # the least Prefect accepts
+#: Seconds a dead run's live lease is renewed for, and a repair lease lasts, while the run is
+#: crashed: the crash releases it at once; should the crash fail, the slot comes back this
+#: much later (60 s: the least Prefect accepts).
+LEASE_SECONDS = 60.0
+#: The global concurrency limit that repair leases are taken on: large enough never to refuse
+#: one, used by nothing else (it shows under Concurrency in Prefect's UI, at 0 slots between
+#: repairs).
+REPAIR_LIMIT = "gdflow-repair"
 
 
 def crash_flow_runs(
@@ -48,7 +58,7 @@ def crash_flow_runs(
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.responses import SetStateStatus
     from prefect.exceptions import ObjectNotFound
-    from prefect.states import Crashed, State
+    from prefect.states import Crashed
 
     with Session(engine) as session:
         runs = [get_run(session, run_id=run_id) for run_id in run_ids]
@@ -67,11 +77,13 @@ def crash_flow_runs(
                 flow_run = client.read_flow_run(UUID(flow_run_id))
                 if flow_run.state is None or flow_run.state.type not in unfinished:
                     continue
+                limit = _deployment_limit(client, flow_run.deployment_id)
                 lease_id = flow_run.state.state_details.deployment_concurrency_lease_id
-                lease_gone = (
-                    lease_id is not None
-                    and flow_run.deployment_id is not None
+                lost = (
+                    limit is not None
+                    and lease_id is not None
                     and not _renew_lease(client, lease_id)
+                    and _hold_repair_lease(client, flow_run.id, flow_run.state)
                 )
                 crashed: State[None] = Crashed(message=error or "")
                 if client.set_flow_run_state(flow_run.id, crashed).status != SetStateStatus.ACCEPT:
@@ -80,27 +92,35 @@ def crash_flow_runs(
             except (ObjectNotFound, ValueError, httpx.HTTPError) as exc:
                 log.warning("Could not mark flow run %s crashed in Prefect: %s", flow_run_id, exc)
                 continue
-            if lease_gone and flow_run.deployment_id is not None:
+            if lost and limit is not None and flow_run.deployment_id is not None:
+                started = flow_run.start_time or flow_run.created
+                held = (datetime.now(UTC) - started).total_seconds() if started else 0
                 try:
-                    restore_deployment_slots(client, flow_run.deployment_id)
-                except (ObjectNotFound, httpx.HTTPError) as exc:
+                    release_lost_slots(client, flow_run.deployment_id, limit, held=held)
+                except httpx.HTTPError as exc:
                     log.warning(
-                        "Could not check deployment %s's concurrency count after crashing flow "
-                        "run %s: %s",
+                        "Could not check deployment %s's concurrency count: %s",
                         flow_run.deployment_id,
-                        flow_run_id,
                         exc,
                     )
     return changed
 
 
+def _deployment_limit(client: SyncPrefectClient, deployment_id: Optional[UUID]) -> Optional[str]:
+    """The name of the deployment's concurrency limit, or None (no deployment, no limit)."""
+    if deployment_id is None:
+        return None
+    limit = client.read_deployment(deployment_id).global_concurrency_limit
+    return limit.name if limit is not None else None
+
+
 def _renew_lease(client: SyncPrefectClient, lease_id: UUID) -> bool:
-    """Whether the lease is still held, renewed for PROBE_LEASE_SECONDS if so: renewed, it
-    cannot run out between this check and the crash that releases it."""
+    """Whether the lease is still held, renewed for LEASE_SECONDS if so: renewed, it cannot
+    run out between this check and the crash that releases it."""
     import httpx
 
     try:
-        client.renew_concurrency_lease(lease_id, lease_duration=PROBE_LEASE_SECONDS)
+        client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS)
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code in (404, 410):
             return False
@@ -108,16 +128,54 @@ def _renew_lease(client: SyncPrefectClient, lease_id: UUID) -> bool:
     return True
 
 
-def restore_deployment_slots(client: SyncPrefectClient, deployment_id: UUID) -> int:
-    """Bring the deployment's concurrency count back up to the number of its flow runs holding
-    a slot (Pending, Running or Cancelling), at most its limit; return the slots taken back.
+def _hold_repair_lease(client: SyncPrefectClient, flow_run_id: UUID, state: State[Any]) -> bool:
+    """Give the flow run, in its state (Pending, Running or Cancelling) again, a new lease on
+    REPAIR_LIMIT, so that the crash releases that lease instead of a slot of its deployment;
+    False if that failed (the crash then frees a deployment slot, as Prefect alone would).
+    Forced: Prefect's rules refuse Pending to Pending, and would ask for a deployment slot on
+    the way into Running; its forced transitions still keep and release leases."""
+    import httpx
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.states import State
+
+    try:
+        client.read_global_concurrency_limit_by_name(REPAIR_LIMIT)
+    except ObjectNotFound:
+        try:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=REPAIR_LIMIT, limit=1_000_000)
+            )
+        except ObjectAlreadyExists:  # another repair created it just now
+            pass
+    try:
+        response = client.increment_concurrency_slots_with_lease(
+            names=[REPAIR_LIMIT], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS
+        )
+    except httpx.HTTPStatusError as exc:
+        log.warning("Could not take a repair lease for flow run %s: %s", flow_run_id, exc)
+        return False
+    again: State[None] = State(
+        type=state.type, name=state.name, message="gdflow: its process is gone; crashing it"
+    )
+    again.state_details.deployment_concurrency_lease_id = UUID(response.json()["lease_id"])
+    accepted = client.set_flow_run_state(flow_run_id, again, force=True)
+    return accepted.status == SetStateStatus.ACCEPT
+
+
+def release_lost_slots(
+    client: SyncPrefectClient, deployment_id: UUID, limit: str, *, held: float = 1.0
+) -> int:
+    """Bring the deployment's concurrency count down to the number of its flow runs holding a
+    slot (Pending, Running or Cancelling): a dead run whose lease a server restart lost (kept
+    in memory) still counts, and its crash no longer frees it. Return the slots freed.
 
     The count and the runs are read in turn, so the count is read again after the runs and
     trusted only when it has not moved: Prefect changes a run's state and the count in one
     transaction, so an unchanged count means no run took or gave back a slot in between. A
-    count at or above the number of runs is left alone: a restart of a server that keeps its
-    leases in memory leaves it that way, and the crash has just corrected it."""
-    import httpx
+    count at or below the number of runs is left alone. `held`: the seconds the lost slots
+    were held, for Prefect's average occupancy."""
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterDeploymentId,
@@ -126,10 +184,6 @@ def restore_deployment_slots(client: SyncPrefectClient, deployment_id: UUID) -> 
     )
     from prefect.client.schemas.objects import StateType
 
-    deployment = client.read_deployment(deployment_id)
-    limit = deployment.global_concurrency_limit
-    if limit is None:
-        return 0
     holding = FlowRunFilter(
         deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
         state=FlowRunFilterState(
@@ -139,31 +193,21 @@ def restore_deployment_slots(client: SyncPrefectClient, deployment_id: UUID) -> 
         ),
     )
     for _ in range(10):
-        before = client.read_global_concurrency_limit_by_name(limit.name).active_slots
+        before = client.read_global_concurrency_limit_by_name(limit).active_slots
         holders = client.count_flow_runs(flow_run_filter=holding)
-        now = client.read_global_concurrency_limit_by_name(limit.name)
-        if now.active_slots == before:
+        count = client.read_global_concurrency_limit_by_name(limit).active_slots
+        if count == before:
             break
     else:
         log.warning("Deployment %s's concurrency count kept changing; left as it is", deployment_id)
         return 0
-    missing = min(holders, now.limit) - now.active_slots
-    if missing <= 0:
+    extra = count - holders
+    if extra <= 0:
         return 0
-    try:
-        client.increment_concurrency_slots(names=[limit.name], slots=missing, mode="concurrency")
-    except httpx.HTTPStatusError as exc:
-        # 423: another run took the slot in the moment after the crash freed it.
-        log.warning(
-            "Could not take back %d concurrency slot(s) of deployment %s: %s",
-            missing,
-            deployment_id,
-            exc,
-        )
-        return 0
+    client.release_concurrency_slots(names=[limit], slots=extra, occupancy_seconds=max(held, 1.0))
     log.info(
-        "Took back %d concurrency slot(s) of deployment %s that Prefect freed twice",
-        missing,
+        "Freed %d concurrency slot(s) of deployment %s held by runs that are gone",
+        extra,
         deployment_id,
     )
-    return missing
+    return extra

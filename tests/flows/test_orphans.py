@@ -15,13 +15,14 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from gdflow.flows.orphans import crash_flow_runs, restore_deployment_slots
+from gdflow.flows.orphans import REPAIR_LIMIT, crash_flow_runs, release_lost_slots
 from gdflow.runs.liveness import process_started
 from gdflow.runs.recording import open_database, reconcile_runs
 from gdflow.storage import create_run, get_run
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import FlowRun
 
 
 def _dead_owner(tmp_path: Path) -> dict[str, object]:
@@ -130,6 +131,34 @@ def test_the_next_train_flow_on_the_host_crashes_a_killed_workers_run(
         assert crashed is not None and crashed.is_crashed() and crashed.message == run.error
 
 
+def _running_without_its_lease(
+    client: SyncPrefectClient, name: str, *, slot_freed: bool
+) -> tuple[UUID, FlowRun, str]:
+    """A one-at-a-time deployment, the run that held its slot (Running) whose lease is gone,
+    and the deployment's limit name. `slot_freed`: the lease ran out (Prefect's reaper gives
+    the slot back and drops the lease, as done here); else a server that keeps leases in
+    memory restarted (the lease is gone, the slot still counted)."""
+    from prefect.states import Pending, Running
+
+    deployment_id = _one_at_a_time_deployment(client, name)
+    killed = client.create_flow_run_from_deployment(deployment_id)
+    client.set_flow_run_state(killed.id, Pending())
+    state = client.set_flow_run_state(killed.id, Running()).state
+    assert state is not None and state.is_running()
+    lease_id = state.state_details.deployment_concurrency_lease_id
+    assert lease_id is not None
+    limit = client.read_deployment(deployment_id).global_concurrency_limit
+    assert limit is not None
+    client.release_concurrency_slots_with_lease(lease_id)
+    if not slot_freed:
+        client.increment_concurrency_slots(names=[limit.name], slots=1, mode="concurrency")
+    return deployment_id, killed, limit.name
+
+
+def _active_slots(client: SyncPrefectClient, limit: str) -> int:
+    return client.read_global_concurrency_limit_by_name(limit).active_slots
+
+
 @pytest.mark.usefixtures("prefect_api_url")
 def test_a_dead_run_repaired_after_its_lease_ran_out_does_not_free_its_slot_twice(
     database_url: str, tmp_path: Path
@@ -141,21 +170,12 @@ def test_a_dead_run_repaired_after_its_lease_ran_out_does_not_free_its_slot_twic
     from prefect.states import Pending, Running
 
     with get_client(sync_client=True) as client:
-        deployment_id = _one_at_a_time_deployment(client, "lease-ran-out")
-        killed, repairing, queued = (
-            client.create_flow_run_from_deployment(deployment_id) for _ in range(3)
+        deployment_id, killed, limit = _running_without_its_lease(
+            client, "lease-ran-out", slot_freed=True
         )
-        client.set_flow_run_state(killed.id, Pending())
-        state = client.set_flow_run_state(killed.id, Running()).state
-        assert state is not None
-        lease_id = state.state_details.deployment_concurrency_lease_id
-        assert lease_id is not None
-        # Its lease runs out: Prefect's reaper gives the slot back and drops the lease, as here.
-        client.release_concurrency_slots_with_lease(lease_id)
+        repairing, queued = (client.create_flow_run_from_deployment(deployment_id) for _ in "ab")
         assert client.set_flow_run_state(repairing.id, Pending()).state.is_pending()
         client.set_flow_run_state(repairing.id, Running())
-        limit = client.read_deployment(deployment_id).global_concurrency_limit
-        assert limit is not None
 
     engine = open_database(database_url)
     run_id = _record_dead_run(engine, str(killed.id), tmp_path)
@@ -165,11 +185,41 @@ def test_a_dead_run_repaired_after_its_lease_ran_out_does_not_free_its_slot_twic
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(killed.id).state
         assert state is not None and state.is_crashed()
-        assert client.read_global_concurrency_limit_by_name(limit.name).active_slots == 1
-        # A count that agrees with the runs holding slots is left as it is.
-        assert restore_deployment_slots(client, deployment_id) == 0
-        assert client.read_global_concurrency_limit_by_name(limit.name).active_slots == 1
+        # The crash released the repair lease, not a slot of the deployment.
+        assert _active_slots(client, limit) == 1
+        assert _active_slots(client, REPAIR_LIMIT) == 0
         # The repairing run still holds the one slot: the next run waits.
         assert client.set_flow_run_state(queued.id, Pending()).state.name == (
             "AwaitingConcurrencySlot"
         )
+
+
+@pytest.mark.usefixtures("prefect_api_url")
+def test_a_dead_runs_slot_whose_lease_a_restart_lost_is_freed(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A server that keeps leases in memory loses them at a restart and frees no slot: the
+    dead run's slot stays counted, and its crash (which releases the repair lease) leaves the
+    count to `release_lost_slots`, which brings it down to the runs that hold a slot."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending
+
+    with get_client(sync_client=True) as client:
+        deployment_id, killed, limit = _running_without_its_lease(
+            client, "lease-lost", slot_freed=False
+        )
+        queued = client.create_flow_run_from_deployment(deployment_id)
+        assert client.set_flow_run_state(queued.id, Pending()).state.name == (
+            "AwaitingConcurrencySlot"
+        )
+        # A count that agrees with the runs holding slots is left as it is.
+        assert release_lost_slots(client, deployment_id, limit) == 0
+
+    engine = open_database(database_url)
+    run_id = _record_dead_run(engine, str(killed.id), tmp_path)
+    assert reconcile_runs(engine) == [run_id]
+    assert crash_flow_runs(engine, [run_id]) == [str(killed.id)]
+
+    with get_client(sync_client=True) as client:
+        assert _active_slots(client, limit) == 0
+        assert client.set_flow_run_state(queued.id, Pending()).state.is_pending()
