@@ -57,9 +57,13 @@ WORK_PER_THREAD = 1 << 18
 
 _HERE = Path(__file__).resolve().parent
 SOURCES = (_HERE / "cross_entropy_kernel.c", _HERE / "cross_entropy_rows.h")
-#: Tried in order: tuned for this machine's CPU, then portable.
+#: Tried in order: tuned for this machine's CPU, then portable. GCC's tuning for Intel's
+#: AVX-512 CPUs vectorises loops 256 bits wide; the kernel's loops over rows (exp, log, the
+#: gradient) run 512 bits wide with -mprefer-vector-width=512: the logistic epoch on 1M x 16
+#: float32 took 9.8-11.1 ms against 11.7-12.9 ms, side by side on the 2-core Intel VM
+#: (/proc/cpuinfo: avx512f). Where there is no AVX-512 the flag changes nothing.
 FLAG_SETS = (
-    ("-O3", "-march=native", "-fopenmp-simd"),
+    ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd"),
     ("-O3", "-fopenmp-simd"),
 )
 _COMMON_FLAGS = ("-std=gnu11", "-fPIC", "-shared", "-pthread")
