@@ -77,14 +77,14 @@ def crash_flow_runs(
                 flow_run = client.read_flow_run(UUID(flow_run_id))
                 if flow_run.state is None or flow_run.state.type not in unfinished:
                     continue
-                limit = _deployment_limit(client, flow_run.deployment_id)
                 lease_id = flow_run.state.state_details.deployment_concurrency_lease_id
-                lost = (
-                    limit is not None
-                    and lease_id is not None
-                    and not _renew_lease(client, lease_id)
-                    and _hold_repair_lease(client, flow_run.id, flow_run.state)
+                # The deployment is read only for a lease that is gone (the rare case).
+                limit = (
+                    _deployment_limit(client, flow_run.deployment_id)
+                    if lease_id is not None and not _renew_lease(client, lease_id)
+                    else None
                 )
+                lost = limit is not None and _hold_repair_lease(client, flow_run.id, flow_run.state)
                 crashed: State[None] = Crashed(message=error or "")
                 if client.set_flow_run_state(flow_run.id, crashed).status != SetStateStatus.ACCEPT:
                     continue
