@@ -43,7 +43,8 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 # Tests marked `extended` (minutes of CPU for what other tests cover in part: two process
 # workers on one pool, the GPU deployment, Dask on local worker processes, SIGHUP to gdflow
 # server, concurrent runs each with its own temporary Prefect server, a sweep's concurrent runs,
-# the orchestration and loading benchmarks end to end) run under `make test-extended`, not in
+# the orchestration and loading benchmarks end to end, and end-to-end paths a cheaper test covers
+# in CI, named beside each marker) run under `make test-extended`, not in
 # `make test`, which CI runs in 11 to 15 minutes (docs/development.md).
 # The parallel part gives torch one thread a process (OMP_NUM_THREADS=1, inherited by the runs
 # the tests start): two workers with torch's default of one thread a core oversubscribe two

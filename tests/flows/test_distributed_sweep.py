@@ -101,6 +101,7 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         cluster.close()
 
 
+@pytest.mark.extended  # CI: training on a running scheduler (test_cluster_flow.py), test_sweep.py
 def test_gdflow_sweep_on_a_running_dask_scheduler(
     dask_cluster, prefect_api_url: str, database_url: str, tmp_path: Path
 ) -> None:

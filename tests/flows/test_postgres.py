@@ -41,6 +41,7 @@ def test_the_seed_run_end_to_end_on_postgresql(
     assert len(exported.stdout.splitlines()) == 101
 
 
+@pytest.mark.extended  # CI: the same on SQLite (test_concurrency.py) and the PostgreSQL run above
 @pytest.mark.heavy
 def test_concurrent_runs_store_every_epoch_once(
     prefect_api_url: str, postgres_url: str, tmp_path: Path

@@ -9,12 +9,14 @@ from __future__ import annotations
 import sqlite3
 
 import numpy as np
+import pytest
 
 from tests.processes import Served, wait_for
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+@pytest.mark.extended  # CI: the same in process (tests/training/test_user_models.py)
 def test_a_deployment_run_trains_a_registered_model_and_refuses_a_raw_reference(
     served: Served,
 ) -> None:
