@@ -37,33 +37,23 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 	$(BIN)/gdflow run
 	$(BIN)/gdflow runs --limit 5
 
-# Three parts: the suite on two pytest-xdist workers (whole files per worker); beside it, in a
-# pytest process of its own, the tests marked `beside` (the short soak: it waits on its own
-# server and runs most of its 2-3 minutes, so it fills the cores' idle moments; it times
-# nothing, and its output is in test-artifacts/beside.log, printed after); then the tests
-# marked `alone` (they time something) in one process, so that no other test's load makes them
-# fail. Every part runs; any failing fails the target.
+# Two parts: the suite on two pytest-xdist workers (whole files per worker), then the tests
+# marked `alone` (they time something or load the machine themselves) in one process, so that
+# no other test's load makes them fail. Both parts run; either failing fails the target.
 # Tests marked `extended` (minutes of CPU for what other tests cover in part: two process
 # workers on one pool, the GPU deployment, Dask on local worker processes, SIGHUP to gdflow
 # server, concurrent runs each with its own temporary Prefect server, a sweep's concurrent runs,
 # the orchestration and loading benchmarks end to end, and end-to-end paths a cheaper test covers
-# in CI, named beside each marker) run under `make test-extended`, not in `make test`, which CI
-# runs in under 15 minutes (docs/development.md).
+# in CI, named beside each marker) run under `make test-extended`, not in
+# `make test`, which CI runs in 11 to 15 minutes (docs/development.md).
 # The parallel part gives torch one thread a process (OMP_NUM_THREADS=1, inherited by the runs
 # the tests start): two workers with torch's default of one thread a core oversubscribe two
 # cores, and small ops then wait on spinning threads (a 600 x 32 tanh: 0.3 ms on one thread,
 # 1.5-5 ms on two beside other work; an MLP test took 70 s, 24 s on one thread).
 test: lint  ## lint, then run the test suite
-	@mkdir -p test-artifacts
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -p no:cacheprovider -m 'beside and not extended' \
-		> test-artifacts/beside.log 2>&1 & beside_pid=$$!; \
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile \
-		-m 'not alone and not beside and not extended'; parallel=$$?; \
-	wait $$beside_pid; beside=$$?; \
-	echo "--- tests run beside the parallel part (test-artifacts/beside.log):"; \
-	cat test-artifacts/beside.log; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m 'not alone and not extended'; parallel=$$?; \
 	$(BIN)/python -m pytest -m 'alone and not extended'; alone=$$?; \
-	[ $$parallel -eq 0 ] && [ $$beside -eq 0 ] && [ $$alone -eq 0 ]
+	[ $$parallel -eq 0 ] && [ $$alone -eq 0 ]
 
 test-extended: setup  ## the tests marked extended (several minutes on two cores)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m extended

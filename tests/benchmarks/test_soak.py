@@ -20,7 +20,7 @@ REPORT = REPO / "test-artifacts" / "soak-short"
 FAULTS = ["kill", "server", "db-full"]
 
 
-@pytest.mark.beside  # make test runs it beside the parallel part: it times nothing
+@pytest.mark.alone
 @pytest.mark.process
 def test_a_short_soak_keeps_every_invariant() -> None:
     command = [sys.executable, "-m", "benchmarks.soak", "--runs", "5", "--seed", "3"]
