@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this long (default: 10 min + 1 min a run)",
     )
     parser.add_argument(
+        "--prefect-database",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="start the Prefect server on a copy of this Prefect database, already migrated to "
+        "the installed Prefect's head (saves the migrations of a first start)",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         default=REPORT,
@@ -170,6 +178,7 @@ def _run(
             per_kind=args.per_kind,
             train_options=tuple(args.train_options),
             timeout=args.timeout,
+            prefect_database=args.prefect_database,
         )
         outcome = run_variant(options, variant, plan, args.report / variant)
         reports.append(report.outcome_dict(outcome))

@@ -52,6 +52,9 @@ class Options:
     per_kind: Optional[int] = None
     train_options: tuple[str, ...] = ()
     timeout: Optional[float] = None
+    #: A Prefect database already migrated, copied in before the server's first start (the
+    #: short soak of the tests: Prefect's migrations are most of a first start).
+    prefect_database: Optional[Path] = None
 
     @property
     def deadline_seconds(self) -> float:
@@ -398,4 +401,8 @@ def run_variant(options: Options, variant: str, plan: list[Fault], folder: Path)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    if options.prefect_database is not None:
+        home = Layout(folder).prefect_home
+        home.mkdir()
+        shutil.copyfile(options.prefect_database, home / "prefect.db")
     return Soak(options, variant, plan, folder).run()

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.processes import migrated_prefect_database
 
 #: Where the short soak leaves its report, databases and logs (CI keeps test-artifacts/).
 REPORT = REPO / "test-artifacts" / "soak-short"
@@ -25,6 +26,7 @@ FAULTS = ["kill", "server", "db-full"]
 def test_a_short_soak_keeps_every_invariant() -> None:
     command = [sys.executable, "-m", "benchmarks.soak", "--runs", "5", "--seed", "3"]
     command += ["--epochs", "500", "--variant", "serve", "--faults", ",".join(FAULTS)]
+    command += ["--prefect-database", str(migrated_prefect_database())]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GDFLOW_"))}
     soak = subprocess.Popen(
         [*command, "--report", str(REPORT)],

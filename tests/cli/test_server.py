@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from gdflow.flows.deployments import local_api_url, server_is_healthy
-from tests.processes import free_port, start_background, stop_process, venv_command, wait_for
+from tests.processes import (
+    free_port,
+    seeded_prefect_home,
+    start_background,
+    stop_process,
+    venv_command,
+    wait_for,
+)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -72,7 +79,7 @@ def test_a_signal_to_gdflow_server_stops_its_prefect_server(
     api_url = local_api_url("127.0.0.1", port)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_HOME": str(seeded_prefect_home(tmp_path)),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     log = tmp_path / "server.log"

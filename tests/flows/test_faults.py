@@ -23,7 +23,14 @@ from tests.flows.reliability import (
     start_gdflow,
     temporary_servers_of,
 )
-from tests.processes import PrefectServer, latest_run, stop_process, venv_command, wait_for
+from tests.processes import (
+    PrefectServer,
+    latest_run,
+    seeded_prefect_home,
+    stop_process,
+    venv_command,
+    wait_for,
+)
 
 LONG_RUN = ["run", "--epochs", "100000000", "--log-every", "0"]
 
@@ -98,7 +105,7 @@ def test_sigterm_ends_the_run_cancelled_with_every_epoch_written(
 
 @pytest.mark.process
 def test_ctrl_c_in_a_terminal_ends_the_run_cancelled_without_a_server(tmp_path: Path) -> None:
-    env = ephemeral_env(tmp_path / "prefect-home", tmp_path / "metrics.db")
+    env = ephemeral_env(seeded_prefect_home(tmp_path / "prefect-home"), tmp_path / "metrics.db")
     process, database = _training(env, tmp_path)
     os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
     line = _stopped_cleanly(process, tmp_path / "run.log", 128 + signal.SIGINT)

@@ -13,14 +13,23 @@ from pathlib import Path
 import pytest
 
 from gdflow.flows.deployments import LEASE_STORAGE, LEASE_STORAGE_SETTING, server_is_healthy
-from tests.processes import free_port, start_background, stop_process, venv_command, wait_for
+from tests.processes import (
+    free_port,
+    seeded_prefect_home,
+    start_background,
+    stop_process,
+    venv_command,
+    wait_for,
+)
 
 
 @contextmanager
 def _gdflow_server(home: Path, port: int) -> Iterator[str]:
     """`gdflow server --port PORT` with its own PREFECT_HOME until the end of the block."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(
+        PREFECT_HOME=str(seeded_prefect_home(home)), PREFECT_SERVER_ANALYTICS_ENABLED="false"
+    )
     api_url = f"http://127.0.0.1:{port}/api"
     log = home / f"server-{port}.log"
     server = start_background(

@@ -17,6 +17,7 @@ from tests.flows.reliability import check_every_epoch_once, epoch_rows, query, s
 from tests.processes import (
     PrefectServer,
     free_port,
+    seeded_prefect_home,
     start_background,
     stop_process,
     venv_command,
@@ -44,8 +45,7 @@ def own_server(tmp_path: Path) -> Iterator[tuple[PrefectServer, subprocess.Popen
     """A `prefect server` of this test alone (the test stops it), on a free loopback port."""
     from gdflow.flows.deployments import server_is_healthy
 
-    home = tmp_path / "prefect-home"
-    home.mkdir()
+    home = seeded_prefect_home(tmp_path / "prefect-home")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {

@@ -11,7 +11,13 @@ import pytest
 
 from gdflow.cli.main import build_parser
 from gdflow.flows.deployments import DEFAULT_HOST, exposure_warning, is_loopback, server_command
-from tests.processes import free_port, start_background, stop_process, venv_command
+from tests.processes import (
+    free_port,
+    seeded_prefect_home,
+    start_background,
+    stop_process,
+    venv_command,
+)
 
 
 def test_the_default_host_is_loopback() -> None:
@@ -76,7 +82,7 @@ def test_gdflow_server_listens_on_loopback_only(tmp_path: Path) -> None:
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_HOME": str(seeded_prefect_home(tmp_path)),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     log = tmp_path / "server.log"
