@@ -45,7 +45,7 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 # server, concurrent runs each with its own temporary Prefect server, a sweep's concurrent runs,
 # the orchestration and loading benchmarks end to end, and end-to-end paths a cheaper test covers
 # in CI, named beside each marker) run under `make test-extended`, not in
-# `make test`, which CI runs in 11 to 15 minutes (docs/development.md).
+# `make test`, which CI runs (target: under 15 minutes on 2 cores; docs/development.md).
 # The parallel part gives torch one thread a process (OMP_NUM_THREADS=1, inherited by the runs
 # the tests start): two workers with torch's default of one thread a core oversubscribe two
 # cores, and small ops then wait on spinning threads (a 600 x 32 tanh: 0.3 ms on one thread,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +21,8 @@ from tests.processes import (
     Served,
     copy_project,
     scheduled,
+    start_background,
+    stop_process,
     venv_command,
     wait_for,
 )
@@ -85,24 +89,33 @@ def _trigger(server: PrefectServer, deployment: str, config: Optional[dict], cwd
     return match.group(1)
 
 
-def _worker_completes(
-    server: PrefectServer, flow_run_id: str, *, cwd: Path, env: dict[str, str]
-) -> None:
-    """`prefect worker start --run-once` on the process pool; the flow run must complete."""
-    worker = server.cli(
-        venv_command("prefect"),
-        "worker",
-        "start",
-        "--pool",
-        "gdflow-process",
-        "--run-once",
+@contextlib.contextmanager
+def _process_worker(
+    server: PrefectServer, *, cwd: Path, env: dict[str, str]
+) -> Iterator[Callable[[str], None]]:
+    """`prefect worker start` on the process pool, as a user starts it, until the end of the
+    block; yield `completes(flow_run_id)`, which waits for that flow run to complete."""
+    log = cwd / "worker.log"
+    worker = start_background(
+        [venv_command("prefect"), "worker", "start", "--pool", "gdflow-process"],
+        env={**server.env, **env},
         cwd=cwd,
-        extra_env=env,
-        timeout=300,
+        log=log,
     )
-    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-    run = _wait_final(server, flow_run_id)
-    assert run.state.type.value == "COMPLETED", worker.stdout[-3000:]
+
+    def completes(flow_run_id: str) -> None:
+        def final():  # type: ignore[no-untyped-def]
+            assert worker.poll() is None, log.read_text()[-3000:]  # the worker never ends
+            run = _flow_run(server, flow_run_id)
+            return run if run.state and run.state.type.value in FINAL else None
+
+        run = wait_for(final, timeout=300, what=f"flow run {flow_run_id} to finish")
+        assert run.state.type.value == "COMPLETED", log.read_text()[-3000:]
+
+    try:
+        yield completes
+    finally:
+        stop_process(worker)
 
 
 def test_gdflow_serve_uses_the_deployment_names_of_prefect_yaml() -> None:
@@ -312,26 +325,28 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(
         },
         project,
     )
-    _worker_completes(prefect_server, flow_run_id, cwd=tmp_path, env=env)
-    ((status, stop_reason, params),) = _rows(
-        database,
-        "SELECT status, stop_reason, final_params FROM runs WHERE flow_run_id = ?",
-        flow_run_id,
-    )
-    assert (status, stop_reason) == ("completed", "converged")
-    final = json.loads(params)
-    assert final["w_a"] == pytest.approx(3.0, abs=0.05) and final["b"] == pytest.approx(
-        1.0, abs=0.1
-    )
+    # One worker runs both flow runs, as on a host.
+    with _process_worker(prefect_server, cwd=tmp_path, env=env) as completes:
+        completes(flow_run_id)
+        ((status, stop_reason, params),) = _rows(
+            database,
+            "SELECT status, stop_reason, final_params FROM runs WHERE flow_run_id = ?",
+            flow_run_id,
+        )
+        assert (status, stop_reason) == ("completed", "converged")
+        final = json.loads(params)
+        assert final["w_a"] == pytest.approx(3.0, abs=0.05) and final["b"] == pytest.approx(
+            1.0, abs=0.1
+        )
 
-    # The nightly run saved model `linear` version 1 (its champion); gdflow-predict scores the
-    # example file with it on the worker, as its schedule does after the retrain.
-    ((version, path),) = _rows(
-        database, "SELECT version, path FROM model_versions WHERE name = 'linear'"
-    )
-    assert version == 1 and path.endswith(".safetensors")
-    predict_run_id = _trigger(prefect_server, "predict/gdflow-predict", None, project)
-    _worker_completes(prefect_server, predict_run_id, cwd=tmp_path, env=env)
+        # The nightly run saved model `linear` version 1 (its champion); gdflow-predict scores the
+        # example file with it on the worker, as its schedule does after the retrain.
+        ((version, path),) = _rows(
+            database, "SELECT version, path FROM model_versions WHERE name = 'linear'"
+        )
+        assert version == 1 and path.endswith(".safetensors")
+        predict_run_id = _trigger(prefect_server, "predict/gdflow-predict", None, project)
+        completes(predict_run_id)
     scored = pd.read_csv(project / "examples" / "linear.predictions.csv")
     source = pd.read_csv(project / "examples" / "linear.csv")
     assert list(scored.columns) == [*source.columns, "prediction"]
