@@ -179,6 +179,13 @@ def wait_for(check, *, timeout: float, interval: float = 0.5, what: str = "condi
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def prefect_home_env(home: Path) -> dict[str, str]:
+    """This process's environment for a Prefect that lives in `home` alone: none of this
+    process's PREFECT_ settings, analytics off."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return {**env, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
 def migrated_prefect_database() -> Path:
     """A Prefect database migrated to this Prefect's head, made once per machine and Prefect
     version by `prefect server database upgrade` (under a lock, so that pytest-xdist workers
@@ -194,11 +201,9 @@ def migrated_prefect_database() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not database.exists():
             work = Path(tempfile.mkdtemp(dir=root))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-            env.update(PREFECT_HOME=str(work), PREFECT_SERVER_ANALYTICS_ENABLED="false")
             done = subprocess.run(
                 [venv_command("prefect"), "--no-prompt", "server", "database", "upgrade", "-y"],
-                env=env,
+                env=prefect_home_env(work),
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -230,10 +235,8 @@ def running_prefect_server(home: Path) -> Iterator[PrefectServer]:
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(home),
+        **prefect_home_env(home),
         "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_API_URL": api_url,
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",

@@ -16,6 +16,7 @@ import pytest
 from gdflow.flows.deployments import local_api_url, server_is_healthy
 from tests.processes import (
     free_port,
+    prefect_home_env,
     seeded_prefect_home,
     start_background,
     stop_process,
@@ -77,11 +78,7 @@ def test_a_signal_to_gdflow_server_stops_its_prefect_server(
 ) -> None:
     port = free_port()
     api_url = local_api_url("127.0.0.1", port)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(seeded_prefect_home(tmp_path)),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    env = prefect_home_env(seeded_prefect_home(tmp_path))
     log = tmp_path / "server.log"
     gdflow = start_background(
         [venv_command("gdflow"), "server", "--port", str(port)], env=env, cwd=tmp_path, log=log

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.processes import PrefectServer, start_background, venv_command
+from tests.processes import PrefectServer, prefect_home_env, start_background, venv_command
 
 #: `gdflow run` processes at once in the concurrency tests (SQLite against a server, SQLite in
 #: ephemeral mode, PostgreSQL): two in `make test` (concurrent writers, interleaved chunks, at
@@ -26,9 +26,7 @@ def server_env(server: PrefectServer, database: Path) -> dict[str, str]:
 def ephemeral_env(home: Path, database: Path) -> dict[str, str]:
     """Environment of a `gdflow` command with no Prefect server configured (ephemeral mode)."""
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **prefect_home_env(home),
         "GDFLOW_DATABASE_URL": f"sqlite:///{database}",
         "NO_COLOR": "1",
         "COLUMNS": "200",

@@ -15,6 +15,7 @@ import pytest
 from gdflow.flows.deployments import LEASE_STORAGE, LEASE_STORAGE_SETTING, server_is_healthy
 from tests.processes import (
     free_port,
+    prefect_home_env,
     seeded_prefect_home,
     start_background,
     stop_process,
@@ -26,10 +27,7 @@ from tests.processes import (
 @contextmanager
 def _gdflow_server(home: Path, port: int) -> Iterator[str]:
     """`gdflow server --port PORT` with its own PREFECT_HOME until the end of the block."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(seeded_prefect_home(home)), PREFECT_SERVER_ANALYTICS_ENABLED="false"
-    )
+    env = prefect_home_env(seeded_prefect_home(home))
     api_url = f"http://127.0.0.1:{port}/api"
     log = home / f"server-{port}.log"
     server = start_background(

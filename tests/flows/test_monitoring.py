@@ -17,6 +17,7 @@ from tests.flows.reliability import check_every_epoch_once, epoch_rows, query, s
 from tests.processes import (
     PrefectServer,
     free_port,
+    prefect_home_env,
     seeded_prefect_home,
     start_background,
     stop_process,
@@ -49,10 +50,8 @@ def own_server(tmp_path: Path) -> Iterator[tuple[PrefectServer, subprocess.Popen
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(home),
+        **prefect_home_env(home),
         "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }

@@ -13,6 +13,7 @@ from gdflow.cli.main import build_parser
 from gdflow.flows.deployments import DEFAULT_HOST, exposure_warning, is_loopback, server_command
 from tests.processes import (
     free_port,
+    prefect_home_env,
     seeded_prefect_home,
     start_background,
     stop_process,
@@ -80,11 +81,7 @@ def _outside_address() -> str | None:
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc/net/tcp")
 def test_gdflow_server_listens_on_loopback_only(tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(seeded_prefect_home(tmp_path)),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    env = prefect_home_env(seeded_prefect_home(tmp_path))
     log = tmp_path / "server.log"
     server = start_background(
         [venv_command("gdflow"), "server", "--port", str(port)], env=env, cwd=tmp_path, log=log
