@@ -69,7 +69,8 @@ def child(path: str, budget: int, epochs: int) -> None:
 
     from gdflow.config.train import TrainConfig
     from gdflow.data.dataset import load_streamed, resolve
-    from gdflow.data.streaming import memory_available, stream_plan, usable_cpus
+    from gdflow.data.sources import usable_cpus
+    from gdflow.data.streaming import memory_available, stream_plan
     from gdflow.training.optimization import Optimization
     from gdflow.training.streamed import PREFETCH_MIN_CPUS, StreamedProblem, fit_streamed
 

@@ -73,6 +73,14 @@ class Source:
         return bool(self.parts)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def is_url(text: str) -> bool:
     """Whether `--data` names a remote fsspec URL (`file://` and plain paths are local)."""
     scheme, sep, _ = text.partition("://")

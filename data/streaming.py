@@ -15,7 +15,6 @@ through a bounded shuffle buffer. NumPy and pyarrow only: the training loop is
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import resource
 import threading
@@ -613,14 +612,6 @@ def _as_rows(a: np.ndarray) -> np.ndarray:
     (several times faster than indexing the 2-d array)."""
     a = np.ascontiguousarray(a)
     return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).reshape(-1)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:

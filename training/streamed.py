@@ -31,6 +31,7 @@ import torch
 
 from gdflow.config.errors import features_too_large
 from gdflow.data.dataset import Dataset
+from gdflow.data.sources import usable_cpus
 from gdflow.data.streaming import (
     Moments,
     RowsElsewhere,
@@ -38,7 +39,6 @@ from gdflow.data.streaming import (
     buffer_rows,
     prefetched,
     shuffled,
-    usable_cpus,
 )
 from gdflow.training.classification import EPS, binary_log_loss, multiclass_log_loss
 from gdflow.training.classifier_evaluation import class_predictions, probabilities, weight_matrix
