@@ -151,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
     )
     _add_sweep_parser(commands)
+    repair = commands.add_parser(
+        "repair",
+        help="crash the runs a killed process of this host left running (before a worker starts)",
+        description="Record as crashed the runs left 'running' by a process of this host that "
+        "is gone (killed, out of memory, a power cut), and set their flow runs Crashed in "
+        "Prefect: that frees their deployment's concurrency slot now, not when its lease runs "
+        "out (up to 5 minutes later, while the schedule waits). gdflow serve and every train "
+        "flow do this at their start; no gdflow code runs when a Prefect worker restarts, so "
+        "run this before it starts (ExecStartPre in its systemd unit: docs/deployment.md).",
+    )
+    repair.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
     runs = commands.add_parser("runs", help="list recorded runs, newest first")
     runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default: 20)")
     runs.add_argument("--source", help="only runs on this data source (a --data path, or toy:y=2x)")
@@ -608,18 +619,53 @@ def _open_existing(settings: Settings, crashed: Optional[list[int]] = None) -> E
     return engine
 
 
-def _crash_in_prefect(engine: Engine, run_ids: list[int]) -> None:
+def _crash_in_prefect(engine: Engine, run_ids: list[int]) -> int:
     """Set Crashed in Prefect the flow runs of runs just recorded crashed: a killed `gdflow
-    serve` left them Running there, holding the deployment's slot (each said on stderr)."""
+    serve` or worker left them Running there, holding the deployment's slot (each said on
+    stderr); return how many."""
     if not run_ids:
-        return
+        return 0
     from gdflow.flows.orphans import crash_flow_runs
 
-    for flow_run_id in crash_flow_runs(engine, run_ids):
+    changed = crash_flow_runs(engine, run_ids)
+    for flow_run_id in changed:
         print(
             f"{PROG}: its flow run {flow_run_id} was still running in Prefect; set it Crashed",
             file=sys.stderr,
         )
+    return len(changed)
+
+
+def cmd_repair(settings: Settings) -> int:
+    """Record crashed the runs of this host's ended processes and set their flow runs Crashed
+    in Prefect (none when no Prefect server is found: said on stderr); one summary line."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from gdflow.flows.deployments import find_api_url
+
+    crashed: list[int] = []
+    engine = _open_existing(settings, crashed)
+    changed = 0
+    if crashed:
+        api_url = find_api_url()
+        if api_url is None:
+            print(
+                f"{PROG}: no Prefect server found (start one with 'gdflow server' or set "
+                "PREFECT_API_URL); their flow runs in Prefect were left as they are",
+                file=sys.stderr,
+            )
+        else:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                changed = _crash_in_prefect(engine, crashed)
+    if not crashed:
+        print("nothing to repair: no run of this host was left running by an ended process")
+    else:
+        print(
+            f"repaired {len(crashed)} run(s) left running by an ended process: recorded "
+            f"crashed; {changed} flow run(s) set Crashed in Prefect"
+        )
+    return 0
 
 
 def cmd_runs(limit: int, source: Optional[str], fmt: str, settings: Settings) -> int:
@@ -833,6 +879,8 @@ def _command(command: str, args: dict[str, Any]) -> int:
             return cmd_serve(args, settings)
         if command == "server":
             return cmd_server(args["host"], args["port"])
+        if command == "repair":
+            return cmd_repair(settings)
         if command == "runs":
             return cmd_runs(args["limit"], args["source"], args["format"], settings)
         if command == "show":

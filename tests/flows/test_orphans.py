@@ -19,6 +19,7 @@ from gdflow.flows.orphans import REPAIR_LIMIT, crash_flow_runs, release_lost_slo
 from gdflow.runs.liveness import process_started
 from gdflow.runs.recording import open_database, reconcile_runs
 from gdflow.storage import create_run, get_run
+from tests.processes import GdflowMain
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -129,6 +130,44 @@ def test_the_next_train_flow_on_the_host_crashes_a_killed_workers_run(
     with get_client(sync_client=True) as client:
         crashed = client.read_flow_run(killed.id).state
         assert crashed is not None and crashed.is_crashed() and crashed.message == run.error
+
+
+def test_gdflow_repair_crashes_a_killed_workers_run_before_the_worker_starts_again(
+    gdflow_main: GdflowMain, database_url: str, tmp_path: Path
+) -> None:
+    """`gdflow repair` (a worker's ExecStartPre): the dead run is recorded crashed, its flow
+    run set Crashed, and the queued run gets the deployment's slot without waiting for the
+    dead run's lease to run out; a second call finds nothing."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending, Running
+
+    with get_client(sync_client=True) as client:
+        deployment_id = _one_at_a_time_deployment(client, "repaired-by-command")
+        killed, queued = (client.create_flow_run_from_deployment(deployment_id) for _ in range(2))
+        client.set_flow_run_state(killed.id, Pending())
+        client.set_flow_run_state(killed.id, Running())
+        assert client.set_flow_run_state(queued.id, Pending()).state.name == (
+            "AwaitingConcurrencySlot"
+        )
+    run_id = _record_dead_run(open_database(database_url), str(killed.id), tmp_path)
+
+    done = gdflow_main(["repair"], database_url=database_url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "repaired 1 run(s) left running by an ended process: recorded crashed; "
+        "1 flow run(s) set Crashed in Prefect"
+    )
+    assert f"run {run_id} was left 'running'" in done.stderr and str(killed.id) in done.stderr
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(killed.id).state
+        assert state is not None and state.is_crashed()
+        assert client.set_flow_run_state(queued.id, Pending()).state.is_pending()
+    with Session(open_database(database_url)) as session:
+        run = get_run(session, run_id=run_id)
+        assert run is not None and run.status == "crashed" and state.message == run.error
+
+    again = gdflow_main(["repair"], database_url=database_url, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to repair")
 
 
 def _running_without_its_lease(
