@@ -192,6 +192,10 @@ class Cluster:
                 cwd=root,
                 log=root / f"{name}.log",
                 ready_line=b"started!",
+                # docs/deployment.md ("Run gdflow repair before a worker starts"): the flow
+                # run a killed worker left Running frees its deployment's slot at once, not
+                # when its lease runs out (up to 5 minutes of schedules waiting).
+                before=[venv_command("gdflow"), "repair"],
             )
             for name in WORKERS
         ]
@@ -283,8 +287,10 @@ class Cluster:
         raise SoakError(f"gdflow serve registered no deployment in {timeout:.0f} s")
 
     def start_serving(self, service: Service, wait: Callable[[float], None]) -> None:
-        """Start a serving process again and wait (calling `wait`) until it serves: `gdflow
-        serve` has registered its deployments again, a worker has started."""
+        """Start a serving process again (after its `before` command: a worker's `gdflow
+        repair`) and wait (calling `wait`) until it serves: `gdflow serve` has registered its
+        deployments again, a worker has started."""
+        service.run_before(wait)
         started = datetime.now(UTC)
         service.start()
         deadline = time.monotonic() + SERVER_START_SECONDS

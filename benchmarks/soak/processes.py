@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -123,8 +124,12 @@ class Service:
         cwd: Path,
         log: Path,
         ready_line: bytes = b"",
+        before: Sequence[str] = (),
     ):
         self.name = name
+        #: A command run to its end before each start, as systemd's ExecStartPre (its output
+        #: in the log; its failure does not keep the command from starting).
+        self.before = list(before)
         #: A line the command prints once it is ready (its output is watched for it).
         self.ready_line = ready_line
         self.ready = threading.Event()
@@ -166,6 +171,32 @@ class Service:
             target=self._copy_output, args=(self.process,), name=f"soak-{self.name}", daemon=True
         )
         self._pump.start()
+
+    def run_before(self, wait: Callable[[float], None], timeout: float = 120.0) -> Optional[int]:
+        """Run the `before` command to its end (calling `wait` while it runs; SIGKILL after
+        `timeout` s), its output appended to the log; its exit status (None: none, or killed)."""
+        if not self.before:
+            return None
+        with self.log.open("ab") as log:
+            log.write(f"--- soak: {self.name} before start {self.starts + 1}\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                self.before,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + timeout
+            while process.poll() is None and time.monotonic() < deadline:
+                wait(0.25)
+            if process.poll() is None:
+                kill_tree(process.pid)
+                process.wait()
+                return None
+            return process.returncode
 
     def _copy_output(self, process: subprocess.Popen[bytes]) -> None:
         """Append the command's output to its log until the pipe closes."""

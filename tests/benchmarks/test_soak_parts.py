@@ -26,7 +26,7 @@ from benchmarks.soak.plan import (
     default_per_kind,
     make_plan,
 )
-from benchmarks.soak.processes import limit_file_size
+from benchmarks.soak.processes import Service, limit_file_size
 from benchmarks.soak.report import summary_line
 from gdflow.storage.database import SQLITE_BUSY_TIMEOUT_MS
 from tests.benchmarks.test_record import MACHINE
@@ -262,3 +262,26 @@ def test_worker_memory_refuses_too_few_or_too_many_runs(capsys: pytest.CaptureFi
             main(["--runs", runs])
         assert info.value.code == 2
         assert "--runs must be between 10 and 200" in capsys.readouterr().err
+
+
+@pytest.mark.process
+def test_a_services_before_command_runs_to_its_end_before_each_start(tmp_path: Path) -> None:
+    """Like systemd's ExecStartPre: the workers' `gdflow repair` runs, its output in the
+    service's log, while the soak keeps observing (`wait` is called); a hung one is killed."""
+    log = tmp_path / "worker.log"
+    waits: list[float] = []
+    done = Service(
+        "worker",
+        ["true"],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        log=log,
+        before=["sh", "-c", "sleep 0.6; echo repaired; exit 3"],
+    )
+    assert done.run_before(lambda seconds: (waits.append(seconds), time.sleep(seconds))) == 3
+    assert "--- soak: worker before start 1\nrepaired\n" in log.read_text() and len(waits) >= 2
+    hung = Service("hung", ["true"], env={}, cwd=tmp_path, log=log, before=["sleep", "30"])
+    started = time.monotonic()
+    assert hung.run_before(time.sleep, timeout=0.5) is None
+    assert time.monotonic() - started < 10
+    assert Service("plain", ["true"], env={}, cwd=tmp_path, log=log).run_before(time.sleep) is None
