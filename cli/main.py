@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Prefect: that frees their deployment's concurrency slot now, not when its lease runs "
         "out (up to 5 minutes later, while the schedule waits). gdflow serve and every train "
         "flow do this at their start; no gdflow code runs when a Prefect worker restarts, so "
-        "run this before it starts (ExecStartPre in its systemd unit: docs/deployment.md).",
+        "run this before it starts (ExecStartPre in its systemd unit: docs/deployment.md). "
+        "When no Prefect server answers it changes nothing and exits 1.",
     )
     repair.add_argument("--database-url", help="SQLAlchemy URL of the metrics database")
     runs = commands.add_parser("runs", help="list recorded runs, newest first")
@@ -638,33 +639,41 @@ def _crash_in_prefect(engine: Engine, run_ids: list[int]) -> int:
 
 def cmd_repair(settings: Settings) -> int:
     """Record crashed the runs of this host's ended processes and set their flow runs Crashed
-    in Prefect (none when no Prefect server is found: said on stderr); one summary line."""
+    in Prefect; one summary line. Without a Prefect server that answers, nothing is changed (an
+    error): the runs stay `running`, so that a later repair or the next run on this host does
+    both steps once the server is back."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from gdflow.flows.deployments import find_api_url
+    from gdflow.flows.deployments import find_api_url, server_is_healthy
 
+    api_url = find_api_url()
+    if api_url is None or not server_is_healthy(api_url, timeout=5.0):
+        where = f"at {api_url}" if api_url else "(none configured, none on the default port)"
+        raise CliError(
+            f"no Prefect server answers {where}; start it first ('gdflow server', or set "
+            "PREFECT_API_URL): nothing was repaired; the runs stay 'running' for a repair "
+            "or the next run on this host once the server answers"
+        )
     crashed: list[int] = []
     engine = _open_existing(settings, crashed)
-    changed = 0
-    if crashed:
-        api_url = find_api_url()
-        if api_url is None:
-            print(
-                f"{PROG}: no Prefect server found (start one with 'gdflow server' or set "
-                "PREFECT_API_URL); their flow runs in Prefect were left as they are",
-                file=sys.stderr,
-            )
-        else:
-            from prefect.settings import PREFECT_API_URL, temporary_settings
-
-            with temporary_settings(updates={PREFECT_API_URL: api_url}):
-                changed = _crash_in_prefect(engine, crashed)
     if not crashed:
         print("nothing to repair: no run of this host was left running by an ended process")
-    else:
-        print(
-            f"repaired {len(crashed)} run(s) left running by an ended process: recorded "
-            f"crashed; {changed} flow run(s) set Crashed in Prefect"
-        )
+        return 0
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            changed = _crash_in_prefect(engine, crashed)
+    except Exception as exc:  # noqa: BLE001 - Prefect's client or TLS set-up: one line
+        reason = one_line(f"{type(exc).__name__}: {exc}")
+        raise CliError(
+            f"runs {', '.join(map(str, crashed))} recorded crashed, but setting their flow "
+            f"runs Crashed in Prefect failed: {reason}; Prefect frees their slots when their "
+            "leases run out"
+        ) from None
+    print(
+        f"repaired {len(crashed)} run(s) left running by an ended process: recorded "
+        f"crashed; {changed} flow run(s) set Crashed in Prefect"
+    )
     return 0
 
 

@@ -286,11 +286,12 @@ class Cluster:
                 time.sleep(1.0)
         raise SoakError(f"gdflow serve registered no deployment in {timeout:.0f} s")
 
-    def start_serving(self, service: Service, wait: Callable[[float], None]) -> None:
+    def start_serving(self, service: Service, wait: Callable[[float], None]) -> Optional[int]:
         """Start a serving process again (after its `before` command: a worker's `gdflow
         repair`) and wait (calling `wait`) until it serves: `gdflow serve` has registered its
-        deployments again, a worker has started."""
-        service.run_before(wait)
+        deployments again, a worker has started. Returns the `before` command's exit status
+        (None: none, or killed after its timeout), for the report."""
+        before = service.run_before(wait)
         started = datetime.now(UTC)
         service.start()
         deadline = time.monotonic() + SERVER_START_SECONDS
@@ -298,6 +299,7 @@ class Cluster:
             if not service.alive() or time.monotonic() > deadline:
                 raise SoakError(f"{service.name} did not start again:\n{service.tail()}")
             wait(0.5)
+        return before
 
     def _registered_since(self, started: datetime) -> bool:
         """True for workers; for `gdflow serve`, once it registered its nightly deployment

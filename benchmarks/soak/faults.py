@@ -78,7 +78,7 @@ class Injector:
         injection.detail["killed"] = service.name
         injection.detail["pids"] = service.kill()
         self.wait(fault.hold)
-        self.cluster.start_serving(service, self.wait)
+        injection.detail["before_exit"] = self.cluster.start_serving(service, self.wait)
 
     def _server(self, fault: Fault, injection: Injection) -> None:
         """Stop the Prefect server as a service manager would (SIGTERM), start it again."""
@@ -110,8 +110,9 @@ class Injector:
         self.wait(fault.hold)
         self.cluster.start_server()
         self.restarts_after_downtime.append(self.observer.seconds())
-        for service in self.cluster.serving:
-            self.cluster.start_serving(service, self.wait)
+        injection.detail["before_exit"] = [
+            self.cluster.start_serving(service, self.wait) for service in self.cluster.serving
+        ]
 
 
 def _limit_tree(

@@ -139,6 +139,7 @@ def test_gdflow_repair_crashes_a_killed_workers_run_before_the_worker_starts_aga
     run set Crashed, and the queued run gets the deployment's slot without waiting for the
     dead run's lease to run out; a second call finds nothing."""
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Pending, Running
 
     with get_client(sync_client=True) as client:
@@ -150,6 +151,17 @@ def test_gdflow_repair_crashes_a_killed_workers_run_before_the_worker_starts_aga
             "AwaitingConcurrencySlot"
         )
     run_id = _record_dead_run(open_database(database_url), str(killed.id), tmp_path)
+
+    with socket.socket() as probe:  # a port nothing listens on: the server is down
+        probe.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    with temporary_settings(updates={PREFECT_API_URL: down}):
+        refused = gdflow_main(["repair"], database_url=database_url, cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert f"no Prefect server answers at {down}; start it first" in refused.stderr
+    with Session(open_database(database_url)) as session:  # left for a later repair
+        waiting = get_run(session, run_id=run_id)
+        assert waiting is not None and waiting.status == "running"
 
     done = gdflow_main(["repair"], database_url=database_url, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
