@@ -71,19 +71,11 @@ def read_numeric(
         chosen = _choose([name for name in names if name not in skip], features, target)
         if chosen is None:
             return None
-        n_features, kind = len(chosen) - 1, np.dtype(dtype)
         if source.kind == "CSV":
-            layout = _csv_layout(source, range_bytes)
-            try:
-                if len(layout.ranges) < 2 or usable_cpus() < 2:
-                    raise _Uneven
-                pieces = _csv_pieces(source, text, names, chosen, layout)
-                arrays = _fill_pieces(pieces, n_features, kind, layout.rows)
-            except _Uneven:  # read in one stream
-                arrays = _fill(_csv_batches(source, text, chosen), chosen, kind, layout.rows)
+            arrays = _csv_arrays(source, text, names, chosen, np.dtype(dtype), range_bytes)
         else:
             pieces, rows = _parquet_pieces(source.parts or (source.path,), chosen)
-            arrays = _fill_pieces(pieces, n_features, kind, rows)
+            arrays = _fill_pieces(pieces, len(chosen) - 1, np.dtype(dtype), rows)
     except Exception:  # noqa: BLE001 - the general path reads the file again and says why
         return None
     if arrays is None or arrays[0].shape[0] == 0:
@@ -138,13 +130,33 @@ class _Layout:
     ranges: tuple[tuple[int, int, int, int], ...] = ()
 
 
+def _csv_arrays(
+    source: Source,
+    text: TextFormat,
+    names: list[str],
+    chosen: list[str],
+    dtype: np.dtype,
+    range_bytes: int,
+) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """x and y of a CSV: its ranges side by side when it has several and there are CPUs to
+    share them, else (or when a range has blank lines) in one stream."""
+    layout = _csv_layout(source, range_bytes)
+    if len(layout.ranges) > 1 and usable_cpus() > 1:
+        try:
+            pieces = _csv_pieces(source, text, names, chosen, layout)
+            return _fill_pieces(pieces, len(chosen) - 1, dtype, layout.rows)
+        except _Uneven:
+            pass  # read in one stream
+    return _fill(_csv_batches(source, text, chosen), chosen, dtype, layout.rows)
+
+
 def _csv_layout(source: Source, range_bytes: int) -> _Layout:
     """The rows and ranges of a CSV: one pass over the bytes, with no parsing."""
     lines, last = 0, bytearray(b"\n")
     cuts: list[tuple[int, int]] = []  # (byte after a line end, line ends before it)
-    splittable, offset = source.compression is None, 0
-    buffer = bytearray(1 << 24)
     plain = source.compression is None
+    splittable, offset = plain, 0
+    buffer = bytearray(1 << 24)
     with open(source.path, "rb", buffering=0) if plain else open_bytes(source) as handle:
         while size := handle.readinto(buffer):
             if splittable and not cuts:
@@ -282,9 +294,12 @@ def _fill_pieces(
             return
         with contextlib.closing(batches()) as blocks:
             for size, columns in blocks:
+                if failed.is_set() or uneven.is_set():
+                    return
                 if row + size > end:
                     uneven.set()
-                if uneven.is_set() or failed.is_set() or not _copy(columns, x, y, row, size):
+                    return
+                if not _copy(columns, x, y, row, size):
                     failed.set()
                     return
                 row += size
