@@ -18,7 +18,8 @@
  * rows in float, 16 to a vector; sums go into double, the loss row by row and the gradient every
  * block of BLOCK_ROWS rows. A row is read from memory once, for its logits (one vector of
  * products per row, the vectors of 16 rows summed by one shuffle network); the loss and the
- * gradient read the block again from L1. exp and log are written out here (polynomials after a
+ * gradient read the rows again from L1 (binary rows of one vector: each 16 rows as soon as their
+ * logits are known; otherwise the whole block after its logits). exp and log are written out here (polynomials after a
  * range reduction; relative errors about 1e-16 in double, 1e-7 in float) so that the compiler
  * vectorises them over rows and no libm call sits in the loop.
  *

@@ -152,9 +152,92 @@ static const REAL *FN(weights_of)(const job_t *job, int64_t start, const scratch
     return job->weights ? (const REAL *)job->weights + start : (const REAL *)scratch->ones;
 }
 
-/* The binary loss of rows [start, start + rows), added into sums (loss, dW, db). */
-static void FN(binary_block)(const job_t *job, int64_t start, int64_t rows,
-                             const scratch_t *scratch, double *sums) {
+/* The binary losses of LANES rows or fewer (count) from their logits z: each row's weighted loss
+ * added into loss[l], its weighted dloss/dz written into coef[l] (which may be z) and added
+ * into bias[l]. The lanes' sums are added up at the end of the block, in order. */
+static inline void FN(binary_lanes)(int count, const REAL *z, const REAL *target,
+                                    const REAL *weights, REAL *coef, double *loss,
+                                    double *bias) {
+#pragma omp simd
+    for (int l = 0; l < count; l++) {
+        REAL v = z[l];
+        REAL e = EXP(v < 0 ? v : -v);
+        REAL u = 1 + e;
+        REAL r = 1 / u;
+        REAL log1p_e = LOG1P(e, u, r);
+        REAL each = (v > 0 ? v : 0) - v * target[l] + log1p_e;
+        REAL sigmoid = v >= 0 ? r : e * r;
+        REAL weight = weights[l];
+        loss[l] += (double)(weight * each);
+        coef[l] = weight * (sigmoid - target[l]);
+        bias[l] += (double)coef[l];
+    }
+}
+
+/* The binary loss of rows [start, start + rows) of at most LANES values (one vector a row),
+ * added into sums (loss, dW, db). LANES rows at a time: their logits (the one read of the rows
+ * from memory), their losses, then their share of the gradient while the rows are still in L1,
+ * so that the work on a group overlaps the reads of the next instead of waiting for the whole
+ * block to be read first: 1.3x the time of one read of X against 1.7-1.8x for binary_passes
+ * (float, 1M x 16, one thread on the Intel VM; 1.8x against 2.2x at 2M x 8). The gradient goes
+ * into four vectors (rows i mod 4), summed in REAL over the block, then into sums in double. */
+static void FN(binary_groups)(const job_t *job, int64_t start, int64_t rows,
+                              const scratch_t *scratch, double *sums) {
+    const int64_t d = job->d;
+    const REAL *x = FN(rows_of)(job, start, rows, scratch);
+    const REAL *target = (const REAL *)job->y + start;
+    const REAL *weights = FN(weights_of)(job, start, scratch);
+    const VEC w = *(const VEC *)scratch->w;
+    const BITS mask = *(const BITS *)scratch->mask;
+    const int whole = d == LANES;
+    const REAL bias = job->b ? ((const REAL *)job->b)[0] : 0;
+    double loss[LANES], grad_b[LANES];
+    for (int l = 0; l < LANES; l++) loss[l] = grad_b[l] = 0.0;
+    VEC g0 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
+    for (int64_t i = 0; i < rows; i += LANES) {
+        const REAL *group = x + i * d;
+        VEC p[LANES];
+        if (whole) {
+            for (int r = 0; r < LANES; r++) p[r] = FN(load)(group + r * d) * w;
+        } else {
+            for (int r = 0; r < LANES; r++) {
+                p[r] = (VEC)((BITS)(FN(load)(group + r * d) * w) & mask);
+            }
+        }
+        VEC z = FN(lane_sums)(p) + bias;
+        REAL coef[LANES];
+        memcpy(coef, &z, sizeof z);
+        if (rows - i >= LANES) {
+            FN(binary_lanes)(LANES, coef, target + i, weights + i, coef, loss, grad_b);
+        } else {
+            FN(binary_lanes)((int)(rows - i), coef, target + i, weights + i, coef, loss, grad_b);
+            for (int64_t l = rows - i; l < LANES; l++) coef[l] = 0;
+        }
+        /* rows past `rows` (only in the padded copy of the data's end) have coef 0; lanes past
+         * d read the next row's values, and are not used */
+        for (int r = 0; r < LANES; r += 4) {
+            g0 += coef[r] * FN(load)(group + r * d);
+            g1 += coef[r + 1] * FN(load)(group + (r + 1) * d);
+            g2 += coef[r + 2] * FN(load)(group + (r + 2) * d);
+            g3 += coef[r + 3] * FN(load)(group + (r + 3) * d);
+        }
+    }
+    VEC g = (g0 + g1) + (g2 + g3);
+    REAL lanes[LANES];
+    memcpy(lanes, &g, sizeof g);
+    for (int l = 0; l < LANES; l++) {
+        sums[0] += loss[l];
+        sums[1 + d] += grad_b[l];
+    }
+    for (int64_t j = 0; j < d; j++) sums[1 + j] += (double)lanes[j];
+}
+
+/* The binary loss of rows [start, start + rows), added into sums (loss, dW, db), in three
+ * passes over the block: the logits of all its rows (the one read from memory), their losses,
+ * then the gradient. For rows of several vectors (d > LANES), where it is about 1.2x faster
+ * than binary_groups would be (float, d 24 to 64, one thread on the Intel VM). */
+static void FN(binary_passes)(const job_t *job, int64_t start, int64_t rows,
+                              const scratch_t *scratch, double *sums) {
     const int64_t d = job->d;
     const REAL *x = FN(rows_of)(job, start, rows, scratch);
     const REAL *target = (const REAL *)job->y + start;
@@ -163,25 +246,28 @@ static void FN(binary_block)(const job_t *job, int64_t start, int64_t rows,
     REAL *coef = (REAL *)scratch->z, *grad = (REAL *)scratch->grad;
     FN(logits_of)(x, (rows + LANES - 1) / LANES * LANES, d, (const VEC *)scratch->w,
                   *(const BITS *)scratch->mask, b ? b[0] : 0, coef);
-    double loss = 0.0, grad_b = 0.0;
-#pragma omp simd reduction(+ : loss, grad_b)
-    for (int64_t i = 0; i < rows; i++) {
-        REAL z = coef[i];
-        REAL e = EXP(z < 0 ? z : -z);
-        REAL u = 1 + e;
-        REAL r = 1 / u;
-        REAL log1p_e = LOG1P(e, u, r);
-        REAL each = (z > 0 ? z : 0) - z * target[i] + log1p_e;
-        REAL sigmoid = z >= 0 ? r : e * r;
-        REAL weight = weights[i];
-        loss += (double)(weight * each);
-        coef[i] = weight * (sigmoid - target[i]);
-        grad_b += (double)coef[i];
+    double loss[LANES], grad_b[LANES];
+    for (int l = 0; l < LANES; l++) loss[l] = grad_b[l] = 0.0;
+    for (int64_t i = 0; i < rows; i += LANES) {
+        const int count = rows - i < LANES ? (int)(rows - i) : LANES;
+        FN(binary_lanes)(count, coef + i, target + i, weights + i, coef + i, loss, grad_b);
     }
     FN(rows_times)(x, rows, d, coef, grad);
-    sums[0] += loss;
+    for (int l = 0; l < LANES; l++) {
+        sums[0] += loss[l];
+        sums[1 + d] += grad_b[l];
+    }
     for (int64_t j = 0; j < d; j++) sums[1 + j] += (double)grad[j];
-    sums[1 + d] += grad_b;
+}
+
+/* The binary loss of rows [start, start + rows), added into sums (loss, dW, db). */
+static void FN(binary_block)(const job_t *job, int64_t start, int64_t rows,
+                             const scratch_t *scratch, double *sums) {
+    if (job->d <= LANES) {
+        FN(binary_groups)(job, start, rows, scratch, sums);
+    } else {
+        FN(binary_passes)(job, start, rows, scratch, sums);
+    }
 }
 
 /* The multiclass loss of rows [start, start + rows), added into sums (loss, dW, db): z holds

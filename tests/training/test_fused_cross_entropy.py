@@ -111,12 +111,21 @@ def _assert_close(found: list[torch.Tensor], expected: list[torch.Tensor], rel: 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize(("dtype", "rel"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("features", [5, 16, 21])
 def test_loss_and_gradients_match_autograd(
-    compiled: fce.Kernel, classes: int, bias: bool, weighted: bool, dtype: torch.dtype, rel: float
+    compiled: fce.Kernel,
+    classes: int,
+    bias: bool,
+    weighted: bool,
+    dtype: torch.dtype,
+    rel: float,
+    features: int,
 ) -> None:
     # 5,003 rows: two chunks of 2,048 and a last block that is not a multiple of the 64-row
-    # block or of a vector's 8 (float64) or 16 (float32) rows; 21 features: a vector and a tail
-    x, y, weights, w, b = _problem(5003, 21, classes, dtype, scale=0.7)
+    # block or of a vector's 8 (float64) or 16 (float32) rows. Features: rows of one vector
+    # (binary: a group of rows at a time) with a tail (5) or without (16 in float32), and rows
+    # of several vectors (binary: the block in passes) with a tail (21, and 16 in float64)
+    x, y, weights, w, b = _problem(5003, features, classes, dtype, scale=0.7)
     args = (x, y, weights if weighted else None, w, b if bias else None)
     _assert_close(_fused(*args, threads=3), _reference(*args), rel)
 
