@@ -641,7 +641,9 @@ def cmd_repair(settings: Settings) -> int:
     """Record crashed the runs of this host's ended processes and set their flow runs Crashed
     in Prefect; one summary line. Without a Prefect server that answers, nothing is changed (an
     error): the runs stay `running`, so that a later repair or the next run on this host does
-    both steps once the server is back."""
+    both steps once the server is back. Another command may have recorded such runs crashed
+    while no server answered (every command reconciles): the flow runs of this host's latest
+    crashed runs (`crashed_earlier`) that Prefect still has Running are set Crashed too."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from gdflow.flows.deployments import find_api_url, server_is_healthy
 
@@ -653,27 +655,38 @@ def cmd_repair(settings: Settings) -> int:
             "PREFECT_API_URL): nothing was repaired; the runs stay 'running' for a repair "
             "or the next run on this host once the server answers"
         )
+    from gdflow.runs.recording import crashed_earlier
+
     crashed: list[int] = []
     engine = _open_existing(settings, crashed)
-    if not crashed:
+    earlier = [run_id for run_id in crashed_earlier(engine) if run_id not in crashed]
+    if not crashed and not earlier:
         print("nothing to repair: no run of this host was left running by an ended process")
         return 0
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     try:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            changed = _crash_in_prefect(engine, crashed)
+            changed = _crash_in_prefect(engine, crashed + earlier)
     except Exception as exc:  # noqa: BLE001 - Prefect's client or TLS set-up: one line
         reason = one_line(f"{type(exc).__name__}: {exc}")
         raise CliError(
-            f"runs {', '.join(map(str, crashed))} recorded crashed, but setting their flow "
-            f"runs Crashed in Prefect failed: {reason}; Prefect frees their slots when their "
-            "leases run out"
+            f"runs {', '.join(map(str, crashed + earlier))} are recorded crashed, but setting "
+            f"their flow runs Crashed in Prefect failed: {reason}; Prefect frees their slots "
+            "when their leases run out"
         ) from None
-    print(
-        f"repaired {len(crashed)} run(s) left running by an ended process: recorded "
-        f"crashed; {changed} flow run(s) set Crashed in Prefect"
-    )
+    if crashed:
+        print(
+            f"repaired {len(crashed)} run(s) left running by an ended process: recorded "
+            f"crashed; {changed} flow run(s) set Crashed in Prefect"
+        )
+    elif changed:
+        print(
+            f"repaired {changed} flow run(s) still Running in Prefect whose runs were recorded "
+            "crashed earlier (while no Prefect server answered): set Crashed"
+        )
+    else:
+        print("nothing to repair: no run of this host was left running by an ended process")
     return 0
 
 

@@ -38,16 +38,21 @@ def process_started(pid: int) -> Optional[str]:
     return f"{_boot_id()}:{fields[19]}" if fields is not None else None
 
 
+def this_host() -> str:
+    """The name runs of this host are recorded under (their `host` column)."""
+    return socket.gethostname()
+
+
 def current_owner() -> dict[str, Any]:
     """This process as a run's owner: host, pid and pid start time (columns of `runs`)."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "pid_started": process_started(pid)}
+    return {"host": this_host(), "pid": pid, "pid_started": process_started(pid)}
 
 
 def owner_alive(host: Optional[str], pid: Optional[int], pid_started: Optional[str]) -> bool:
     """False only when the owner is known to be gone: same host, and its pid no longer runs
     or now belongs to a process started at another time. Anything unknown counts as alive."""
-    if host != socket.gethostname() or pid is None:
+    if host != this_host() or pid is None:
         return True
     try:
         os.kill(pid, 0)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from gdflow.config.errors import GdflowError
 from gdflow.config.train import STEERING, TrainConfig
-from gdflow.runs.liveness import current_owner, owner_alive
+from gdflow.runs.liveness import current_owner, owner_alive, this_host
 from gdflow.runs.status import status_of_stop, stop_reason_of
 from gdflow.storage import (
     DatabaseError,
@@ -24,6 +24,7 @@ from gdflow.storage import (
     RunOutcome,
     RunStatus,
     append_metric_batch,
+    crashed_runs_of_flow_runs,
     create_run,
     engine_for,
     find_run_id,
@@ -43,6 +44,8 @@ if TYPE_CHECKING:  # types only: the read-only commands reconcile runs without i
     from gdflow.training.result import TrainResult
 
 
+#: How many of this host's latest crashed runs `gdflow repair` asks Prefect about again.
+RECENT_CRASHES = 20
 #: Set once a run of this process has its outcome in the database (see `outcome_recorded`).
 _OUTCOME_RECORDED = threading.Event()
 
@@ -249,6 +252,15 @@ def reconcile_runs(engine: Engine) -> list[int]:
         return crashed
 
     return in_transaction(engine, write, what="reconciling runs of ended processes")
+
+
+def crashed_earlier(engine: Engine, *, limit: int = RECENT_CRASHES) -> list[int]:
+    """The latest runs of this host recorded `crashed` that belong to a Prefect flow run, newest
+    first: a command that reconciled them while no Prefect server answered left their flow runs
+    Running there (`gdflow repair` asks Prefect about them again)."""
+    with Session(engine) as session:
+        runs = crashed_runs_of_flow_runs(session, host=this_host(), limit=limit)
+        return [run.id for run in runs]
 
 
 def record_data(

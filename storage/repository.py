@@ -120,6 +120,27 @@ def running_runs(session: Session) -> list[Run]:
     )
 
 
+def crashed_runs_of_flow_runs(session: Session, *, host: str, limit: int) -> list[Run]:
+    """The latest `limit` runs of `host` recorded `crashed` that belong to a flow run (one that
+    no run still `running` belongs to: a retry of it is alive), newest first."""
+    alive = select(Run.flow_run_id).where(
+        Run.status == RunStatus.RUNNING.value, Run.flow_run_id.is_not(None)
+    )
+    return list(
+        session.scalars(
+            select(Run)
+            .where(
+                Run.status == RunStatus.CRASHED.value,
+                Run.host == host,
+                Run.flow_run_id.is_not(None),
+                Run.flow_run_id.not_in(alive),
+            )
+            .order_by(Run.id.desc())
+            .limit(limit)
+        )
+    )
+
+
 def update_run(session: Session, *, run_id: int, **fields: Any) -> None:
     """Set the given columns of one run (e.g. its device or parameter names once known)."""
     session.execute(update(Run).where(Run.id == run_id).values(**fields))

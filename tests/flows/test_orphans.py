@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gdflow.flows.orphans import REPAIR_LIMIT, crash_flow_runs, release_lost_slots
-from gdflow.runs.liveness import process_started
+from gdflow.runs.liveness import current_owner, process_started
 from gdflow.runs.recording import open_database, reconcile_runs
 from gdflow.storage import create_run, get_run
 from tests.processes import GdflowMain
@@ -177,6 +177,61 @@ def test_gdflow_repair_crashes_a_killed_workers_run_before_the_worker_starts_aga
     with Session(open_database(database_url)) as session:
         run = get_run(session, run_id=run_id)
         assert run is not None and run.status == "crashed" and state.message == run.error
+
+    again = gdflow_main(["repair"], database_url=database_url, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to repair")
+
+
+@pytest.mark.usefixtures("prefect_api_url")
+def test_gdflow_repair_crashes_flow_runs_left_running_by_a_reconcile_without_a_server(
+    gdflow_main: GdflowMain, database_url: str, tmp_path: Path
+) -> None:
+    """Every gdflow command reconciles this host's runs. One that ran while no Prefect server
+    answered (say `gdflow runs` during an outage) recorded the dead run crashed but could not
+    tell Prefect, so its flow run stayed Running. `gdflow repair` finds it among the host's
+    latest crashed runs and sets it Crashed; a crashed run whose flow run a live run shares (a
+    retry of it) is left alone."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending, Running
+
+    with get_client(sync_client=True) as client:
+        deployment_id = client.create_deployment(
+            flow_id=client.create_flow_from_name("orphans-test"), name="reconciled-offline"
+        )
+        killed, retried = (client.create_flow_run_from_deployment(deployment_id) for _ in "ab")
+        for flow_run in (killed, retried):
+            client.set_flow_run_state(flow_run.id, Pending())
+            client.set_flow_run_state(flow_run.id, Running())
+    engine = open_database(database_url)
+    dead = _record_dead_run(engine, str(killed.id), tmp_path)
+    dead_try = _record_dead_run(engine, str(retried.id), tmp_path)
+    with Session(engine) as session, session.begin():
+        live_try = create_run(
+            session,
+            config={},
+            data_source="toy",
+            parameter_names=["w"],
+            flow_run_id=str(retried.id),
+            owner=current_owner(),
+        )
+    assert sorted(reconcile_runs(engine)) == [dead, dead_try]  # as a command without a server
+
+    done = gdflow_main(["repair"], database_url=database_url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "repaired 1 flow run(s) still Running in Prefect whose runs were recorded crashed "
+        "earlier (while no Prefect server answered): set Crashed"
+    )
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(killed.id).state
+        assert state is not None and state.is_crashed()
+        alive = client.read_flow_run(retried.id).state
+        assert alive is not None and alive.is_running()
+    with Session(engine) as session:
+        run = get_run(session, run_id=dead)
+        assert run is not None and state.message == run.error
+        live = get_run(session, run_id=live_try)
+        assert live is not None and live.status == "running"
 
     again = gdflow_main(["repair"], database_url=database_url, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.startswith("nothing to repair")

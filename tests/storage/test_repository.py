@@ -21,6 +21,7 @@ from gdflow.storage import (
     RunStatus,
     append_metric_batch,
     append_metrics,
+    crashed_runs_of_flow_runs,
     create_run,
     finish_run,
     get_metrics,
@@ -257,6 +258,37 @@ def test_latest_runs_come_first(engine: Engine) -> None:
         assert [r.id for r in list_runs(session, limit=10)] == [new, old]
         assert [r.id for r in list_runs(session, limit=1)] == [new]
         assert get_run(session, run_id=old).device == "cpu"  # type: ignore[union-attr]
+
+
+def test_crashed_runs_of_flow_runs_are_a_hosts_latest_without_a_live_retry(
+    engine: Engine,
+) -> None:
+    def run(host: str, flow_run_id: str | None, status: RunStatus) -> int:
+        run_id = create_run(
+            session,
+            config={},
+            data_source="toy",
+            parameter_names=["w"],
+            flow_run_id=flow_run_id,
+            owner={"host": host, "pid": 1, "pid_started": None},
+        )
+        if status is not RunStatus.RUNNING:
+            finish_run(session, run_id=run_id, outcome=RunOutcome(status=status))
+        return run_id
+
+    with Session(engine) as session, session.begin():
+        first = run("here", "f1", RunStatus.CRASHED)
+        run("elsewhere", "f2", RunStatus.CRASHED)  # another host's
+        run("here", None, RunStatus.CRASHED)  # no flow run (main() in a notebook)
+        run("here", "f3", RunStatus.FAILED)
+        run("here", "f4", RunStatus.CRASHED)  # retried: a live run has its flow run
+        run("here", "f4", RunStatus.RUNNING)
+        last = run("here", "f5", RunStatus.CRASHED)
+    with Session(engine) as session:
+        found = crashed_runs_of_flow_runs(session, host="here", limit=10)
+        assert [r.id for r in found] == [last, first]
+        limited = crashed_runs_of_flow_runs(session, host="here", limit=1)
+        assert [r.id for r in limited] == [last]
 
 
 def test_latest_run_of_empty_database_is_none(engine: Engine) -> None:
