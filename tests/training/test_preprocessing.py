@@ -37,6 +37,31 @@ def test_standardised_features_have_zero_mean_and_unit_variance() -> None:
     assert ys.mean() == pytest.approx(0, abs=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("rows", [0, 1, 20_001])
+def test_transform_by_blocks_equals_the_whole_matrix_in_float64(
+    dtype: type, order: str, rows: int
+) -> None:
+    # 20,001 rows of 16 features: two whole blocks of 8,192 rows and a part of one
+    rng = np.random.default_rng(5)
+    x = np.asarray(rng.normal(3.0, 7.0, (rows, 16)), dtype=dtype, order=order)
+    y = rng.normal(size=rows).astype(dtype)
+    scaler = (
+        Standardizer.fit(x, y, bias=True)
+        if rows > 1
+        else Standardizer.fit(np.ones((2, 16)), np.ones(2), bias=True)
+    )
+    xs, ys = scaler.transform(x, y)
+    whole = ((x.astype(np.float64) - scaler.mean) / scaler.scale).astype(dtype)
+    assert xs.dtype == dtype and xs.flags.c_contiguous and xs.shape == x.shape
+    assert xs.tobytes() == np.ascontiguousarray(whole).tobytes()
+    assert (
+        ys.dtype == dtype
+        and ys.tobytes() == (y - np.float64(scaler.y_mean)).astype(dtype).tobytes()
+    )
+
+
 def test_without_bias_features_are_only_scaled() -> None:
     x, y = _data()
     scaler = Standardizer.fit(x, y, bias=False)
