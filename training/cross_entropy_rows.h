@@ -174,6 +174,17 @@ static inline void FN(binary_lanes)(int count, const REAL *z, const REAL *target
     }
 }
 
+/* A block's sums into the chunk's (loss, dW, db), in double and in order: the lanes' losses and
+ * bias gradients, then the block's gradient of W (d values, in REAL). */
+static inline void FN(add_binary_sums)(double *sums, int64_t d, const double *loss,
+                                       const double *grad_b, const REAL *grad) {
+    for (int l = 0; l < LANES; l++) {
+        sums[0] += loss[l];
+        sums[1 + d] += grad_b[l];
+    }
+    for (int64_t j = 0; j < d; j++) sums[1 + j] += (double)grad[j];
+}
+
 /* The binary loss of rows [start, start + rows) of at most LANES values (one vector a row),
  * added into sums (loss, dW, db). LANES rows at a time: their logits (the one read of the rows
  * from memory), their losses, then their share of the gradient while the rows are still in L1,
@@ -225,11 +236,7 @@ static void FN(binary_groups)(const job_t *job, int64_t start, int64_t rows,
     VEC g = (g0 + g1) + (g2 + g3);
     REAL lanes[LANES];
     memcpy(lanes, &g, sizeof g);
-    for (int l = 0; l < LANES; l++) {
-        sums[0] += loss[l];
-        sums[1 + d] += grad_b[l];
-    }
-    for (int64_t j = 0; j < d; j++) sums[1 + j] += (double)lanes[j];
+    FN(add_binary_sums)(sums, d, loss, grad_b, lanes);
 }
 
 /* The binary loss of rows [start, start + rows), added into sums (loss, dW, db), in three
@@ -253,11 +260,7 @@ static void FN(binary_passes)(const job_t *job, int64_t start, int64_t rows,
         FN(binary_lanes)(count, coef + i, target + i, weights + i, coef + i, loss, grad_b);
     }
     FN(rows_times)(x, rows, d, coef, grad);
-    for (int l = 0; l < LANES; l++) {
-        sums[0] += loss[l];
-        sums[1 + d] += grad_b[l];
-    }
-    for (int64_t j = 0; j < d; j++) sums[1 + j] += (double)grad[j];
+    FN(add_binary_sums)(sums, d, loss, grad_b, grad);
 }
 
 /* The binary loss of rows [start, start + rows), added into sums (loss, dW, db). */
