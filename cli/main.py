@@ -660,21 +660,20 @@ def cmd_repair(settings: Settings) -> int:
     crashed: list[int] = []
     engine = _open_existing(settings, crashed)
     earlier = [run_id for run_id in crashed_earlier(engine) if run_id not in crashed]
-    if not crashed and not earlier:
-        print("nothing to repair: no run of this host was left running by an ended process")
-        return 0
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    changed = 0
+    if crashed or earlier:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            changed = _crash_in_prefect(engine, crashed + earlier)
-    except Exception as exc:  # noqa: BLE001 - Prefect's client or TLS set-up: one line
-        reason = one_line(f"{type(exc).__name__}: {exc}")
-        raise CliError(
-            f"runs {', '.join(map(str, crashed + earlier))} are recorded crashed, but setting "
-            f"their flow runs Crashed in Prefect failed: {reason}; Prefect frees their slots "
-            "when their leases run out"
-        ) from None
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                changed = _crash_in_prefect(engine, crashed + earlier)
+        except Exception as exc:  # noqa: BLE001 - Prefect's client or TLS set-up: one line
+            reason = one_line(f"{type(exc).__name__}: {exc}")
+            raise CliError(
+                f"runs {', '.join(map(str, crashed + earlier))} are recorded crashed, but "
+                f"setting their flow runs Crashed in Prefect failed: {reason}; Prefect frees "
+                "their slots when their leases run out"
+            ) from None
     if crashed:
         print(
             f"repaired {len(crashed)} run(s) left running by an ended process: recorded "
