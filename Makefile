@@ -50,7 +50,12 @@ run: setup  ## train once on the defaults (the seed's toy data) and show the run
 # the tests start): two workers with torch's default of one thread a core oversubscribe two
 # cores, and small ops then wait on spinning threads (a 600 x 32 tanh: 0.3 ms on one thread,
 # 1.5-5 ms on two beside other work; an MLP test took 70 s, 24 s on one thread).
-test: lint  ## lint, then run the test suite
+# Lint runs beside tests/warm.py (bytecode and the migrated Prefect database that the first test
+# processes would otherwise each make at once; mypy takes one core for about 40 s).
+test: setup typecheck-tree  ## lint (beside the suite's warm-up), then run the test suite
+	$(BIN)/python -m tests.warm & warm=$$!; \
+	$(MAKE) --no-print-directory lint; lint=$$?; wait $$warm; warmed=$$?; \
+	[ $$lint -eq 0 ] && [ $$warmed -eq 0 ]
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m 'not alone and not extended'; parallel=$$?; \
 	$(BIN)/python -m pytest -m 'alone and not extended'; alone=$$?; \
 	[ $$parallel -eq 0 ] && [ $$alone -eq 0 ]

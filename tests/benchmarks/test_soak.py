@@ -21,6 +21,9 @@ REPORT = REPO / "test-artifacts" / "soak-short"
 FAULTS = ["kill", "server", "db-full"]
 
 
+# CI: each fault has its own test (tests/flows/test_faults.py, test_lease_storage.py,
+# tests/storage/test_retry.py) and a schedule's runs execute in tests/flows/test_deployments.py.
+@pytest.mark.extended
 @pytest.mark.alone
 @pytest.mark.process
 def test_a_short_soak_keeps_every_invariant() -> None:

@@ -203,7 +203,6 @@ def test_invalid_parameters_are_rejected_before_any_run(served: Served) -> None:
     assert "lr" in done.stdout + done.stderr
 
 
-@pytest.mark.extended  # the short soak (tests/benchmarks) checks scheduled runs end to end
 def test_the_schedule_creates_runs_and_they_execute(served: Served) -> None:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
@@ -376,7 +375,7 @@ def _flow_run_pids(flow_run_id: str) -> list[int]:
     return pids
 
 
-@pytest.mark.extended  # CI: the short soak's SIGKILL mid-run, test_faults.py, test_orphans.py
+@pytest.mark.extended  # CI: a SIGKILL mid-run in test_faults.py, test_orphans.py
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
 def test_a_killed_run_is_recorded_crashed_and_keeps_its_metrics(served: Served) -> None:
     server = served.server
