@@ -26,7 +26,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 # The fused cross-entropy kernel of large classifiers (training/fused_cross_entropy.py) is built
 # into its cache here (about a second, no network), not by the first run or test that needs it;
 # without a C compiler this says so and classifiers train on the torch ops.
-$(VENV)/.kernel: $(VENV)/.installed training/cross_entropy_kernel.c training/cross_entropy_rows.h
+$(VENV)/.kernel: $(VENV)/.installed training/cross_entropy_kernel.c training/cross_entropy_rows.h \
+		training/comoment.h
 	$(BIN)/python -c 'from gdflow.training.fused_cross_entropy import kernel_problem as why; \
 		print("fused cross-entropy kernel:", why() or "built")'
 	touch $@

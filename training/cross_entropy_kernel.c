@@ -358,3 +358,6 @@ int gdflow_cross_entropy_double(const double *x, const void *y, const double *we
                                 int64_t k, int64_t threads, double *out) {
     return cross_entropy(x, y, weights, w, b, n, d, k, threads, 1, out);
 }
+
+/* The least-squares statistics of training/statistics_mse.py, built into the same library. */
+#include "comoment.h"

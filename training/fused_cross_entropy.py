@@ -56,7 +56,11 @@ FUSED_MIN_ELEMENTS = 1 << 16
 WORK_PER_THREAD = 1 << 18
 
 _HERE = Path(__file__).resolve().parent
-SOURCES = (_HERE / "cross_entropy_kernel.c", _HERE / "cross_entropy_rows.h")
+SOURCES = (
+    _HERE / "cross_entropy_kernel.c",
+    _HERE / "cross_entropy_rows.h",
+    _HERE / "comoment.h",  # the least-squares statistics (statistics_mse), in the same library
+)
 #: Tried in order: tuned for this machine's CPU, then portable. GCC's tuning for Intel's
 #: AVX-512 CPUs vectorises loops 256 bits wide; the kernel's loops over rows (exp, log, the
 #: gradient) run 512 bits wide with -mprefer-vector-width=512: the logistic epoch on 1M x 16
@@ -82,6 +86,32 @@ class Kernel:
             entry.argtypes = [pointer] * 5 + [size] * 4 + [pointer]
             entry.restype = ctypes.c_int
             self._entries[dtype] = entry
+        self._comoments = {}
+        for dtype, name in ((torch.float32, "float"), (torch.float64, "double")):
+            entry = getattr(library, f"gdflow_comoment_{name}")
+            entry.argtypes = [pointer] * 2 + [size] * 3 + [pointer]
+            entry.restype = ctypes.c_int
+            self._comoments[dtype] = entry
+
+    def comoment(
+        self, x: torch.Tensor, y: torch.Tensor, *, threads: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The column means of z = (x, y) and the co-moment matrix sum (z - m)(z - m)^T, in
+        float64, of rows x (n, d) and targets y (n,) of one dtype, float32 or float64, CPU and
+        contiguous (comoment.h; the same bits for any number of threads)."""
+        n, d = x.shape
+        if x.dtype not in self._comoments or y.dtype != x.dtype or tuple(y.shape) != (n,):
+            raise ValueError(f"co-moment kernel: rows of {x.dtype}, targets of {y.dtype}")
+        if x.device.type != "cpu" or not (x.is_contiguous() and y.is_contiguous()):
+            raise ValueError("co-moment kernel: x and y must be contiguous CPU tensors")
+        p = d + 1
+        out = torch.empty(1 + p + p * p + p, dtype=torch.float64)
+        status = self._comoments[x.dtype](
+            x.data_ptr(), y.data_ptr(), n, d, max(1, threads), out.data_ptr()
+        )
+        if status != 0:
+            raise MemoryError("the co-moment kernel could not allocate its buffers")
+        return out[1 : 1 + p], out[1 + p : 1 + p + p * p].view(p, p)
 
     def run(
         self,

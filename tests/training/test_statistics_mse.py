@@ -12,12 +12,19 @@ import pytest
 import torch
 
 from gdflow.data.dataset import load_toy, make_dataset, split_validation
+from gdflow.training import fused_cross_entropy
 from gdflow.training.loop import Hooks, fit
 from gdflow.training.model import TrainingData
 from gdflow.training.optimization import Optimization
 from gdflow.training.preprocessing import TrainingProblem
 from gdflow.training.records import EpochChunk
-from gdflow.training.statistics_mse import MSEStatistics, StatisticsMSE, statistics_mse
+from gdflow.training.statistics_mse import (
+    KERNEL_MAX_FEATURES,
+    MSEStatistics,
+    StatisticsMSE,
+    kernel_serves,
+    statistics_mse,
+)
 
 CPU = torch.device("cpu")
 
@@ -81,6 +88,42 @@ def test_the_statistics_are_the_centred_moments_whatever_the_blocks() -> None:
         # float32 rows are summed in float64: the moments of the float32 values, not rounded
         stats32 = MSEStatistics.of(x, y, block_rows=block_rows)
         np.testing.assert_allclose(stats32.comoment.numpy(), expected32, rtol=1e-10, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "d"), [(1, 3), (4096, 1), (10_037, 16), (9_000, 64)])
+def test_the_kernel_forms_the_centred_moments_the_same_for_any_threads(
+    n: int, d: int, dtype: type
+) -> None:
+    kernel = fused_cross_entropy.kernel()
+    if kernel is None:
+        pytest.skip(f"no compiled kernel here: {fused_cross_entropy.kernel_problem()}")
+    x_np, y_np = _rows(n, d, offset=1e3, seed=d)
+    x_np, y_np = x_np.astype(dtype), y_np.astype(dtype)
+    z = np.column_stack([x_np, y_np]).astype(np.float64)  # the moments of the values as given
+    mean = z.mean(axis=0)
+    expected = (z - mean).T @ (z - mean)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    got = [kernel.comoment(x, y, threads=threads) for threads in (1, 2, 3, 16)]
+    for other_mean, other in got[1:]:  # chunks merge in an order fixed by n alone
+        assert torch.equal(other_mean, got[0][0]) and torch.equal(other, got[0][1])
+    np.testing.assert_allclose(got[0][0].numpy(), mean, rtol=1e-14, atol=1e-12)
+    np.testing.assert_allclose(got[0][1].numpy(), expected, rtol=1e-11, atol=1e-9 * n)
+    assert torch.equal(got[0][1], got[0][1].T)
+    stats = MSEStatistics.of(x, y)  # `fit`'s way: the kernel where it serves
+    assert torch.equal(stats.comoment, got[0][1]) and stats.n == n
+
+
+def test_wide_rows_and_other_dtypes_keep_the_torch_blocks() -> None:
+    x, y = torch.randn(500, KERNEL_MAX_FEATURES + 1), torch.randn(500)
+    assert not kernel_serves(x, y)
+    assert kernel_serves(x[:, :KERNEL_MAX_FEATURES], y)
+    assert not kernel_serves(x[:, :4].half(), y.half())
+    assert not kernel_serves(x[:, :4], y.double())  # targets of another dtype
+    by_torch = MSEStatistics.of(x, y)
+    np.testing.assert_allclose(
+        by_torch.comoment.numpy(), MSEStatistics.of(x, y, block_rows=500).comoment.numpy()
+    )
 
 
 def test_an_exact_fit_reads_as_a_loss_at_the_rounding_floor_never_below_zero() -> None:
