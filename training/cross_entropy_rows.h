@@ -1,14 +1,15 @@
 /* One block of rows of the fused cross-entropy, in the rows' own type: included twice by
- * cross_entropy_kernel.c, with REAL float (LANES 16) and with REAL double (LANES 8); FN(name)
- * names each function after its type, EXP, LOG and LOG1P are that type's exp, log and log1p.
+ * cross_entropy_kernel.c, with REAL float (LANES 16, or 8 without AVX-512) and with REAL double
+ * (LANES 8); FN(name) names each function after its type, EXP, LOG and LOG1P are that type's
+ * exp, log and log1p.
  *
  * A block is at most BLOCK_ROWS rows (4 KiB of float rows with 16 features): its logits, its
  * losses and its gradient are computed while it is in L1. Per row, the products and the
  * polynomials run in REAL, vectorised over rows; each block's sums are added into the chunk's
  * double sums (the loss row by row, the gradient block by block). */
 
-typedef REAL FN(vector) __attribute__((vector_size(64)));
-typedef WORD FN(bits) __attribute__((vector_size(64)));
+typedef REAL FN(vector) __attribute__((vector_size(LANES * sizeof(REAL))));
+typedef WORD FN(bits) __attribute__((vector_size(LANES * sizeof(REAL))));
 #define VEC FN(vector)
 #define BITS FN(bits)
 /* GCC before 12 has only __builtin_shuffle, with the lanes as a vector of integers. */
