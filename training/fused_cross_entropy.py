@@ -74,24 +74,28 @@ _COMMON_FLAGS = ("-std=gnu11", "-fPIC", "-shared", "-pthread")
 _ERRORS = {1: "a class index outside [0, classes) in the rows", 2: "out of memory"}
 
 
+def _bind(library: ctypes.CDLL, prefix: str, argtypes: list[Any]) -> dict[torch.dtype, Any]:
+    """The library's entries `<prefix>_float` and `<prefix>_double` (returning an int status),
+    by the dtype of the rows they take."""
+    entries = {}
+    for dtype, name in ((torch.float32, "float"), (torch.float64, "double")):
+        entry = getattr(library, f"{prefix}_{name}")
+        entry.argtypes = argtypes
+        entry.restype = ctypes.c_int
+        entries[dtype] = entry
+    return entries
+
+
 class Kernel:
     """The compiled kernel, loaded: `run` fills the loss and gradient sums of some rows."""
 
     def __init__(self, library: ctypes.CDLL, path: Path) -> None:
         self.path = path
         pointer, size = ctypes.c_void_p, ctypes.c_int64
-        self._entries = {}
-        for dtype, name in ((torch.float32, "float"), (torch.float64, "double")):
-            entry = getattr(library, f"gdflow_cross_entropy_{name}")
-            entry.argtypes = [pointer] * 5 + [size] * 4 + [pointer]
-            entry.restype = ctypes.c_int
-            self._entries[dtype] = entry
-        self._comoments = {}
-        for dtype, name in ((torch.float32, "float"), (torch.float64, "double")):
-            entry = getattr(library, f"gdflow_comoment_{name}")
-            entry.argtypes = [pointer] * 2 + [size] * 3 + [pointer]
-            entry.restype = ctypes.c_int
-            self._comoments[dtype] = entry
+        self._entries = _bind(
+            library, "gdflow_cross_entropy", [pointer] * 5 + [size] * 4 + [pointer]
+        )
+        self._comoments = _bind(library, "gdflow_comoment", [pointer] * 2 + [size] * 3 + [pointer])
 
     def comoment(
         self, x: torch.Tensor, y: torch.Tensor, *, threads: int

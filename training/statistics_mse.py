@@ -61,7 +61,8 @@ KERNEL_MAX_FEATURES = 64
 def kernel_serves(x: torch.Tensor, y: torch.Tensor) -> bool:
     """Whether the compiled kernel forms these rows' statistics: CPU rows of float32 or float64
     (targets of the same dtype) with at most KERNEL_MAX_FEATURES features, where its pass beats
-    torch's blocks; wider rows keep torch's blocks, whose BLAS products win there."""
+    torch's blocks on one thread as on two; wider rows keep torch's blocks (at 256 features the
+    kernel's one-thread pass took 390-460 ms against their 267-380 ms)."""
     return (
         x.device.type == "cpu"
         and x.dim() == 2
