@@ -171,40 +171,24 @@ static int comoment(const void *x, const void *y, int64_t n, int64_t d, int64_t 
     if (threads > COMOMENT_GROUPS) threads = COMOMENT_GROUPS;
     double *groups = malloc(sizeof(double) * COMOMENT_GROUPS * width);
     comoment_job_t *jobs = calloc((size_t)threads, sizeof(comoment_job_t));
-    pthread_t *handles = calloc((size_t)threads, sizeof(pthread_t));
-    char *started = calloc((size_t)threads, 1);
-    int status = GDFLOW_OK;
-    if (!groups || !jobs || !handles || !started) {
-        status = GDFLOW_NO_MEMORY;
-        goto done;
+    int status = GDFLOW_NO_MEMORY;
+    if (groups && jobs) {
+        for (int64_t t = 0; t < threads; t++) {
+            comoment_job_t job = {x,         y,
+                                  n,         d,
+                                  is_double, COMOMENT_GROUPS * t / threads,
+                                  COMOMENT_GROUPS * (t + 1) / threads, chunks,
+                                  groups,    GDFLOW_OK};
+            jobs[t] = job;
+        }
+        status = run_on_threads(comoment_run, jobs, sizeof(comoment_job_t), threads);
     }
-    for (int64_t t = 0; t < threads; t++) {
-        comoment_job_t job = {x,      y,
-                              n,      d,
-                              is_double, COMOMENT_GROUPS * t / threads,
-                              COMOMENT_GROUPS * (t + 1) / threads, chunks,
-                              groups, GDFLOW_OK};
-        jobs[t] = job;
-    }
-    for (int64_t t = 1; t < threads; t++) {
-        started[t] = pthread_create(&handles[t], NULL, comoment_run, &jobs[t]) == 0;
-        if (!started[t]) comoment_run(&jobs[t]); /* no thread: this one does its groups */
-    }
-    comoment_run(&jobs[0]);
-    for (int64_t t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(handles[t], NULL);
-    }
-    for (int64_t t = 0; t < threads; t++) {
-        if (jobs[t].status != GDFLOW_OK) status = jobs[t].status;
-    }
+    for (int64_t t = 0; status == GDFLOW_OK && t < threads; t++) status = jobs[t].status;
     if (status == GDFLOW_OK) {
         for (int64_t g = 0; g < COMOMENT_GROUPS; g++) comoment_merge(out, groups + g * width, p);
     }
-done:
     free(groups);
     free(jobs);
-    free(handles);
-    free(started);
     return status;
 }
 

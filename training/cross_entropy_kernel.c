@@ -15,13 +15,15 @@
  * out[1 + k d .. k d + k] dloss/db. The caller divides by n.
  *
  * Each row is computed in the rows' type (cross_entropy_rows.h, included once per type): float
- * rows in float, 16 to a vector; sums go into double, the loss row by row and the gradient every
- * block of BLOCK_ROWS rows. A row is read from memory once, for its logits (one vector of
- * products per row, the vectors of 16 rows summed by one shuffle network); the loss and the
- * gradient read the rows again from L1 (binary rows of one vector: each 16 rows as soon as their
- * logits are known; otherwise the whole block after its logits). exp and log are written out here (polynomials after a
- * range reduction; relative errors about 1e-16 in double, 1e-7 in float) so that the compiler
- * vectorises them over rows and no libm call sits in the loop.
+ * rows in float, LANES to a vector (16 with AVX-512, else 8), double rows 8 to a vector; sums go
+ * into double, the loss row by row and the gradient every block of BLOCK_ROWS rows. A row is
+ * read from memory once, for its logits (one vector of products per row, the vectors of LANES
+ * rows summed by one shuffle network); the loss and the gradient read the rows again from L1
+ * (binary rows of one or two vectors: each LANES rows as soon as their logits are known;
+ * otherwise the whole block after its logits). exp and log are written out here (polynomials
+ * after a range reduction; relative errors about 1e-16 in double, 1e-7 in float) so that the
+ * compiler vectorises them over rows and no libm call sits in the loop (the build's
+ * -fno-trapping-math lets GCC turn their selects into blends where there is no AVX-512).
  *
  * Rows are summed in chunks of CHUNK_ROWS, each chunk's sums apart, then the chunks in order:
  * the result is the same, bit for bit, whatever the number of threads. Threads are pthreads
@@ -304,6 +306,31 @@ static void *run_job(void *arg) {
     return NULL;
 }
 
+/* Runs work on each of count jobs (job t at (char *)jobs + t * size): jobs 1 .. count - 1 on
+ * threads of their own, job 0 on this one, and a job whose thread cannot start here too. Each
+ * job keeps its own status. Returns GDFLOW_NO_MEMORY, having run nothing, if the threads'
+ * handles cannot be allocated, else GDFLOW_OK once every job is done. */
+static int run_on_threads(void *(*work)(void *), void *jobs, size_t size, int64_t count) {
+    char *job = (char *)jobs;
+    pthread_t *handles = calloc((size_t)count, sizeof(pthread_t));
+    char *started = calloc((size_t)count, 1);
+    int status = GDFLOW_NO_MEMORY;
+    if (handles && started) {
+        for (int64_t t = 1; t < count; t++) {
+            started[t] = pthread_create(&handles[t], NULL, work, job + t * size) == 0;
+            if (!started[t]) work(job + t * size); /* no thread: this one does its work */
+        }
+        work(job);
+        for (int64_t t = 1; t < count; t++) {
+            if (started[t]) pthread_join(handles[t], NULL);
+        }
+        status = GDFLOW_OK;
+    }
+    free(handles);
+    free(started);
+    return status;
+}
+
 static int cross_entropy(const void *x, const void *y, const void *weights, const void *w,
                          const void *b, int64_t n, int64_t d, int64_t k, int64_t threads,
                          int is_double, double *out) {
@@ -315,40 +342,24 @@ static int cross_entropy(const void *x, const void *y, const void *weights, cons
     if (threads > chunks) threads = chunks;
     double *partial = malloc(sizeof(double) * chunks * width);
     job_t *jobs = calloc((size_t)threads, sizeof(job_t));
-    pthread_t *handles = calloc((size_t)threads, sizeof(pthread_t));
-    char *started = calloc((size_t)threads, 1);
-    int status = GDFLOW_OK;
-    if (!partial || !jobs || !handles || !started) {
-        status = GDFLOW_NO_MEMORY;
-        goto done;
+    int status = GDFLOW_NO_MEMORY;
+    if (partial && jobs) {
+        for (int64_t t = 0; t < threads; t++) {
+            job_t job = {x, y, weights, w, b, n, d, k, is_double, partial,
+                         chunks * t / threads, chunks * (t + 1) / threads, GDFLOW_OK};
+            jobs[t] = job;
+        }
+        status = run_on_threads(run_job, jobs, sizeof(job_t), threads);
     }
-    for (int64_t t = 0; t < threads; t++) {
-        job_t job = {x, y, weights, w, b, n, d, k, is_double, partial,
-                     chunks * t / threads, chunks * (t + 1) / threads, GDFLOW_OK};
-        jobs[t] = job;
-    }
-    for (int64_t t = 1; t < threads; t++) {
-        started[t] = pthread_create(&handles[t], NULL, run_job, &jobs[t]) == 0;
-        if (!started[t]) run_job(&jobs[t]); /* no thread: this one does its chunks */
-    }
-    run_job(&jobs[0]);
-    for (int64_t t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(handles[t], NULL);
-    }
-    for (int64_t t = 0; t < threads; t++) {
-        if (jobs[t].status != GDFLOW_OK) status = jobs[t].status;
-    }
+    for (int64_t t = 0; status == GDFLOW_OK && t < threads; t++) status = jobs[t].status;
     if (status == GDFLOW_OK) {
         for (int64_t chunk = 0; chunk < chunks; chunk++) {
             const double *sums = partial + chunk * width;
             for (int64_t e = 0; e < width; e++) out[e] += sums[e];
         }
     }
-done:
     free(partial);
     free(jobs);
-    free(handles);
-    free(started);
     return status;
 }
 

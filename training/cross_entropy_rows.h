@@ -88,8 +88,8 @@ static void FN(logits_of)(const REAL *x, int64_t rows, int64_t d, const VEC *w, 
         VEC p[LANES];
         for (int r = 0; r < LANES; r++) {
             const REAL *row = x + (i + r) * d;
-            VEC acc = {0};
-            for (int64_t c = 0; c < full; c++) acc += FN(load)(row + c * LANES) * w[c];
+            VEC acc = full > 0 ? FN(load)(row) * w[0] : (VEC){0};
+            for (int64_t c = 1; c < full; c++) acc += FN(load)(row + c * LANES) * w[c];
             if (tail) acc += (VEC)((BITS)(FN(load)(row + full * LANES) * w[full]) & mask);
             p[r] = acc;
         }
@@ -186,34 +186,49 @@ static inline void FN(add_binary_sums)(double *sums, int64_t d, const double *lo
     for (int64_t j = 0; j < d; j++) sums[1 + j] += (double)grad[j];
 }
 
-/* The binary loss of rows [start, start + rows) of at most LANES values (one vector a row),
- * added into sums (loss, dW, db). LANES rows at a time: their logits (the one read of the rows
- * from memory), their losses, then their share of the gradient while the rows are still in L1,
- * so that the work on a group overlaps the reads of the next instead of waiting for the whole
- * block to be read first: 1.3x the time of one read of X against 1.7-1.8x for binary_passes
- * (float, 1M x 16, one thread on the Intel VM; 1.8x against 2.2x at 2M x 8). The gradient goes
- * into four vectors (rows i mod 4), summed in REAL over the block, then into sums in double. */
-static void FN(binary_groups)(const job_t *job, int64_t start, int64_t rows,
-                              const scratch_t *scratch, double *sums) {
+/* The binary loss of rows [start, start + rows) of one or two vectors (`vectors`, a constant
+ * where it is called), added into sums (loss, dW, db). LANES rows at a time: their logits (the
+ * one read of the rows from memory), their losses, then their share of the gradient while the
+ * rows are still in L1, so that the work on a group overlaps the reads of the next instead of
+ * waiting for the whole block to be read first. Rows of one vector: 1.3x the time of one read
+ * of X against 1.7-1.8x for binary_passes (float, 1M x 16, one thread on the Intel VM). Rows of
+ * two (float, 1M x 16 on a Zen 3's 8-lane vectors, two threads): 5.4 ms against 7.0 ms. The
+ * gradient goes into four vectors per vector of the row (rows i mod 4), summed in REAL over the
+ * block, then into sums in double. */
+static inline __attribute__((always_inline)) void FN(binary_groups)(
+    const job_t *job, int64_t start, int64_t rows, const scratch_t *scratch, double *sums,
+    const int vectors) {
     const int64_t d = job->d;
     const REAL *x = FN(rows_of)(job, start, rows, scratch);
     const REAL *target = (const REAL *)job->y + start;
     const REAL *weights = FN(weights_of)(job, start, scratch);
-    const VEC w = *(const VEC *)scratch->w;
+    const VEC *wv = (const VEC *)scratch->w;
+    const VEC w0 = wv[0], w1 = vectors > 1 ? wv[1] : (VEC){0};
     const BITS mask = *(const BITS *)scratch->mask;
-    const int whole = d == LANES;
+    const int whole = d == vectors * LANES;
     const REAL bias = job->b ? ((const REAL *)job->b)[0] : 0;
     double loss[LANES], grad_b[LANES];
     for (int l = 0; l < LANES; l++) loss[l] = grad_b[l] = 0.0;
     VEC g0 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
+    VEC h0 = {0}, h1 = {0}, h2 = {0}, h3 = {0};
     for (int64_t i = 0; i < rows; i += LANES) {
         const REAL *group = x + i * d;
         VEC p[LANES];
-        if (whole) {
-            for (int r = 0; r < LANES; r++) p[r] = FN(load)(group + r * d) * w;
+        if (vectors == 1 && whole) {
+            for (int r = 0; r < LANES; r++) p[r] = FN(load)(group + r * d) * w0;
+        } else if (vectors == 1) {
+            for (int r = 0; r < LANES; r++) {
+                p[r] = (VEC)((BITS)(FN(load)(group + r * d) * w0) & mask);
+            }
         } else {
             for (int r = 0; r < LANES; r++) {
-                p[r] = (VEC)((BITS)(FN(load)(group + r * d) * w) & mask);
+                VEC acc = FN(load)(group + r * d) * w0;
+                if (whole) {
+                    acc += FN(load)(group + r * d + LANES) * w1;
+                } else {
+                    acc += (VEC)((BITS)(FN(load)(group + r * d + LANES) * w1) & mask);
+                }
+                p[r] = acc;
             }
         }
         VEC z = FN(lane_sums)(p) + bias;
@@ -232,18 +247,24 @@ static void FN(binary_groups)(const job_t *job, int64_t start, int64_t rows,
             g1 += coef[r + 1] * FN(load)(group + (r + 1) * d);
             g2 += coef[r + 2] * FN(load)(group + (r + 2) * d);
             g3 += coef[r + 3] * FN(load)(group + (r + 3) * d);
+            if (vectors > 1) {
+                h0 += coef[r] * FN(load)(group + r * d + LANES);
+                h1 += coef[r + 1] * FN(load)(group + (r + 1) * d + LANES);
+                h2 += coef[r + 2] * FN(load)(group + (r + 2) * d + LANES);
+                h3 += coef[r + 3] * FN(load)(group + (r + 3) * d + LANES);
+            }
         }
     }
-    VEC g = (g0 + g1) + (g2 + g3);
-    REAL lanes[LANES];
-    memcpy(lanes, &g, sizeof g);
+    VEC g[2] = {(g0 + g1) + (g2 + g3), (h0 + h1) + (h2 + h3)};
+    REAL lanes[2 * LANES];
+    memcpy(lanes, g, sizeof g);
     FN(add_binary_sums)(sums, d, loss, grad_b, lanes);
 }
 
 /* The binary loss of rows [start, start + rows), added into sums (loss, dW, db), in three
  * passes over the block: the logits of all its rows (the one read from memory), their losses,
- * then the gradient. For rows of several vectors (d > LANES), where it is about 1.2x faster
- * than binary_groups would be (float, d 24 to 64, one thread on the Intel VM). */
+ * then the gradient. For rows of more than two vectors (d > 2 LANES), where it was about 1.2x
+ * faster than groups of rows (float, d 24 to 64 with 16 lanes, one thread on the Intel VM). */
 static void FN(binary_passes)(const job_t *job, int64_t start, int64_t rows,
                               const scratch_t *scratch, double *sums) {
     const int64_t d = job->d;
@@ -268,7 +289,9 @@ static void FN(binary_passes)(const job_t *job, int64_t start, int64_t rows,
 static void FN(binary_block)(const job_t *job, int64_t start, int64_t rows,
                              const scratch_t *scratch, double *sums) {
     if (job->d <= LANES) {
-        FN(binary_groups)(job, start, rows, scratch, sums);
+        FN(binary_groups)(job, start, rows, scratch, sums, 1);
+    } else if (job->d <= 2 * LANES) {
+        FN(binary_groups)(job, start, rows, scratch, sums, 2);
     } else {
         FN(binary_passes)(job, start, rows, scratch, sums);
     }

@@ -111,7 +111,7 @@ def _assert_close(found: list[torch.Tensor], expected: list[torch.Tensor], rel: 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize(("dtype", "rel"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("features", [5, 16, 21])
+@pytest.mark.parametrize("features", [5, 8, 12, 16, 21, 32, 40])
 def test_loss_and_gradients_match_autograd(
     compiled: fce.Kernel,
     classes: int,
@@ -122,9 +122,11 @@ def test_loss_and_gradients_match_autograd(
     features: int,
 ) -> None:
     # 5,003 rows: two chunks of 2,048 and a last block that is not a multiple of the 64-row
-    # block or of a vector's 8 (float64) or 16 (float32) rows. Features: rows of one vector
-    # (binary: a group of rows at a time) with a tail (5) or without (16 in float32), and rows
-    # of several vectors (binary: the block in passes) with a tail (21, and 16 in float64)
+    # block or of a vector's 8 or 16 rows. Features, for vectors of 8 lanes (float64, and
+    # float32 without AVX-512) and of 16 (float32 with AVX-512): binary rows of one vector (a
+    # group of rows at a time) with a tail (5) or without (8, 16), of two vectors (a group at a
+    # time too) with a tail (12, 21) or without (16, 32), and of more (the block in passes: 21,
+    # 32, 40)
     x, y, weights, w, b = _problem(5003, features, classes, dtype, scale=0.7)
     args = (x, y, weights if weighted else None, w, b if bias else None)
     _assert_close(_fused(*args, threads=3), _reference(*args), rel)
@@ -139,11 +141,12 @@ def test_every_class_count_and_width(compiled: fce.Kernel, classes: int, feature
 
 @pytest.mark.parametrize("classes", [2, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("features", [9, 40])
 def test_the_result_does_not_depend_on_the_threads(
-    compiled: fce.Kernel, classes: int, dtype: torch.dtype
+    compiled: fce.Kernel, classes: int, dtype: torch.dtype, features: int
 ) -> None:
     """Rows are summed in fixed chunks, each chunk apart, then in order: bit for bit."""
-    x, y, weights, w, b = _problem(20_011, 9, classes, dtype)
+    x, y, weights, w, b = _problem(20_011, features, classes, dtype)
     one = _fused(x, y, weights, w, b, threads=1)
     for threads in (2, 3, 7, 64):
         assert all(torch.equal(a, c) for a, c in zip(one, _fused(x, y, weights, w, b, threads)))
