@@ -1,7 +1,11 @@
 """Data loading: Parquet and CSV into training tensors, against pyarrow's own reader into NumPy.
 
-Each load runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own; the
-memory ratio is (peak - resident size before the load) / size of the float32 matrix.
+Each load runs in a fresh subprocess so its peak resident memory is its own; the memory ratio
+is (peak - resident size before the load) / size of the float32 matrix. The peak is the
+process's VmHWM (/proc/self/status), not `ru_maxrss`: Linux carries the parent's high-water
+mark into `ru_maxrss` across the exec of a child started by fork or vfork, so after the
+training benchmarks `ru_maxrss` was the benchmark runner's peak (1,183-1,302 MiB, the same for
+both formats), not the load's.
 """
 
 from __future__ import annotations
@@ -42,6 +46,15 @@ def _resident_bytes() -> int:
         return int(handle.read().split()[1]) * resource.getpagesize()
 
 
+def _peak_resident_bytes() -> int:
+    """This process's peak resident size (VmHWM), which starts afresh at exec."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(kind: str, path: str) -> None:
     """In a fresh process: load `path` one way, print seconds, RSS before and peak (JSON)."""
     import pyarrow.csv as pacsv
@@ -63,7 +76,7 @@ def child(kind: str, path: str) -> None:
             matrix[:, j] = column.to_numpy()
         shape = matrix.shape
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_resident_bytes()
     print(json.dumps({"seconds": seconds, "before": before, "peak": peak, "shape": list(shape)}))
 
 
