@@ -121,8 +121,7 @@ def large(rows: int, features: int, epochs: int, repeats: int, device: torch.dev
         target=2.0,
         higher_is_better=False,
         raw=(
-            f"epoch {ms(per_epoch['gdflow'])} ({how}, the second {epochs} of {2 * epochs} "
-            f"epochs), X.sum() {ms(floor)}; "
+            f"epoch {ms(per_epoch['gdflow'])} ({how}, {epochs} epochs), X.sum() {ms(floor)}; "
             f"fused pass {per_epoch['fused'] / floor:.1f}x, seed loop "
             f"{per_epoch['seed'] / floor:.1f}x, F.mse_loss {per_epoch['mse_loss'] / floor:.1f}x"
         ),
