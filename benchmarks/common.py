@@ -11,6 +11,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def process_status(key: str) -> int:
+    """A size of this process from /proc/self/status, in bytes: VmRSS (resident now), VmHWM
+    (peak resident, which starts afresh at exec, unlike `ru_maxrss`) or VmSize."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
 @dataclass(frozen=True)
 class Result:
     """One measured ratio, its target and the raw figures behind it."""

@@ -11,7 +11,6 @@ both formats), not the load's.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, Result
+from benchmarks.common import REPO, Result, process_status
 
 COLUMNS = 16  # 15 features and the target
 
@@ -41,20 +40,6 @@ def write_data(folder: Path, rows: int) -> dict[str, Path]:
     return paths
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
-
-
-def _peak_resident_bytes() -> int:
-    """This process's peak resident size (VmHWM), which starts afresh at exec."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def child(kind: str, path: str) -> None:
     """In a fresh process: load `path` one way, print seconds, RSS before and peak (JSON)."""
     import pyarrow.csv as pacsv
@@ -63,7 +48,7 @@ def child(kind: str, path: str) -> None:
 
     from gdflow.data.dataset import load_dataset
 
-    before = _resident_bytes()
+    before = process_status("VmRSS")
     started = time.perf_counter()
     if kind == "gdflow":
         dataset = load_dataset(path, dtype="float32")
@@ -76,7 +61,7 @@ def child(kind: str, path: str) -> None:
             matrix[:, j] = column.to_numpy()
         shape = matrix.shape
     seconds = time.perf_counter() - started
-    peak = _peak_resident_bytes()
+    peak = process_status("VmHWM")
     print(json.dumps({"seconds": seconds, "before": before, "peak": peak, "shape": list(shape)}))
 
 

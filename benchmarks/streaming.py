@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, Result
+from benchmarks.common import REPO, Result, process_status
 
 COLUMNS = 16  # 15 features and the target
 BATCH = 4096
@@ -51,14 +51,6 @@ def write_data(path: Path, rows: int) -> None:
             y = x @ weights + rng.standard_normal(n, dtype=np.float32)
             columns = [*(x[:, j] for j in range(COLUMNS - 1)), y]
             writer.write_table(pa.table(dict(zip(names, columns))), row_group_size=1 << 18)
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def child(path: str, budget: int, epochs: int) -> None:
@@ -91,7 +83,7 @@ def child(path: str, budget: int, epochs: int) -> None:
     pd.DataFrame({"a": np.arange(10.0), "y": np.arange(10.0)}).to_parquet(tiny)
     train(problem(tiny, 4), 1, prefetch=True)
     train(problem(tiny, 4), 1, prefetch=False)
-    before, resident = _status("VmSize"), _status("VmRSS")
+    before, resident = process_status("VmSize"), process_status("VmRSS")
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
     resource.setrlimit(resource.RLIMIT_AS, (before + budget, hard))
     config = TrainConfig(data=path, batch_size=BATCH)
@@ -111,7 +103,7 @@ def child(path: str, budget: int, epochs: int) -> None:
                 "seconds": seconds,
                 "prefetch": prefetch,
                 "other": other,
-                "resident": _status("VmHWM") - resident,
+                "resident": process_status("VmHWM") - resident,
             }
         )
     )

@@ -1,4 +1,4 @@
-"""benchmarks/loading.py: a load's peak memory is its own process's, not its parent's."""
+"""benchmarks.common.process_status: a load's peak memory is its own, not its parent's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import REPO
 
-CHILD = "from benchmarks.loading import _peak_resident_bytes; print(_peak_resident_bytes())"
+CHILD = "from benchmarks.common import process_status; print(process_status('VmHWM'))"
 
 
 @pytest.mark.process
