@@ -74,7 +74,9 @@ FLAG_SETS = (
 #: underflow to 0): without it, where there is no AVX-512 to mask them, GCC kept those loops
 #: scalar ("control flow in loop"), and the logistic epoch on 1M x 16 float32 took 12-13 ms on
 #: two Zen 3 threads against 5.3-5.7 ms with it (softmax, 10 classes: 82-91 against 50 ms). The
-#: kernel never reads the floating-point exception flags, so its results are the same.
+#: kernel never reads the floating-point exception flags; each operation rounds as before, but
+#: the loops now vectorised add their lanes in another order, so sums can differ in the last
+#: bits from the scalar build's (a double softmax's by 9e-13), as between any two -march builds.
 _COMMON_FLAGS = ("-std=gnu11", "-fno-trapping-math", "-fPIC", "-shared", "-pthread")
 _ERRORS = {1: "a class index outside [0, classes) in the rows", 2: "out of memory"}
 
