@@ -5,8 +5,11 @@
  *
  * A block is at most BLOCK_ROWS rows (4 KiB of float rows with 16 features): its logits, its
  * losses and its gradient are computed while it is in L1. Per row, the products and the
- * polynomials run in REAL, vectorised over rows; each block's sums are added into the chunk's
- * double sums (the loss row by row, the gradient block by block). */
+ * polynomials run in REAL, vectorised over rows; each block's sums (the loss and the gradient)
+ * are added up in REAL, lane by lane, then into the chunk's double sums. */
+
+/* Binary rows of one or two vectors go GROUP_ROWS at a time (binary_groups). */
+#define GROUP_ROWS (2 * LANES)
 
 typedef REAL FN(vector) __attribute__((vector_size(LANES * sizeof(REAL))));
 typedef WORD FN(bits) __attribute__((vector_size(LANES * sizeof(REAL))));
@@ -131,16 +134,16 @@ static void FN(prepare)(const job_t *job, const scratch_t *scratch) {
     }
 }
 
-/* The rows [start, start + rows) for logits_of: the data itself, or for the data's last rows a
- * copy padded with zeros to a multiple of LANES rows and one vector beyond, so that no read
- * goes past the end of x. */
+/* The rows [start, start + rows) for logits_of and binary_groups: the data itself, or for the
+ * data's last rows a copy padded with zeros to a multiple of GROUP_ROWS rows and one vector
+ * beyond, so that no read goes past the end of x. */
 static const REAL *FN(rows_of)(const job_t *job, int64_t start, int64_t rows,
                                const scratch_t *scratch) {
     const int64_t d = job->d;
     const REAL *x = (const REAL *)job->x + start * d;
-    if (start + rows < job->n || (rows % LANES == 0 && d % LANES == 0)) return x;
+    if (start + rows < job->n || (rows % GROUP_ROWS == 0 && d % LANES == 0)) return x;
     REAL *pad = (REAL *)scratch->pad;
-    const int64_t padded = (rows + LANES - 1) / LANES * LANES;
+    const int64_t padded = (rows + GROUP_ROWS - 1) / GROUP_ROWS * GROUP_ROWS;
     memcpy(pad, x, sizeof(REAL) * rows * d);
     memset(pad + rows * d, 0, sizeof(REAL) * ((padded - rows) * d + LANES));
     return pad;
@@ -153,12 +156,11 @@ static const REAL *FN(weights_of)(const job_t *job, int64_t start, const scratch
     return job->weights ? (const REAL *)job->weights + start : (const REAL *)scratch->ones;
 }
 
-/* The binary losses of LANES rows or fewer (count) from their logits z: each row's weighted loss
- * added into loss[l], its weighted dloss/dz written into coef[l] (which may be z) and added
- * into bias[l]. The lanes' sums are added up at the end of the block, in order. */
+/* The binary losses of `count` rows from their logits z: each row's weighted loss added into
+ * loss[l], its weighted dloss/dz written into coef[l] (which may be z) and added into bias[l].
+ * The lanes' sums are added up at the end of the block, in order (add_binary_sums). */
 static inline void FN(binary_lanes)(int count, const REAL *z, const REAL *target,
-                                    const REAL *weights, REAL *coef, double *loss,
-                                    double *bias) {
+                                    const REAL *weights, REAL *coef, REAL *loss, REAL *bias) {
 #pragma omp simd
     for (int l = 0; l < count; l++) {
         REAL v = z[l];
@@ -169,36 +171,54 @@ static inline void FN(binary_lanes)(int count, const REAL *z, const REAL *target
         REAL each = (v > 0 ? v : 0) - v * target[l] + log1p_e;
         REAL sigmoid = v >= 0 ? r : e * r;
         REAL weight = weights[l];
-        loss[l] += (double)(weight * each);
+        loss[l] += weight * each;
         coef[l] = weight * (sigmoid - target[l]);
-        bias[l] += (double)coef[l];
+        bias[l] += coef[l];
     }
 }
 
-/* A block's sums into the chunk's (loss, dW, db), in double and in order: the lanes' losses and
- * bias gradients, then the block's gradient of W (d values, in REAL). */
-static inline void FN(add_binary_sums)(double *sums, int64_t d, const double *loss,
-                                       const double *grad_b, const REAL *grad) {
-    for (int l = 0; l < LANES; l++) {
-        sums[0] += loss[l];
-        sums[1 + d] += grad_b[l];
+/* A block's sums into the chunk's (loss, dW, db), in double and in order: the `lanes` lanes'
+ * losses and bias gradients, then the block's gradient of W (d values), all in REAL. */
+static inline void FN(add_binary_sums)(double *sums, int64_t d, const REAL *loss,
+                                       const REAL *grad_b, const REAL *grad, int lanes) {
+    for (int l = 0; l < lanes; l++) {
+        sums[0] += (double)loss[l];
+        sums[1 + d] += (double)grad_b[l];
     }
     for (int64_t j = 0; j < d; j++) sums[1 + j] += (double)grad[j];
 }
 
+/* Asks for the next block of rows (those after [start, start + rows), as many) to be brought
+ * into cache while this one is computed. Without it the binary groups' reads from memory
+ * waited on their arithmetic: the logistic loss of 1M x 16 float32 on two Zen 3 threads took
+ * 3.6-4.0 ms with it against 4.2-5.2 ms (rows of 8 floats: 4.0 against 4.3 ms). Rows of more
+ * than two vectors (binary_passes, about as fast without it, slower with it at 40 features)
+ * and softmax blocks (bound by their arithmetic) go without. */
+static inline void FN(prefetch_next)(const job_t *job, int64_t start, int64_t rows) {
+    const int64_t next = start + rows;
+    const int64_t count = job->n - next < rows ? job->n - next : rows;
+    const char *from = (const char *)((const REAL *)job->x + next * job->d);
+    const int64_t bytes = count * job->d * (int64_t)sizeof(REAL);
+    for (int64_t q = 0; q < bytes; q += 64) __builtin_prefetch(from + q, 0, 3);
+}
+
 /* The binary loss of rows [start, start + rows) of one or two vectors (`vectors`, a constant
- * where it is called), added into sums (loss, dW, db). LANES rows at a time: their logits (the
- * one read of the rows from memory), their losses, then their share of the gradient while the
- * rows are still in L1, so that the work on a group overlaps the reads of the next instead of
- * waiting for the whole block to be read first. Rows of one vector: 1.3x the time of one read
- * of X against 1.7-1.8x for binary_passes (float, 1M x 16, one thread on the Intel VM). Rows of
- * two (float, 1M x 16 on a Zen 3's 8-lane vectors, two threads): 5.4 ms against 7.0 ms. The
- * gradient goes into four vectors per vector of the row (rows i mod 4), summed in REAL over the
- * block, then into sums in double. */
+ * where it is called), added into sums (loss, dW, db). GROUP_ROWS rows at a time: their logits
+ * (the one read of the rows from memory, LANES rows to a shuffle network), their losses, then
+ * their share of the gradient while the rows are still in L1, so that the work on a group
+ * overlaps the reads of the next instead of waiting for the whole block to be read first.
+ * Rows of one vector: 1.3x the time of one read of X against 1.7-1.8x for binary_passes
+ * (float, 1M x 16, one thread on the Intel VM). Groups of two sets of LANES rows give the
+ * losses' long chains of dependent operations (exp, log1p, the division) two independent
+ * vectors: float 1M x 16 in L3, one Zen 3 thread, 81 us per 16,384 rows against 106 us with
+ * one set of LANES (double rows, 1M x 16 from memory, two threads: 24.7 against 36 ms). The
+ * gradient goes into four vectors per vector of the row (rows i mod 4), summed in REAL over
+ * the block, then into sums in double. */
 static inline __attribute__((always_inline)) void FN(binary_groups)(
     const job_t *job, int64_t start, int64_t rows, const scratch_t *scratch, double *sums,
     const int vectors) {
     const int64_t d = job->d;
+    FN(prefetch_next)(job, start, rows);
     const REAL *x = FN(rows_of)(job, start, rows, scratch);
     const REAL *target = (const REAL *)job->y + start;
     const REAL *weights = FN(weights_of)(job, start, scratch);
@@ -207,42 +227,45 @@ static inline __attribute__((always_inline)) void FN(binary_groups)(
     const BITS mask = *(const BITS *)scratch->mask;
     const int whole = d == vectors * LANES;
     const REAL bias = job->b ? ((const REAL *)job->b)[0] : 0;
-    double loss[LANES], grad_b[LANES];
-    for (int l = 0; l < LANES; l++) loss[l] = grad_b[l] = 0.0;
+    REAL loss[GROUP_ROWS], grad_b[GROUP_ROWS];
+    for (int l = 0; l < GROUP_ROWS; l++) loss[l] = grad_b[l] = 0;
     VEC g0 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
     VEC h0 = {0}, h1 = {0}, h2 = {0}, h3 = {0};
-    for (int64_t i = 0; i < rows; i += LANES) {
+    for (int64_t i = 0; i < rows; i += GROUP_ROWS) {
         const REAL *group = x + i * d;
-        VEC p[LANES];
-        if (vectors == 1 && whole) {
-            for (int r = 0; r < LANES; r++) p[r] = FN(load)(group + r * d) * w0;
-        } else if (vectors == 1) {
-            for (int r = 0; r < LANES; r++) {
-                p[r] = (VEC)((BITS)(FN(load)(group + r * d) * w0) & mask);
-            }
-        } else {
-            for (int r = 0; r < LANES; r++) {
-                VEC acc = FN(load)(group + r * d) * w0;
-                if (whole) {
-                    acc += FN(load)(group + r * d + LANES) * w1;
-                } else {
-                    acc += (VEC)((BITS)(FN(load)(group + r * d + LANES) * w1) & mask);
+        REAL coef[GROUP_ROWS];
+        for (int set = 0; set < GROUP_ROWS / LANES; set++) {
+            const REAL *part = group + set * LANES * d;
+            VEC p[LANES];
+            if (vectors == 1 && whole) {
+                for (int r = 0; r < LANES; r++) p[r] = FN(load)(part + r * d) * w0;
+            } else if (vectors == 1) {
+                for (int r = 0; r < LANES; r++) {
+                    p[r] = (VEC)((BITS)(FN(load)(part + r * d) * w0) & mask);
                 }
-                p[r] = acc;
+            } else {
+                for (int r = 0; r < LANES; r++) {
+                    VEC acc = FN(load)(part + r * d) * w0;
+                    if (whole) {
+                        acc += FN(load)(part + r * d + LANES) * w1;
+                    } else {
+                        acc += (VEC)((BITS)(FN(load)(part + r * d + LANES) * w1) & mask);
+                    }
+                    p[r] = acc;
+                }
             }
+            VEC z = FN(lane_sums)(p) + bias;
+            memcpy(coef + set * LANES, &z, sizeof z);
         }
-        VEC z = FN(lane_sums)(p) + bias;
-        REAL coef[LANES];
-        memcpy(coef, &z, sizeof z);
-        if (rows - i >= LANES) {
-            FN(binary_lanes)(LANES, coef, target + i, weights + i, coef, loss, grad_b);
+        if (rows - i >= GROUP_ROWS) {
+            FN(binary_lanes)(GROUP_ROWS, coef, target + i, weights + i, coef, loss, grad_b);
         } else {
             FN(binary_lanes)((int)(rows - i), coef, target + i, weights + i, coef, loss, grad_b);
-            for (int64_t l = rows - i; l < LANES; l++) coef[l] = 0;
+            for (int64_t l = rows - i; l < GROUP_ROWS; l++) coef[l] = 0;
         }
         /* rows past `rows` (only in the padded copy of the data's end) have coef 0; lanes past
          * d read the next row's values, and are not used */
-        for (int r = 0; r < LANES; r += 4) {
+        for (int r = 0; r < GROUP_ROWS; r += 4) {
             g0 += coef[r] * FN(load)(group + r * d);
             g1 += coef[r + 1] * FN(load)(group + (r + 1) * d);
             g2 += coef[r + 2] * FN(load)(group + (r + 2) * d);
@@ -258,7 +281,7 @@ static inline __attribute__((always_inline)) void FN(binary_groups)(
     VEC g[2] = {(g0 + g1) + (g2 + g3), (h0 + h1) + (h2 + h3)};
     REAL lanes[2 * LANES];
     memcpy(lanes, g, sizeof g);
-    FN(add_binary_sums)(sums, d, loss, grad_b, lanes);
+    FN(add_binary_sums)(sums, d, loss, grad_b, lanes, GROUP_ROWS);
 }
 
 /* The binary loss of rows [start, start + rows), added into sums (loss, dW, db), in three
@@ -275,14 +298,14 @@ static void FN(binary_passes)(const job_t *job, int64_t start, int64_t rows,
     REAL *coef = (REAL *)scratch->z, *grad = (REAL *)scratch->grad;
     FN(logits_of)(x, (rows + LANES - 1) / LANES * LANES, d, (const VEC *)scratch->w,
                   *(const BITS *)scratch->mask, b ? b[0] : 0, coef);
-    double loss[LANES], grad_b[LANES];
-    for (int l = 0; l < LANES; l++) loss[l] = grad_b[l] = 0.0;
+    REAL loss[LANES], grad_b[LANES];
+    for (int l = 0; l < LANES; l++) loss[l] = grad_b[l] = 0;
     for (int64_t i = 0; i < rows; i += LANES) {
         const int count = rows - i < LANES ? (int)(rows - i) : LANES;
         FN(binary_lanes)(count, coef + i, target + i, weights + i, coef + i, loss, grad_b);
     }
     FN(rows_times)(x, rows, d, coef, grad);
-    FN(add_binary_sums)(sums, d, loss, grad_b, grad);
+    FN(add_binary_sums)(sums, d, loss, grad_b, grad, LANES);
 }
 
 /* The binary loss of rows [start, start + rows), added into sums (loss, dW, db). */
@@ -365,3 +388,4 @@ static int FN(classes_block)(const job_t *job, int64_t start, int64_t rows,
 #undef VEC
 #undef BITS
 #undef SHUFFLE
+#undef GROUP_ROWS

@@ -15,8 +15,8 @@ which releases the GIL.
 `fused_cross_entropy` wraps it as a torch.autograd.Function like `fused_mse`: the forward
 computes the loss and both gradients, the backward scales them, so `loss.backward()` and a
 torch.optim step run as on the reference path. Float64 rows are computed in float64 (equal to
-autograd's to about 1e-15); float32 rows in float32, 16 rows to a vector, with each row's loss
-and each 64-row block's gradient summed into float64 (1e-7 of autograd's).
+autograd's to about 1e-15); float32 rows in float32, 8 or 16 rows to a vector, with each 64-row
+block's sums added into float64 (1e-7 of autograd's).
 
 Where there is no compiler, the cache cannot be written or `GDFLOW_FUSED_KERNEL=0` is set,
 `kernel_problem` says why, `fit` keeps the torch ops (`choose_classifier_path`) and the train

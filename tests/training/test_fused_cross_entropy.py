@@ -122,14 +122,33 @@ def test_loss_and_gradients_match_autograd(
     features: int,
 ) -> None:
     # 5,003 rows: two chunks of 2,048 and a last block that is not a multiple of the 64-row
-    # block or of a vector's 8 or 16 rows. Features, for vectors of 8 lanes (float64, and
-    # float32 without AVX-512) and of 16 (float32 with AVX-512): binary rows of one vector (a
-    # group of rows at a time) with a tail (5) or without (8, 16), of two vectors (a group at a
-    # time too) with a tail (12, 21) or without (16, 32), and of more (the block in passes: 21,
-    # 32, 40)
+    # block, of a vector's 8 or 16 rows or of a group's 16 or 32. Features, for vectors of 8
+    # lanes (float64, and float32 without AVX-512) and of 16 (float32 with AVX-512): binary
+    # rows of one vector (a group of rows at a time) with a tail (5) or without (8, 16), of two
+    # vectors (a group at a time too) with a tail (12, 21) or without (16, 32), and of more (the
+    # block in passes: 21, 32, 40)
     x, y, weights, w, b = _problem(5003, features, classes, dtype, scale=0.7)
     args = (x, y, weights if weighted else None, w, b if bias else None)
     _assert_close(_fused(*args, threads=3), _reference(*args), rel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("features", [8, 16])
+def test_nothing_past_the_last_row_is_read(
+    compiled: fce.Kernel, dtype: torch.dtype, features: int
+) -> None:
+    """The last block holds 24 rows: whole vectors of 8 rows, but not whole groups of 16 or 32
+    (binary rows go a group at a time), nor a whole block. The rows after the data are NaN in
+    memory, so a read past the last row would make the sums NaN instead of autograd's."""
+    n = 4096 + 3 * 64 + 24
+    x, y, weights, w, b = _problem(n, features, 2, dtype)
+    memory = torch.full((n + 64, features), float("nan"), dtype=dtype)
+    memory[:n] = x
+    rows = memory[:n]  # contiguous, followed by NaN rows
+    for threads in (1, 2):
+        found = _fused(rows, y, weights, w, b, threads=threads)
+        assert all(bool(torch.isfinite(t).all()) for t in found)
+        _assert_close(found, _reference(x, y, weights, w, b), 1e-5)
 
 
 @pytest.mark.parametrize("classes", range(2, 11))
