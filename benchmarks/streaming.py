@@ -4,13 +4,14 @@ The parent writes a rows x 16 float32 Parquet file; a child process limits its o
 space with RLIMIT_AS to `budget` bytes beyond what it has mapped once torch, pyarrow and their
 thread pools are up (a warm-up run on a tiny file makes them), lets gdflow decide by itself to
 stream (`stream_plan` reads the limit), makes the one statistics pass and trains linear
-regression for a few epochs (batches of 4096, standardised, prefetch on; one more epoch with
-prefetch off, for comparison). Throughput is rows trained per second against rows per second
-of reading the whole file once with pyarrow into a float32 matrix (another child, no limit:
-`benchmarks.loading`); memory is the peak resident size the streamed run added, against the
-limit. The child uses the system allocator with a fixed mmap threshold (`ALLOCATORS`), so each
-large allocation is new address space that the limit sees (mimalloc, pyarrow's default, and
-glibc's growing threshold reserve ahead and would hide allocations from it).
+regression for a few epochs (batches of 4096, standardised, prefetch as gdflow decides it from
+the CPUs and the load; one more epoch the other way, for comparison). Throughput is rows
+trained per second against rows per second of reading the whole file once with pyarrow into a
+float32 matrix (another child, no limit: `benchmarks.loading`); memory is the peak resident
+size the streamed run added, against the limit. The child uses the system allocator with a
+fixed mmap threshold (`ALLOCATORS`), so each large allocation is new address space that the
+limit sees (mimalloc, pyarrow's default, and glibc's growing threshold reserve ahead and would
+hide allocations from it).
 """
 
 from __future__ import annotations
@@ -61,10 +62,9 @@ def child(path: str, budget: int, epochs: int) -> None:
 
     from gdflow.config.train import TrainConfig
     from gdflow.data.dataset import load_streamed, resolve
-    from gdflow.data.sources import usable_cpus
     from gdflow.data.streaming import memory_available, stream_plan
     from gdflow.training.optimization import Optimization
-    from gdflow.training.streamed import PREFETCH_MIN_CPUS, StreamedProblem, fit_streamed
+    from gdflow.training.streamed import StreamedProblem, fit_streamed, prefetch_by_default
 
     def problem(file: str, batch: int) -> StreamedProblem:
         dataset = load_streamed(file)
@@ -91,8 +91,8 @@ def child(path: str, budget: int, epochs: int) -> None:
     started = time.perf_counter()
     streamed = problem(path, BATCH)
     scan = time.perf_counter() - started
-    seconds = train(streamed, epochs)  # as gdflow runs it (prefetch by the CPU count)
-    prefetch = usable_cpus() >= PREFETCH_MIN_CPUS
+    prefetch, why = prefetch_by_default()  # as gdflow runs it (the CPUs and the load)
+    seconds = train(streamed, epochs, prefetch=prefetch)
     other = train(streamed, 1, prefetch=not prefetch)
     print(
         json.dumps(
@@ -102,6 +102,7 @@ def child(path: str, budget: int, epochs: int) -> None:
                 "scan": scan,
                 "seconds": seconds,
                 "prefetch": prefetch,
+                "why": why,
                 "other": other,
                 "resident": process_status("VmHWM") - resident,
             }
@@ -152,8 +153,8 @@ def run(*, quick: bool, rows: int | None = None) -> list[Result]:
             0.5,
             True,
             f"{rate:,.0f} rows/s over {epochs} epoch(s) of batches of {BATCH}, prefetch {mode} "
-            f"({other_rate:,.0f} with it {other}), pyarrow read once {read_rate:,.0f} rows/s; "
-            f"statistics pass {streamed['scan']:.3g} s",
+            f"({streamed['why']}; {other_rate:,.0f} with it {other}), pyarrow read once "
+            f"{read_rate:,.0f} rows/s; statistics pass {streamed['scan']:.3g} s",
         ),
         Result(
             f"{name} peak memory vs RLIMIT_AS",

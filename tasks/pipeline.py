@@ -67,7 +67,12 @@ from gdflow.training.parameters import initial_parameters, is_bias, parameter_na
 from gdflow.training.preprocessing import Network, TrainingProblem
 from gdflow.training.records import EpochChunk, progress_line
 from gdflow.training.result import TrainResult
-from gdflow.training.streamed import StreamedProblem, evaluate_streamed, fit_streamed
+from gdflow.training.streamed import (
+    StreamedProblem,
+    evaluate_streamed,
+    fit_streamed,
+    prefetch_by_default,
+)
 from gdflow.training.user_models import build_user_module
 
 
@@ -314,11 +319,15 @@ def _train_streamed(
     )
     on_chunk, progress = _recording(config, dataset, problem, initial, run, device, conditioning)
     row_bytes = (dataset.n_features + 1) * np.dtype(config.dtype).itemsize
+    prefetch, why = prefetch_by_default()
     get_run_logger().info(
-        "Mini-batches of %d rows drawn from a shuffle buffer of %s rows (%s)",
+        "Mini-batches of %d rows drawn from a shuffle buffer of %s rows (%s); the next record "
+        "batch read %s (%s)",
         config.batch_size,
         f"{streamed.buffer_rows:,}",
         size_text(min(streamed.buffer_rows, dataset.n_rows) * row_bytes),
+        "on a thread while one trains" if prefetch else "between batches",
+        why,
     )
     with stop_on_signals(), progress:
         result = fit_streamed(
@@ -326,6 +335,7 @@ def _train_streamed(
             optimization(config, lr),
             device=resolve_device(device),
             hooks=Hooks(on_chunk=on_chunk, should_stop=stop_requested),
+            prefetch=prefetch,
         )
     return _finished(problem, result, conditioning)
 

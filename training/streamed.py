@@ -21,6 +21,7 @@ memory and is not computed.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -52,9 +53,13 @@ from gdflow.training.preprocessing import Standardizer, TrainingProblem
 from gdflow.training.records import EpochRecords
 from gdflow.training.result import History, TrainResult
 
-#: CPUs from which the next record batch is decoded on a thread while this one trains: on 2
-#: shared cores it did not pay (1.00x, 1.02x and 0.62x the rows/s without, in three
-#: measurements), as decoding, torch's threads and the steps then share them.
+#: CPUs from which the next record batch is decoded on a thread while this one trains, however
+#: busy the machine. With fewer (but 2 at least) only while a core is idle: on 2 shared cores
+#: at load 8-10 it did not pay (1.00x, 1.02x and 0.62x the rows/s without, in three
+#: measurements), as decoding, torch's threads and the steps then share them; on 2 quiet cores
+#: it did (1.30x, 4M x 16, interleaved; BENCHMARKS.md, streaming). Its memory is about one
+#: record batch and the thread's stack: a 128 MiB stream's peak RSS grew 68-70 MiB with it
+#: against 63 MiB without (tests/training/test_streamed_memory.py).
 PREFETCH_MIN_CPUS = 4
 #: Batches between two checks of whether the caller asks to stop (an epoch may take hours).
 STOP_CHECK_BATCHES = 256
@@ -165,6 +170,28 @@ def gram_of(moments: Moments, scaler: Optional[Standardizer], bias: bool) -> Gra
     return Gram(matrix, n)
 
 
+def prefetch_wanted(cpus: int, load: Optional[float]) -> bool:
+    """Whether to decode the next record batch on a thread while this one trains, on `cpus`
+    usable CPUs at a 1-minute load average of `load` (None: unknown): with PREFETCH_MIN_CPUS
+    or more, or with 2 or more while the load leaves one of them idle (this run's own thread
+    counted in the load)."""
+    if cpus >= PREFETCH_MIN_CPUS:
+        return True
+    return cpus >= 2 and load is not None and load <= cpus - 1
+
+
+def prefetch_by_default() -> tuple[bool, str]:
+    """`prefetch_wanted` for this process and machine, and why, for the run's log."""
+    cpus = usable_cpus()
+    try:
+        load: Optional[float] = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on this system
+        load = None
+    wanted = prefetch_wanted(cpus, load)
+    shown = f"1-minute load {load:.1f}" if load is not None else "load unknown"
+    return wanted, f"{cpus} usable CPU(s), {shown}"
+
+
 def fit_streamed(
     streamed: StreamedProblem,
     opt: Optimization,
@@ -175,10 +202,10 @@ def fit_streamed(
 ) -> TrainResult:
     """Train on the streamed rows, one optimizer step per mini-batch, and return how it ended
     (as `fit` does: the same records, stop rules and chunks). `prefetch`: decode the next
-    record batch on a thread while this one trains (None: with PREFETCH_MIN_CPUS or more)."""
+    record batch on a thread while this one trains (None: `prefetch_by_default`)."""
     assert opt.batch_size is not None, "streaming trains mini-batches"
     if prefetch is None:
-        prefetch = usable_cpus() >= PREFETCH_MIN_CPUS
+        prefetch = prefetch_by_default()[0]
     data: TrainingData = streamed.problem.data  # no rows: the model's shapes and family
     model = build_model(data, streamed.problem.initial, device)
     params = model.params

@@ -4,6 +4,8 @@ the champion judged on a seeded sample; a run that cannot stream says why in one
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_a_streamed_run_reaches_the_optimum_and_is_recorded_streamed(
-    database_url: str, folder: Path
+    database_url: str, folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = TrainConfig(
         data=str(folder),
@@ -49,8 +51,16 @@ def test_a_streamed_run_reaches_the_optimum_and_is_recorded_streamed(
         log_every=0,
         database_url=database_url,
     )
-    state = train_flow(config=config, return_state=True)
+    with caplog.at_level(logging.INFO):
+        state = train_flow(config=config, return_state=True)
     assert state.is_completed(), state.message
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "Mini-batches of 64 rows drawn from a shuffle buffer of 1,000 rows" in logged
+    assert re.search(
+        r"the next record batch read (on a thread while one trains|between batches)"
+        r" \(\d+ usable CPU\(s\), 1-minute load \d+\.\d\)",
+        logged,
+    ), logged
     run, metrics = latest_run(database_url)
     assert run.evaluation["data_mode"] == "streamed" and len(metrics) == 30
     assert run.evaluation["relative_loss_gap"] < 0.01  # within 1% of the least-squares MSE

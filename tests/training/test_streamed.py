@@ -26,6 +26,8 @@ from gdflow.training.streamed import (
     StreamedProblem,
     evaluate_streamed,
     fit_streamed,
+    prefetch_by_default,
+    prefetch_wanted,
     standardizer_of,
 )
 
@@ -311,3 +313,14 @@ def test_a_stop_asked_mid_epoch_keeps_the_whole_epochs_done(tmp_path: Path) -> N
     assert result.verdict_detail == "stopped by SIGTERM during epoch 2" and len(asked) == 3
     assert [int(e) for c in chunks for e in c.epochs] == [1]
     assert result.final_params == dict(zip(chunks[0].names, chunks[0].params[-1].tolist()))
+
+
+def test_prefetch_takes_a_spare_core_and_only_one() -> None:
+    assert prefetch_wanted(4, 12.0) and prefetch_wanted(64, None)  # enough CPUs: always
+    assert prefetch_wanted(2, 0.9) and prefetch_wanted(2, 1.0) and prefetch_wanted(3, 1.9)
+    assert not prefetch_wanted(2, 1.3)  # this run and something else: no core idle
+    assert not prefetch_wanted(3, 2.5) and not prefetch_wanted(2, 9.0)
+    assert not prefetch_wanted(1, 0.0)  # one CPU: nothing to overlap on
+    assert not prefetch_wanted(2, None)  # load unknown, few CPUs: the safe side
+    wanted, why = prefetch_by_default()
+    assert isinstance(wanted, bool) and "usable CPU(s), 1-minute load " in why
