@@ -16,15 +16,16 @@
  *
  * Each row is computed in the rows' type (cross_entropy_rows.h, included once per type): float
  * rows in float, LANES to a vector (16 with AVX-512, else 8), double rows 8 to a vector; sums go
- * into double every block of BLOCK_ROWS rows (the binary loss and gradients, summed lane by
- * lane in the rows' type within the block) or row by row (the softmax loss). A row is read
+ * into double every block of BLOCK_ROWS rows (the gradients and the binary loss, summed lane
+ * by lane in the rows' type within the block) or row by row (the softmax loss). A row is read
  * from memory once, for its logits (one vector of products per row, the vectors of LANES rows
  * summed by one shuffle network); the loss and the gradient read the rows again from L1
  * (binary rows of one or two vectors: each 2 LANES rows as soon as their logits are known,
- * with the next block asked for ahead; otherwise the whole block after its logits). exp and log are written out here (polynomials
- * after a range reduction; relative errors about 1e-16 in double, 1e-7 in float) so that the
- * compiler vectorises them over rows and no libm call sits in the loop (the build's
- * -fno-trapping-math lets GCC turn their selects into blends where there is no AVX-512).
+ * with the next block asked for ahead; otherwise the whole block after its logits). exp and
+ * log are written out here (polynomials after a range reduction; relative errors about 1e-16
+ * in double, 1e-7 in float) so that the compiler vectorises them over rows and no libm call
+ * sits in the loop (the build's -fno-trapping-math lets GCC turn their selects into blends
+ * where there is no AVX-512).
  *
  * Rows are summed in chunks of CHUNK_ROWS, each chunk's sums apart, then the chunks in order:
  * the result is the same, bit for bit, whatever the number of threads. Threads are pthreads

@@ -5,8 +5,9 @@
  *
  * A block is at most BLOCK_ROWS rows (4 KiB of float rows with 16 features): its logits, its
  * losses and its gradient are computed while it is in L1. Per row, the products and the
- * polynomials run in REAL, vectorised over rows; each block's sums (the loss and the gradient)
- * are added up in REAL, lane by lane, then into the chunk's double sums. */
+ * polynomials run in REAL, vectorised over rows. Each block's binary sums (loss and gradient)
+ * and each softmax block's gradient are added up in REAL, lane by lane, then into the chunk's
+ * double sums; the softmax loss goes into double row by row. */
 
 /* Binary rows of one or two vectors go GROUP_ROWS at a time (binary_groups). */
 #define GROUP_ROWS (2 * LANES)

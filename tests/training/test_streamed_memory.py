@@ -35,17 +35,13 @@ ALLOCATORS = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_MMAP_THRESHOLD_": "
 CHILD = """
 import json, resource, sys
 import numpy as np, pandas as pd, torch
+from benchmarks.common import process_status as status
 from gdflow.config.errors import GdflowError
 from gdflow.config.train import TrainConfig
 from gdflow.data.dataset import load_dataset, load_streamed, resolve
 from gdflow.data.streaming import memory_available, stream_plan
 from gdflow.training.optimization import Optimization
 from gdflow.training.streamed import StreamedProblem, evaluate_streamed, fit_streamed
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
 
 def train(path, batch, prefetch):
     dataset = load_streamed(path)
